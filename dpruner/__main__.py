@@ -1,0 +1,3 @@
+from dpruner.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,344 @@
+"""Command line: one subcommand per workflow step; each reads and writes files only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dpruner.errors import DprunerError
+
+log = logging.getLogger("dpruner")
+
+
+def write_json(data: dict, path: str | Path) -> None:
+    from dpruner.data.files import atomic_output
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def calibration_from_source(
+    source: str, tokenizer, nsamples: int, seqlen: int, seed: int, template: str = "{text}"
+) -> torch.Tensor:
+    """N x L token ids from a `.pt` tensor, a text/json/jsonl file, or `corpus:NAME`.
+
+    A packaged corpus contributes only its calibration part (the held-out part is for evaluation);
+    a file the user names is used whole.
+    """
+    from dpruner.data import calibration_tokens, load_records, render, split_records
+
+    if source.endswith(".pt"):
+        path = Path(source)
+        if not path.is_file():
+            raise DprunerError(f"calibration file not found: {path}")
+        tokens = torch.load(path)
+        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.numel() == 0:
+            raise DprunerError(f"{path}: expected a non-empty N x L tensor of token ids")
+        return tokens.long()
+    if source.startswith("corpus:"):
+        spec = {"corpus": source.removeprefix("corpus:")}
+        records = split_records(load_records(spec), "calibration", 0.2)
+    else:
+        records = load_records({"path": source})
+    texts = [render(template, record, f"calibration source {source}") for record in records]
+    return calibration_tokens(texts, tokenizer, nsamples, seqlen, seed)
+
+
+def _add_calibration_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--calibration", help="token tensor (.pt), text/json/jsonl file or corpus:NAME"
+    )
+    parser.add_argument("--template", default="{text}", help="record template for text sources")
+    parser.add_argument("--nsamples", type=int, default=128)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="calibration sequences per forward"
+    )
+
+
+def cmd_prepare_model(args) -> dict:
+    from dpruner.models import load_model, materialise_packaged, save_model
+
+    if args.packaged:
+        materialise_packaged(args.packaged, args.out, args.dtype)
+    else:
+        from dpruner.config import load_config
+
+        entry = load_config(args.config)["models"].get(args.model)
+        if entry is None:
+            raise DprunerError(f"{args.config}: no model '{args.model}' under models")
+        if "packaged" in entry:
+            materialise_packaged(entry["packaged"], args.out, entry.get("dtype", "float32"))
+        elif "path" in entry:
+            model, tokenizer = load_model(entry["path"], entry.get("dtype", "float32"))
+            save_model(model, tokenizer, args.out)
+        else:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            from dpruner.models import torch_dtype
+
+            model = AutoModelForCausalLM.from_pretrained(
+                entry["hub"], dtype=torch_dtype(entry.get("dtype", "bfloat16"))
+            )
+            save_model(model, AutoTokenizer.from_pretrained(entry["hub"]), args.out)
+    return {"out": args.out}
+
+
+def _load_for_pruning(args):
+    from dpruner.models import load_model
+
+    model, tokenizer = load_model(args.model, args.dtype, args.device)
+    return model, tokenizer
+
+
+def cmd_prune(args) -> dict:
+    from dpruner.masks import SparsitySpec
+    from dpruner.methods import PRUNERS, get_pruner
+    from dpruner.models import measured_sparsity, save_model
+
+    method_class = PRUNERS.get(args.method)
+    if method_class is None:
+        raise DprunerError(f"unknown method '{args.method}'; choose one of {', '.join(PRUNERS)}")
+    spec = SparsitySpec.parse(args.sparsity, args.pattern, args.group or method_class.default_group)
+    options = {}
+    if args.method in ("wanda", "sparsegpt"):
+        options["batch_size"] = args.batch_size
+    if args.method == "dpruner":
+        if not args.scores:
+            raise DprunerError("--method dpruner needs --scores FILE (from `domain-scores`)")
+        options["scores_path"] = args.scores
+    pruner = get_pruner(args.method, **options)
+    if pruner.needs_calibration and not args.calibration:
+        raise DprunerError(f"--method {args.method} needs --calibration SOURCE")
+    start = time.perf_counter()
+    model, tokenizer = _load_for_pruning(args)
+    calibration = None
+    if pruner.needs_calibration:
+        calibration = calibration_from_source(
+            args.calibration, tokenizer, args.nsamples, args.seqlen, args.seed, args.template
+        )
+    result = pruner.prune(model, calibration, spec)
+    save_model(model, tokenizer, args.out)
+    report = {
+        **result.to_dict(),
+        "model": args.model,
+        "calibration": args.calibration,
+        "calibration_shape": list(calibration.shape) if calibration is not None else None,
+        "measured": measured_sparsity(model),
+        "total_wall_s": time.perf_counter() - start,
+    }
+    write_json(report, Path(args.out) / "prune.json")
+    return {
+        k: report[k]
+        for k in ("method", "sparsity_linear", "sparsity_total", "wall_s", "peak_rss_mb")
+    }
+
+
+def cmd_perplexity(args) -> dict:
+    from dpruner.data import load_records, render
+    from dpruner.data.tokens import text_tokens
+    from dpruner.evaluation.perplexity import sliding_window_perplexity
+    from dpruner.models import load_model
+
+    model, tokenizer = load_model(args.model, args.dtype, args.device)
+    if args.data.endswith(".pt"):
+        ids = torch.load(args.data).reshape(-1)
+    else:
+        spec = (
+            {"corpus": args.data.removeprefix("corpus:")}
+            if args.data.startswith("corpus:")
+            else {"path": args.data}
+        )
+        records = load_records(spec)
+        text = "\n\n".join(
+            render(args.template, r, f"perplexity data {args.data}") for r in records
+        )
+        ids = text_tokens(text, tokenizer)
+    if args.max_tokens:
+        ids = ids[: args.max_tokens]
+    result = sliding_window_perplexity(
+        model, ids, args.window, args.stride, tokenizer.bos_token_id, args.bos, args.batch_size
+    )
+    result.update(model=args.model, data=args.data)
+    if args.out:
+        write_json(result, args.out)
+    return result
+
+
+def cmd_general_importance(args) -> dict:
+    from dpruner.methods.dpruner import general_importance, save_scores
+
+    model, tokenizer = _load_for_pruning(args)
+    calibration = calibration_from_source(
+        args.calibration, tokenizer, args.nsamples, args.seqlen, args.seed, args.template
+    )
+    start = time.perf_counter()
+    importance = general_importance(
+        model, calibration, args.sparsity, args.normalize, batch_size=args.batch_size
+    )
+    wall = time.perf_counter() - start
+    save_scores(
+        importance,
+        args.out,
+        {
+            "kind": "general_importance",
+            "calibration": args.calibration,
+            "nsamples": calibration.shape[0],
+            "seqlen": calibration.shape[1],
+            "sparsity": args.sparsity,
+            "percdamp": 0.01,
+            "normalize": args.normalize,
+        },
+    )
+    summary = {"out": args.out, "matrices": len(importance), "wall_s": wall}
+    summary.update(peak_memory())
+    write_json(summary, Path(args.out).with_suffix(".json"))
+    return summary
+
+
+def peak_memory() -> dict:
+    from dpruner.methods.base import peak_rss_mb
+
+    cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+    return {"peak_rss_mb": peak_rss_mb(), "peak_cuda_mb": cuda}
+
+
+def cmd_domain_scores(args) -> dict:
+    from dpruner.methods.dpruner import (
+        FineTuneSettings,
+        domain_scores,
+        load_scores,
+        save_scores,
+    )
+
+    settings = FineTuneSettings(
+        lam=args.lam,
+        lr=args.lr,
+        epochs=args.epochs,
+        batch_size=args.train_batch_size,
+        max_length=args.max_length,
+        clip=args.clip,
+        update_rounding=args.update_rounding,
+        seed=args.seed,
+    )
+    if settings.lam > 0 and not args.general_importance:
+        raise DprunerError("--lambda > 0 needs --general-importance FILE (or pass --lambda 0)")
+    texts = _instance_texts(args.instances, args.max_instances)
+    model, tokenizer = _load_for_pruning(args)
+    importance = load_scores(args.general_importance, model) if settings.lam > 0 else None
+    scores, report = domain_scores(model, tokenizer, texts, importance, settings)
+    save_scores(
+        scores,
+        args.out,
+        {
+            "kind": "domain_scores",
+            "instances": args.instances,
+            "general_importance": args.general_importance,
+            **{k: v for k, v in report["settings"].items()},
+        },
+    )
+    write_json(report, Path(args.out).with_suffix(".json"))
+    return {k: report[k] for k in ("instances", "updates", "wall_s", "peak_rss_mb", "peak_cuda_mb")}
+
+
+def _instance_texts(path: str, limit: int | None) -> list[str]:
+    from dpruner.data import load_records
+
+    records = load_records({"path": path})
+    texts = [record["text"] for record in records if record.get("text")]
+    if not texts:
+        raise DprunerError(f"{path}: no domain instances (records with a non-empty 'text')")
+    return texts[:limit] if limit else texts
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dpruner", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_args(p):
+        p.add_argument("--model", required=True, help="Hugging Face model directory")
+        p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+        p.add_argument("--device", default="cpu")
+
+    p = sub.add_parser("prepare-model", help="materialise a model as a plain HF directory")
+    p.add_argument("--config")
+    p.add_argument("--model", help="a name under `models:` in the config")
+    p.add_argument("--packaged", help="a packaged model: smollm2 or gemma3-270m")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_prepare_model)
+
+    p = sub.add_parser("prune", help="prune a model and save it with prune.json")
+    model_args(p)
+    p.add_argument("--method", required=True)
+    p.add_argument("--sparsity", type=float, required=True)
+    p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4 or 4:8")
+    p.add_argument("--group", choices=["matrix", "row", "block"], help="default: the method's")
+    p.add_argument("--scores", help="D-Pruner importance scores (safetensors)")
+    _add_calibration_args(p)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("general-importance", help="D-Pruner step 1: OBS saliency G per weight")
+    model_args(p)
+    p.add_argument("--sparsity", type=float, required=True)
+    p.add_argument("--normalize", default="mean", choices=["mean", "none"])
+    _add_calibration_args(p)
+    p.add_argument("--out", required=True, help="safetensors file")
+    p.set_defaults(func=cmd_general_importance)
+
+    p = sub.add_parser("domain-scores", help="D-Pruner steps 2-3: regularised fine-tuning and S")
+    model_args(p)
+    p.add_argument("--instances", required=True, help="jsonl of {'text': ...} domain instances")
+    p.add_argument("--general-importance", help="safetensors file from general-importance")
+    p.add_argument("--lambda", dest="lam", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=0.03)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", dest="train_batch_size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=1024)
+    p.add_argument("--max-instances", type=int)
+    p.add_argument("--clip", default="two_pass", choices=["two_pass", "one_pass"])
+    p.add_argument("--update-rounding", default="stochastic", choices=["stochastic", "nearest"])
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", required=True, help="safetensors file")
+    p.set_defaults(func=cmd_domain_scores)
+
+    p = sub.add_parser("perplexity", help="sliding-window perplexity of a model on a text source")
+    model_args(p)
+    p.add_argument(
+        "--data", required=True, help="token tensor (.pt), text/json/jsonl or corpus:NAME"
+    )
+    p.add_argument("--template", default="{text}")
+    p.add_argument("--window", type=int, default=512)
+    p.add_argument("--stride", type=int, default=512)
+    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--bos", default="none", choices=["none", "once", "window"])
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_perplexity)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # De-quantised checkpoints give subnormal activations and Hessian entries; on CPU each one
+    # costs a slow microcode path (a SparseGPT run on SmolLM2 took 357 s instead of 66 s).
+    torch.set_flush_denormal(True)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    try:
+        summary = args.func(args)
+    except DprunerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, default=str))
+    return 0

@@ -1,0 +1,68 @@
+"""Write one section's calibration files for `prepare-data` (architecture.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from dpruner.config import domain_config
+from dpruner.data.files import atomic_output
+from dpruner.data.instances import domain_instances, entry_texts
+from dpruner.data.tokens import calibration_tokens
+
+
+def tokens_sha256(tokens: torch.Tensor) -> str:
+    """The digest the reference anchor publishes: SHA-256 of the int64 values' raw bytes."""
+    return hashlib.sha256(tokens.numpy().tobytes()).hexdigest()
+
+
+def write_calibration(config: dict, domain: str, tokenizer, out_dir: str | Path) -> dict:
+    """Write calibration.pt, instances.jsonl and calibration.json for `domain`; return the summary.
+
+    calibration.pt holds windows of the entries' texts (without `count`: every calibration-part
+    record, in record order, which for `general` reproduces the anchor's sampling); the texts are
+    shuffled with config seed, windows drawn with config seed. instances.jsonl holds the same
+    selection shuffled with seed 42: D-Pruner's fine-tuning instances.
+    """
+    out_dir = Path(out_dir)
+    entries = domain_config(config, domain)["calibration"]
+    settings = config["calibration"]
+    eval_fraction = settings["eval_fraction"]
+    seed = config["seed"]
+
+    per_entry = [entry_texts(entry, eval_fraction) for entry in entries]
+    tokens = calibration_tokens(
+        [text for texts in per_entry for text in texts],
+        tokenizer,
+        nsamples=settings["nsamples"],
+        seqlen=settings["seqlen"],
+        seed=seed,
+        shuffle_seed=seed,
+        bos=settings.get("bos", False),
+    )
+    instances = domain_instances(entries, eval_fraction)
+    summary = {
+        "domain": domain,
+        "sources": [
+            {"source": e["source"], "template": e["template"], "count": e.get("count")}
+            for e in entries
+        ],
+        "counts": [len(texts) for texts in per_entry],
+        "instances": len(instances),
+        "eval_fraction": eval_fraction,
+        "nsamples": settings["nsamples"],
+        "seqlen": settings["seqlen"],
+        "seed": seed,
+        "sha256": tokens_sha256(tokens),
+    }
+    with atomic_output(out_dir / "calibration.pt") as tmp:
+        torch.save(tokens, tmp)
+    with atomic_output(out_dir / "instances.jsonl") as tmp, tmp.open("w", encoding="utf-8") as f:
+        for text in instances:
+            f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+    with atomic_output(out_dir / "calibration.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary

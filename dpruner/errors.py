@@ -1,0 +1,13 @@
+"""The one exception type users see: a message naming the bad key, file, value, step or layer."""
+
+
+class DprunerError(Exception):
+    """A user-facing error; the CLI prints its message without a traceback and exits 2."""
+
+
+class ConfigError(DprunerError):
+    """A config key, value or file is wrong."""
+
+
+class DataError(DprunerError):
+    """A data source, field or template is wrong, or a source is empty."""

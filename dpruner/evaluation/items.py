@@ -1,0 +1,202 @@
+"""Evaluation items of one configured task or perplexity corpus, built before any model runs.
+
+Everything that can be wrong in a task (missing source, missing field, unknown kind, a gold label
+outside the choices) is found here, so `evaluate` stops with one message naming the task and the
+field before long work starts. Items come only from the evaluation part of each source (disjoint
+by document id from every calibration document) unless the task says `holdout: false` (a hub test
+split, disjoint from calibration by construction).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+from dpruner.data import evaluation_text, load_records, render, split_records, template_fields
+from dpruner.errors import ConfigError, DataError
+
+TASK_KINDS = ("multiple_choice", "summarization")
+
+
+@dataclass
+class TaskItems:
+    """The items of one task and how many records each filter removed."""
+
+    name: str
+    kind: str
+    items: list[dict]
+    counts: dict = field(default_factory=dict)
+    choices: list[str] | None = None  # the fixed choices, None when each item has its own
+
+
+def evaluation_records(
+    source: dict, where: str, eval_fraction: float, holdout: bool = True
+) -> list[dict]:
+    try:
+        records = load_records(source)
+    except DataError as error:
+        raise DataError(f"{where}: {error}") from None
+    if not holdout:
+        return records
+    return split_records(records, "evaluation", eval_fraction, where=where)
+
+
+def scaled(value: int | None, scale: float) -> int | None:
+    """A size limit multiplied by `evaluation.scale` (None stays unlimited)."""
+    return None if value is None else max(1, math.ceil(value * scale))
+
+
+def _joined(value):
+    if isinstance(value, dict):
+        return {key: _joined(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return " ".join(str(_joined(v)) for v in value)
+    return value
+
+
+def renderable(record: dict) -> dict:
+    """The record with list values joined by a space, so that a template can quote a hub
+    dataset's list of passages (PubMedQA's `{context[contexts]}`) as running text."""
+    return _joined(record)
+
+
+def n_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def fit_prompt(
+    template: str, record: dict, tokenizer, max_tokens: int | None, where: str
+) -> tuple[str, bool]:
+    """The rendered prompt, with its longest field cut from the end so that the prompt keeps at
+    most `max_tokens` tokens; the template's own text (the question) is never cut."""
+    record = renderable(record)
+    prompt = render(template, record, where)
+    if max_tokens is None:
+        return prompt, False
+    excess = n_tokens(tokenizer, prompt) - max_tokens
+    if excess <= 0:
+        return prompt, False
+    text_fields = [name for name in template_fields(template) if isinstance(record[name], str)]
+    if not text_fields:
+        return prompt, False
+    longest = max(text_fields, key=lambda name: len(record[name]))
+    ids = tokenizer(str(record[longest]), add_special_tokens=False)["input_ids"]
+    margin = 0
+    # Token boundaries can move where the cut text meets the template, so retry with a margin.
+    while excess > 0:
+        keep = max(len(ids) - excess - margin, 0)
+        shortened = {**record, longest: tokenizer.decode(ids[:keep]).rstrip()}
+        prompt = render(template, shortened, where)
+        excess = n_tokens(tokenizer, prompt) - max_tokens
+        if keep == 0:
+            break
+        margin = 2 * margin + 1
+    return prompt, True
+
+
+def _require(task: dict, where: str, *keys: str) -> None:
+    for key in keys:
+        if task.get(key) in (None, "", []):
+            raise ConfigError(f"{where}: missing key '{key}'")
+
+
+def _field(record: dict, name: str, where: str):
+    if name not in record:
+        raise DataError(
+            f"{where}: field '{name}' not in the source's records (fields: {sorted(record)})"
+        )
+    return record[name]
+
+
+def _item_choices(task: dict, record: dict, where: str) -> list[str]:
+    if task.get("choices"):
+        return [str(c) for c in task["choices"]]
+    choices_field = task["choices_field"]
+    if isinstance(choices_field, list):
+        return [str(_field(record, name, where)) for name in choices_field]
+    value = _field(record, choices_field, where)
+    return [str(c) for c in value] if isinstance(value, list) else str(value).split("\n")
+
+
+def task_items(
+    task: dict,
+    tokenizer,
+    *,
+    eval_fraction: float,
+    max_prompt_tokens: int | None,
+    seed: int,
+    scale: float = 1.0,
+) -> TaskItems:
+    """Items of one configured task: the evaluation records after a seeded shuffle, invalid
+    labels dropped (counted), then the first `limit` (times `scale`)."""
+    name = task.get("name") or "(unnamed task)"
+    where = f"task '{name}'"
+    _require(task, where, "name", "kind", "source", "template")
+    kind = task["kind"]
+    if kind not in TASK_KINDS:
+        raise ConfigError(f"{where}: kind must be one of {TASK_KINDS}, got {kind!r}")
+    if kind == "multiple_choice":
+        _require(task, where, "label_field")
+        if not task.get("choices") and not task.get("choices_field"):
+            raise ConfigError(f"{where}: missing key 'choices' or 'choices_field'")
+    else:
+        _require(task, where, "target_field")
+    records = evaluation_records(task["source"], where, eval_fraction, task.get("holdout", True))
+    records = list(records)
+    random.Random(seed).shuffle(records)
+    limit = scaled(task.get("limit"), scale)
+    items, counts = [], {"evaluation_records": len(records), "prompts_truncated": 0}
+    if kind == "multiple_choice":
+        counts["dropped_label_not_in_choices"] = 0
+    else:
+        counts["dropped_empty_target"] = 0
+    for record in records:
+        if limit is not None and len(items) >= limit:
+            break
+        if kind == "multiple_choice":
+            choices = _item_choices(task, record, where)
+            labels = [str(v) for v in task.get("labels") or choices]
+            if len(labels) != len(choices):
+                raise ConfigError(f"{where}: 'labels' needs one entry per choice")
+            label = str(_field(record, task["label_field"], where)).strip()
+            if label not in labels:
+                counts["dropped_label_not_in_choices"] += 1
+                continue
+            item = {"choices": choices, "gold": labels.index(label)}
+        else:
+            target = str(_field(record, task["target_field"], where)).strip()
+            if not target:
+                counts["dropped_empty_target"] += 1
+                continue
+            item = {"target": target}
+        prompt, truncated = fit_prompt(
+            task["template"], record, tokenizer, max_prompt_tokens, where
+        )
+        counts["prompts_truncated"] += truncated
+        items.append({"id": str(record["id"]), "prompt": prompt, **item})
+    if not items:
+        raise DataError(f"{where}: no usable evaluation items ({counts})")
+    counts["items"] = len(items)
+    fixed = [str(c) for c in task["choices"]] if task.get("choices") else None
+    return TaskItems(name=name, kind=kind, items=items, counts=counts, choices=fixed)
+
+
+def perplexity_documents(
+    section: dict, where: str, tokenizer, *, eval_fraction: float, max_tokens: int | None
+) -> tuple[list[str], str]:
+    """The evaluation documents, in source order, just enough of them to fill `max_tokens`, and
+    their joined text (documents joined with a blank line, as `evaluation_text` does)."""
+    _require(section, where, "source", "template")
+    records = evaluation_records(
+        section["source"], where, eval_fraction, section.get("holdout", True)
+    )
+    documents, chosen, total = [], [], 0
+    for record in records:
+        if max_tokens is not None and total >= max_tokens:
+            break
+        text = render(section["template"], renderable(record), where)
+        documents.append(text)
+        chosen.append(record)
+        total += n_tokens(tokenizer, text)
+    return documents, evaluation_text([renderable(r) for r in chosen], section["template"], where)

@@ -1,0 +1,236 @@
+"""Evaluate one model on one domain: perplexity (domain and general) and every configured task.
+
+All items are built and checked first (items.py), then one lm-eval run scores the tasks and the
+rolling perplexities, and the suite's own sliding window gives the paper's perplexity.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dpruner.evaluation.harness import (
+    multiple_choice_task,
+    rolling_perplexity_task,
+    run_tasks,
+    summarization_task,
+)
+from dpruner.evaluation.items import perplexity_documents, scaled, task_items
+from dpruner.evaluation.metrics import first_line, majority_rate
+from dpruner.evaluation.perplexity import sliding_window_perplexity
+
+# Used where config `evaluation` leaves a key out.
+EVALUATION_DEFAULTS = {
+    "perplexity": {
+        "window": 512,
+        "stride": 512,
+        "max_tokens": 8192,
+        "bos": "none",
+        "rolling_max_tokens": 2048,
+    },
+    "max_prompt_tokens": 384,
+    "generation": {"max_new_tokens": 32, "do_sample": False},
+    "batch_size": 4,
+    "scale": 1,
+}
+SUMMARY_EXAMPLES = 3
+
+
+def evaluation_settings(eval_config: dict | None) -> dict:
+    """Config `evaluation` with every missing key filled from EVALUATION_DEFAULTS."""
+    eval_config = eval_config or {}
+    settings = {**EVALUATION_DEFAULTS, **eval_config}
+    settings["perplexity"] = {
+        **EVALUATION_DEFAULTS["perplexity"],
+        **(eval_config.get("perplexity") or {}),
+    }
+    settings["generation"] = eval_config.get("generation") or EVALUATION_DEFAULTS["generation"]
+    return settings
+
+
+def _chance(items: list[dict]) -> dict:
+    gold = [item["gold"] for item in items]
+    sizes = {len(item["choices"]) for item in items}
+    uniform = 1 / sizes.pop() if len(sizes) == 1 else None
+    return {"uniform": uniform, "majority": majority_rate(gold)}
+
+
+def _summary_examples(samples: list[dict]) -> list[dict]:
+    return [
+        {"reference": s["doc"]["target"], "prediction": first_line(s["resps"][0][0])}
+        for s in samples[:SUMMARY_EXAMPLES]
+    ]
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    domain_section: dict,
+    eval_config: dict | None,
+    *,
+    general_section: dict | None = None,
+    seed: int = 0,
+    eval_fraction: float = 0.2,
+    progress: bool = True,
+) -> dict:
+    """Metrics of an in-memory model on one domain section (and general perplexity).
+
+    Returns {"perplexity": {"domain": ..., "general": ...}, "tasks": {name: {...}},
+    "settings": the evaluation values used}.
+    """
+    settings = evaluation_settings(eval_config)
+    ppl_cfg, scale = settings["perplexity"], settings["scale"]
+    max_tokens = scaled(ppl_cfg["max_tokens"], scale)
+    corpora = {"domain": domain_section["perplexity"]}
+    if general_section is not None and general_section is not domain_section:
+        corpora["general"] = general_section["perplexity"]
+
+    # Build everything first: a bad source or template stops here, before any model work.
+    texts = {}
+    for key, section in corpora.items():
+        documents, joined = perplexity_documents(
+            section,
+            f"{key} perplexity",
+            tokenizer,
+            eval_fraction=eval_fraction,
+            max_tokens=max_tokens,
+        )
+        texts[key] = (documents, joined)
+    tasks = [
+        task_items(
+            task,
+            tokenizer,
+            eval_fraction=eval_fraction,
+            max_prompt_tokens=settings["max_prompt_tokens"],
+            seed=seed,
+            scale=scale,
+        )
+        for task in domain_section.get("tasks") or []
+    ]
+
+    lm_configs, rolling_docs = [], {}
+    for key, (documents, _) in texts.items():
+        rolling_docs[key] = _rolling_subset(documents, tokenizer, ppl_cfg["rolling_max_tokens"])
+        if rolling_docs[key]:
+            lm_configs.append(rolling_perplexity_task(rolling_docs[key], f"dpruner_{key}_rolling"))
+    for task in tasks:
+        if task.kind == "multiple_choice":
+            lm_configs.append(multiple_choice_task(task, tokenizer, f"dpruner_{task.name}"))
+        else:
+            lm_configs.append(
+                summarization_task(task, settings["generation"], f"dpruner_{task.name}")
+            )
+    # `generation.seed` seeds sampling (the paper's settings); the run's seed otherwise.
+    sampling_seed = settings["generation"].get("seed", seed)
+    harness = run_tasks(
+        model, tokenizer, lm_configs, batch_size=settings["batch_size"], seed=sampling_seed
+    )
+
+    perplexity = {}
+    for key, (_, joined) in texts.items():
+        ids = torch.tensor(tokenizer(joined, add_special_tokens=False)["input_ids"])
+        if max_tokens is not None:
+            ids = ids[:max_tokens]
+        perplexity[key] = sliding_window_perplexity(
+            model,
+            ids,
+            ppl_cfg["window"],
+            ppl_cfg["stride"],
+            bos_id=tokenizer.bos_token_id,
+            bos=ppl_cfg["bos"],
+            batch_size=settings["batch_size"],
+            progress=progress,
+        )
+        perplexity[key]["documents"] = len(texts[key][0])
+        if rolling_docs[key]:
+            perplexity[key]["lm_eval_rolling"] = {
+                **harness["metrics"][f"dpruner_{key}_rolling"],
+                "documents": len(rolling_docs[key]),
+            }
+
+    results = {}
+    for task in tasks:
+        lm_name = f"dpruner_{task.name}"
+        entry = {"kind": task.kind, "metrics": harness["metrics"][lm_name], "counts": task.counts}
+        if task.kind == "multiple_choice":
+            entry["chance"] = _chance(task.items)
+            if task.choices is not None:
+                entry["choices"] = task.choices
+        else:
+            entry["examples"] = _summary_examples(harness["samples"].get(lm_name, []))
+        results[task.name] = entry
+    return {"perplexity": perplexity, "tasks": results, "settings": settings}
+
+
+def _rolling_subset(documents: list[str], tokenizer, max_tokens: int | None) -> list[str]:
+    """Leading documents within `max_tokens` tokens (at least one), to keep lm-eval's extra
+    rolling perplexity cheap; 0 turns it off."""
+    if max_tokens == 0:
+        return []
+    chosen, total = [], 0
+    for document in documents:
+        total += len(tokenizer(document, add_special_tokens=False)["input_ids"])
+        if chosen and max_tokens is not None and total > max_tokens:
+            break
+        chosen.append(document)
+    return chosen
+
+
+def write_json_atomic(data: dict, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def evaluate_domain(model_dir: str, domain: str, config: dict, out: str) -> dict:
+    """`python -m dpruner evaluate`: load the model, evaluate it on `domain` (its perplexity and
+    tasks, plus general perplexity), write every metric, count and config value used to `out`."""
+    from dpruner.config import domain_config
+    from dpruner.models import load_model, measured_sparsity
+
+    started = time.perf_counter()
+    section = domain_config(config, domain)
+    settings = evaluation_settings(config.get("evaluation"))
+    model, tokenizer = load_model(model_dir, settings.get("dtype", "float32"))
+    eval_fraction = config.get("calibration", {}).get("eval_fraction", 0.2)
+    seed = config.get("seed", 0)
+    metrics = evaluate_model(
+        model,
+        tokenizer,
+        section,
+        settings,
+        general_section=config["general"],
+        seed=seed,
+        eval_fraction=eval_fraction,
+    )
+    used = metrics.pop("settings")
+    result = {
+        "model": str(model_dir),
+        "domain": domain,
+        "sparsity": measured_sparsity(model),
+        **metrics,
+        "config": {
+            "seed": seed,
+            "eval_fraction": eval_fraction,
+            "evaluation": used,
+            "domain": section,
+            "general_perplexity": config["general"]["perplexity"],
+        },
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    write_json_atomic(result, out)
+    return result

@@ -1,0 +1,366 @@
+"""D-Pruner (algorithms.md 5): general importance, regularised fine-tuning, dual importance, mask.
+
+Step 1 `general_importance` records SparseGPT's OBS saliency on a throw-away copy of the model.
+Step 2+3 `domain_scores` fine-tunes on domain instances with
+    L = L_next + lambda * sum_m G_m * (W_m - W0_m)^2
+by plain SGD fused into the backward pass (a post-accumulate-grad hook per parameter forms the
+regularised gradient, does the pass's work and drops `.grad`: no optimiser state, never a full
+set of gradients), and accumulates S += |g W + (g W)^2 / 2| before every update.
+`DPrunerPruner` masks the ORIGINAL weights by S (or by G alone, the general-only ablation).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from dpruner.errors import DprunerError
+from dpruner.masks import SparsitySpec, prune_mask
+from dpruner.methods.base import Pruner, apply_mask, peak_rss_mb
+from dpruner.methods.sparsegpt import SparseGPTPruner
+from dpruner.models import prunable_weights, weight_matrix
+
+CLIP_MODES = ("two_pass", "one_pass")
+ROUNDING_MODES = ("stochastic", "nearest")
+
+
+class NonFiniteError(DprunerError):
+    pass
+
+
+def normalise_importance(saliency: torch.Tensor, mode: str) -> torch.Tensor:
+    """`mean`: G / mean(G) per matrix, so one lambda means the same in every layer and model."""
+    if mode == "none":
+        return saliency
+    if mode != "mean":
+        raise DprunerError(f"normalize must be 'mean' or 'none', got '{mode}'")
+    mean = saliency.mean()
+    return saliency / mean if mean > 0 else saliency
+
+
+def general_importance(
+    model: nn.Module,
+    calibration: torch.Tensor,
+    sparsity: float,
+    normalize: str = "mean",
+    percdamp: float = 0.01,
+    batch_size: int = 1,
+) -> dict[str, torch.Tensor]:
+    """Per prunable weight, the saliency SparseGPT sees at the target sparsity. Prunes `model`."""
+    sweep = SparseGPTPruner(percdamp=percdamp, batch_size=batch_size, record_saliency=True)
+    sweep.prune(model, calibration, SparsitySpec(sparsity, "block"))
+    return {name: normalise_importance(g, normalize) for name, g in sweep.saliency.items()}
+
+
+def save_scores(scores: dict[str, torch.Tensor], path, metadata: dict) -> None:
+    from dpruner.data.files import atomic_output
+
+    with atomic_output(path) as tmp:
+        save_file(
+            {k: v.contiguous() for k, v in scores.items()},
+            str(tmp),
+            metadata={k: str(v) for k, v in metadata.items()},
+        )
+
+
+def load_scores(path, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise DprunerError(f"score file not found: {path}")
+    scores = load_file(str(path))
+    if model is not None:
+        expected = {name: weight_matrix(m).shape for name, m in prunable_weights(model).items()}
+        missing = sorted(set(expected) - set(scores))
+        if missing:
+            raise DprunerError(
+                f"{path} has no scores for {len(missing)} matrices, e.g. {missing[0]}"
+            )
+        for name, shape in expected.items():
+            if scores[name].shape != shape:
+                raise DprunerError(
+                    f"{path}: scores for {name} have shape {tuple(scores[name].shape)}, "
+                    f"the model's weight has {tuple(shape)}"
+                )
+    return scores
+
+
+@dataclass
+class FineTuneSettings:
+    """Step 2 hyper-parameters; defaults are the reference's (algorithms.md 5.2)."""
+
+    lam: float = 0.1
+    lr: float = 0.03
+    epochs: int = 5
+    batch_size: int = 8
+    max_length: int = 1024
+    clip: str = "two_pass"
+    max_grad_norm: float = 1.0
+    warmup_fraction: float = 0.1
+    update_rounding: str = "stochastic"
+    gradient_checkpointing: bool = True
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.clip not in CLIP_MODES:
+            raise DprunerError(f"clip must be one of {CLIP_MODES}, got '{self.clip}'")
+        if self.update_rounding not in ROUNDING_MODES:
+            raise DprunerError(f"update_rounding must be one of {ROUNDING_MODES}")
+        if self.lam < 0 or self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
+            raise DprunerError(
+                "need lambda >= 0, lr > 0, epochs >= 1 and batch_size >= 1, got "
+                f"{self.lam}, {self.lr}, {self.epochs}, {self.batch_size}"
+            )
+
+
+def learning_rate(step: int, total: int, peak: float, warmup_fraction: float) -> float:
+    """Linear warm-up over the first `warmup_fraction` of updates, then linear decay towards 0.
+
+    Steps count from 0; the first warm-up step already moves (peak / warmup), the last decay step
+    moves peak / (total - warmup), so no update is wasted at learning rate 0.
+    """
+    warmup = int(warmup_fraction * total)
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * (total - step) / (total - warmup)
+
+
+def stochastic_round_to_bf16(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Round fp32 to bf16 up or down with probability given by the remainder (unbiased)."""
+    bits = x.contiguous().view(torch.int32)
+    noise = torch.randint(
+        0, 1 << 16, bits.shape, generator=generator, device=x.device, dtype=torch.int32
+    )
+    rounded = (bits + noise) & -65536
+    return rounded.view(torch.float32).to(torch.bfloat16)
+
+
+def dual_importance_step(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """|g W + (g W)^2 / 2|: second-order loss change of removing each weight, Fisher Hessian."""
+    gw = grad * weight
+    return (gw + 0.5 * gw * gw).abs()
+
+
+def tokenize_instances(texts: list[str], tokenizer, max_length: int) -> tuple[list[list[int]], int]:
+    """BOS + tokens per instance, cut at max_length; returns the ids and how many were cut."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    sequences, truncated = [], 0
+    for text in texts:
+        ids = bos + tokenizer(text, add_special_tokens=False).input_ids
+        if len(ids) > max_length:
+            truncated += 1
+            ids = ids[:max_length]
+        sequences.append(ids)
+    return sequences, truncated
+
+
+def left_padded_batch(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids)
+        attention[row, width - len(ids) :] = 1
+    labels = input_ids.masked_fill(attention == 0, -100)
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+class FusedSGD:
+    """Plain SGD applied inside backward through post-accumulate-grad hooks (LOMO-style).
+
+    `mode` selects what a backward pass does: "norm" adds each regularised gradient's squared norm;
+    "update" accumulates S for the prunable matrices and applies W <- W - lr * scale * g~.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        importance: dict[str, torch.Tensor] | None,
+        settings: FineTuneSettings,
+    ):
+        self.model, self.settings = model, settings
+        self.prunable = {name: m.weight for name, m in prunable_weights(model).items()}
+        device = next(model.parameters()).device
+        self.scores = {
+            name: torch.zeros(w.shape, dtype=torch.float32, device=device)
+            for name, w in self.prunable.items()
+        }
+        self.regularised = settings.lam > 0
+        self.importance, self.original = {}, {}
+        if self.regularised:
+            if importance is None:
+                raise DprunerError("lambda > 0 needs the general importance G (or set lambda: 0)")
+            for name, weight in self.prunable.items():
+                self.importance[name] = importance[name].to(device=device, dtype=weight.dtype)
+                self.original[name] = weight.detach().clone()
+        self.generator = torch.Generator(device=device).manual_seed(settings.seed)
+        self.mode, self.lr, self.scale, self.step = "norm", 0.0, 1.0, 0
+        self.sq_norm = 0.0
+        self.error: str | None = None
+        self.changed = {name: torch.zeros((), dtype=torch.long) for name in self.prunable}
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.handles = [
+            p.register_post_accumulate_grad_hook(self._hook_for(names[id(p)]))
+            for p in model.parameters()
+            if p.requires_grad
+        ]
+
+    def regularised_gradient(self, name: str, param: torch.Tensor) -> torch.Tensor:
+        grad = param.grad.float()
+        if self.regularised and name in self.prunable:
+            delta = param.detach().float() - self.original[name].float()
+            grad = grad + 2 * self.settings.lam * self.importance[name].float() * delta
+        return grad
+
+    def _hook_for(self, name: str):
+        def hook(param: torch.Tensor) -> None:
+            grad = self.regularised_gradient(name, param)
+            param.grad = None
+            if self.error is None and not bool(torch.isfinite(grad).all()):
+                self.error = f"non-finite gradient at step {self.step} in {name}"
+            if self.mode == "norm":
+                self.sq_norm += float(grad.double().pow(2).sum())
+                return
+            weight = param.detach()
+            if name in self.scores:
+                score = self.scores[name]
+                score += dual_importance_step(grad, weight.float())
+                if self.error is None and not bool(torch.isfinite(score).all()):
+                    self.error = f"non-finite dual importance at step {self.step} in {name}"
+            updated = weight.float() - (self.lr * self.scale) * grad
+            if weight.dtype == torch.bfloat16 and self.settings.update_rounding == "stochastic":
+                new = stochastic_round_to_bf16(updated, self.generator)
+            else:
+                new = updated.to(weight.dtype)
+            if name in self.changed:
+                self.changed[name] += (new != weight).sum().cpu()
+            weight.copy_(new)
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def backward(self, loss: torch.Tensor, mode: str) -> None:
+        self.mode = mode
+        loss.backward()
+        if self.error:
+            raise NonFiniteError(self.error)
+
+
+def _loss(model: nn.Module, batch: dict[str, torch.Tensor], step: int) -> torch.Tensor:
+    device = next(model.parameters()).device
+    out = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
+    if not bool(torch.isfinite(out.loss)):
+        raise NonFiniteError(f"non-finite loss {float(out.loss)} at step {step}")
+    return out.loss
+
+
+def _disable_dropout(model: nn.Module) -> None:
+    """Both passes of a step must see the same gradient, so dropout stays off while training."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    for key in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "attn_pdrop"):
+        if isinstance(getattr(model.config, key, None), float):
+            setattr(model.config, key, 0.0)
+
+
+def domain_scores(
+    model: nn.Module,
+    tokenizer,
+    texts: list[str],
+    importance: dict[str, torch.Tensor] | None,
+    settings: FineTuneSettings,
+    progress: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Fine-tune `model` in place on `texts`; return S per prunable weight and a run report."""
+    if not texts:
+        raise DprunerError("domain-scores needs at least one domain instance, got none")
+    sequences, truncated = tokenize_instances(texts, tokenizer, settings.max_length)
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    batches_per_epoch = math.ceil(len(sequences) / settings.batch_size)
+    total = settings.epochs * batches_per_epoch
+    _disable_dropout(model)
+    model.train()
+    for param in model.parameters():
+        param.requires_grad_(True)
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    sgd = FusedSGD(model, importance, settings)
+    order = torch.Generator().manual_seed(settings.seed)
+    losses, scales = [], []
+    start = time.perf_counter()
+    bar = tqdm(total=total, desc="domain fine-tuning", disable=not progress)
+    try:
+        for epoch in range(settings.epochs):
+            permutation = torch.randperm(len(sequences), generator=order).tolist()
+            for b0 in range(0, len(sequences), settings.batch_size):
+                batch = left_padded_batch(
+                    [sequences[i] for i in permutation[b0 : b0 + settings.batch_size]], pad_id
+                )
+                sgd.lr = learning_rate(sgd.step, total, settings.lr, settings.warmup_fraction)
+                if settings.clip == "two_pass":
+                    sgd.sq_norm = 0.0
+                    sgd.backward(_loss(model, batch, sgd.step), "norm")
+                    norm = math.sqrt(sgd.sq_norm)
+                    sgd.scale = min(1.0, settings.max_grad_norm / (norm + 1e-6))
+                loss = _loss(model, batch, sgd.step)
+                sgd.backward(loss, "update")
+                losses.append(float(loss))
+                scales.append(sgd.scale)
+                sgd.step += 1
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}", lr=f"{sgd.lr:.2e}")
+    finally:
+        bar.close()
+        sgd.remove()
+        model.eval()
+    report = {
+        "settings": asdict(settings),
+        "instances": len(sequences),
+        "truncated_instances": truncated,
+        "updates": total,
+        "losses": losses,
+        "clip_scales": scales,
+        "changed_fraction": {
+            name: int(count) / sgd.prunable[name].numel() for name, count in sgd.changed.items()
+        },
+        "wall_s": time.perf_counter() - start,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20
+        if torch.cuda.is_available()
+        else None,
+    }
+    return sgd.scores, report
+
+
+class DPrunerPruner(Pruner):
+    """Step 3's mask: zero the lowest-scored fraction of the original weights per group."""
+
+    name = "dpruner"
+    default_group = "matrix"
+    needs_calibration = False
+
+    def __init__(self, scores_path: str):
+        super().__init__()
+        self.scores_path = scores_path
+
+    def _prune(self, model, calibration, spec: SparsitySpec) -> dict[str, dict]:
+        scores = load_scores(self.scores_path, model)
+        reports = {}
+        for name, module in prunable_weights(model).items():
+            mask = prune_mask(scores[name].float(), spec)
+            reports[name] = apply_mask(name, module, mask, spec)
+        return reports

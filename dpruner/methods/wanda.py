@@ -1,0 +1,52 @@
+"""Wanda: score |W_ij| * ||X_j||, compared per output row (algorithms.md 3)."""
+
+from __future__ import annotations
+
+import torch
+
+from dpruner.calibration import LayerStatistics, layer_sequential
+from dpruner.masks import SparsitySpec, prune_mask
+from dpruner.methods.base import Pruner, apply_mask
+from dpruner.models import weight_matrix
+
+
+class ChannelNormStatistics(LayerStatistics):
+    """Running mean over sequences of each input channel's squared norm."""
+
+    def __init__(self, d_in: int, device):
+        self.mean_sq_norm = torch.zeros(d_in, dtype=torch.float32, device=device)
+        self.n_sequences = 0
+
+    def add_batch(self, inputs: torch.Tensor, n_sequences: int) -> None:
+        total = self.n_sequences + n_sequences
+        self.mean_sq_norm *= self.n_sequences / total
+        self.mean_sq_norm += inputs.pow(2).sum(dim=0) / total
+        self.n_sequences = total
+
+
+def wanda_scores(weight: torch.Tensor, mean_sq_norm: torch.Tensor) -> torch.Tensor:
+    return weight.float().abs() * mean_sq_norm.sqrt().unsqueeze(0)
+
+
+class WandaPruner(Pruner):
+    name = "wanda"
+    default_group = "row"
+
+    def __init__(self, batch_size: int = 1):
+        super().__init__()
+        self.batch_size = batch_size
+
+    def _prune(self, model, calibration, spec: SparsitySpec) -> dict[str, dict]:
+        reports = {}
+
+        def statistics(name, module):
+            weight = weight_matrix(module)
+            return ChannelNormStatistics(weight.shape[1], weight.device)
+
+        def prune_block(index, linears, stats):
+            for name, module in linears.items():
+                scores = wanda_scores(weight_matrix(module).detach(), stats[name].mean_sq_norm)
+                reports[name] = apply_mask(name, module, prune_mask(scores, spec), spec)
+
+        layer_sequential(model, calibration, statistics, prune_block, batch_size=self.batch_size)
+        return reports

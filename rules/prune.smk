@@ -1,0 +1,27 @@
+# Pruning: one job per model x method x calibration x sparsity x pattern. Magnitude needs no
+# calibration; general-calibrated baselines are pruned once and evaluated on every domain;
+# D-Pruner (and `calibration: domain` baselines) are pruned once per domain.
+
+
+rule prune:
+    input:
+        unpack(prune_inputs),
+    output:
+        PRUNE_REPORT,
+    params:
+        options=prune_options,
+        out_dir=lambda w, output: os.path.dirname(output[0]),
+    log:
+        f"{LOGS}/prune/{{model}}/{PRUNED_ID}.log",
+    benchmark:
+        f"{BENCHMARKS}/prune/{{model}}/{PRUNED_ID}.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../envs/dpruner.yaml"
+    shell:
+        "python -m dpruner prune --model {input.model} {params.options} --out {params.out_dir}"
+        " > {log} 2>&1"

@@ -1,0 +1,99 @@
+# Tables (pandas) and plots (matplotlib) from every metrics file, the per-rule benchmark figures,
+# and results/summary.md, one page with all of them. `snakemake --report` adds the same files.
+
+TABLES_DIR = f"{RESULTS}/tables"
+PLOTS_DIR = f"{RESULTS}/plots"
+TABLE_STEMS = ["main", "main_change", "cross_domain"]
+TABLES = [
+    *expand(f"{TABLES_DIR}/{{stem}}.{{ext}}", stem=TABLE_STEMS, ext=["csv", "md", "tex"]),
+    f"{TABLES_DIR}/metrics_long.csv",
+    f"{TABLES_DIR}/benchmarks.csv",
+    f"{TABLES_DIR}/benchmarks_by_rule.csv",
+    f"{TABLES_DIR}/benchmarks_by_rule.md",
+]
+# Curves over sparsity only exist when several sparsities are configured.
+UNSTRUCTURED_SPARSITIES = {s for s, pattern in sparsity_patterns() if pattern == "unstructured"}
+PLOT_KINDS = ["bars", "sparsity"] if len(UNSTRUCTURED_SPARSITIES) > 1 else ["bars"]
+PLOTS = [
+    *expand(f"{PLOTS_DIR}/{{kind}}_{{domain}}.png", kind=PLOT_KINDS, domain=EVAL_DOMAINS),
+    f"{PLOTS_DIR}/benchmarks.png",
+]
+SUMMARY = f"{RESULTS}/summary.md"
+
+
+rule aggregate:
+    input:
+        metrics=ALL_METRICS,
+        benchmarks=benchmark_files(),
+    output:
+        tables=report(
+            TABLES,
+            caption="../workflow/report/tables.rst",
+            category="Tables",
+        ),
+    params:
+        tables_dir=lambda w, output: os.path.dirname(output.tables[0]),
+    log:
+        f"{LOGS}/aggregate.log",
+    benchmark:
+        f"{BENCHMARKS}/report/aggregate.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/dpruner.yaml"
+    shell:
+        "python -m dpruner.report aggregate --metrics {input.metrics}"
+        " --benchmarks {input.benchmarks} --out {params.tables_dir} > {log} 2>&1"
+
+
+rule plot:
+    input:
+        rules.aggregate.output.tables,
+    output:
+        plots=report(
+            PLOTS,
+            caption="../workflow/report/plots.rst",
+            category="Plots",
+        ),
+    params:
+        tables_dir=lambda w, input: os.path.dirname(input[0]),
+        plots_dir=lambda w, output: os.path.dirname(output.plots[0]),
+    log:
+        f"{LOGS}/plot.log",
+    benchmark:
+        f"{BENCHMARKS}/report/plot.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/dpruner.yaml"
+    shell:
+        "python -m dpruner.report plot --tables {params.tables_dir} --out {params.plots_dir}"
+        " > {log} 2>&1"
+
+
+rule report:
+    input:
+        tables=rules.aggregate.output.tables,
+        plots=rules.plot.output.plots,
+    output:
+        report(SUMMARY, caption="../workflow/report/summary.rst", category="Summary"),
+    params:
+        tables_dir=lambda w, input: os.path.dirname(input.tables[0]),
+        plots_dir=lambda w, input: os.path.dirname(input.plots[0]),
+    log:
+        f"{LOGS}/report.log",
+    benchmark:
+        f"{BENCHMARKS}/report/report.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/dpruner.yaml"
+    shell:
+        "python -m dpruner.report summary --tables {params.tables_dir} --plots {params.plots_dir}"
+        " --out {output} > {log} 2>&1"

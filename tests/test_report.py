@@ -1,0 +1,190 @@
+"""dpruner.report on hand-made metrics files: tables, relative change, cross-domain, plots."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dpruner import report
+from dpruner.errors import DprunerError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "workflow"
+
+# The evaluator's layout: perplexity per corpus, tasks with their metrics under "metrics".
+NESTED = {
+    "model": "results/models/m/dense",
+    "domain": "medical",
+    "perplexity": {"domain": {"ppl": 20.0, "ppl_ref": 21.0}, "general": {"ppl": 10.0}},
+    "tasks": {
+        "med_mc": {"kind": "multiple_choice", "metrics": {"acc": 0.5, "macro_f1": 0.4}},
+        "med_sum": {
+            "kind": "summarization",
+            "metrics": {"rouge1": 0.3, "rouge2": 0.1, "rougeL": 0.2},
+        },
+    },
+}
+
+
+def flat(ppl: float, general: float, acc: float) -> dict:
+    """The other accepted shape: numbers at the top, one flat dict of metrics per task."""
+    return {
+        "perplexity": ppl,
+        "general_perplexity": general,
+        "metrics": {"med_mc": {"accuracy": acc, "f1_macro": acc - 0.1, "acc_stderr,none": 0.01}},
+    }
+
+
+def write(root, variant: str, domain: str, data: dict):
+    path = root / "metrics" / "m" / variant / f"{domain}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture
+def metrics_files(tmp_path):
+    legal = {"perplexity": {"domain": {"ppl": 30.0}, "general": {"ppl": 10.0}}, "tasks": {}}
+    general = {"perplexity": {"domain": {"ppl": 10.0}}, "tasks": {"topic": {"acc": 0.6}}}
+    files = [
+        write(tmp_path, "dense", "medical", NESTED),
+        write(tmp_path, "dense", "legal", legal),
+        write(tmp_path, "dense", "general", general),
+        write(tmp_path, "magnitude_none_s0.5_unstructured", "medical", flat(40.0, 20.0, 0.3)),
+        write(tmp_path, "magnitude_none_s0.5_unstructured", "legal", flat(60.0, 20.0, 0.3)),
+        write(tmp_path, "magnitude_none_s0.5_unstructured", "general", flat(20.0, 20.0, 0.3)),
+    ]
+    for pruned_for in ("medical", "legal"):
+        variant = f"dpruner_{pruned_for}_s0.5_2of4"
+        for domain, ppl in (("medical", 25.0), ("legal", 35.0), ("general", 12.0)):
+            own = 5.0 if domain == pruned_for else 0.0
+            files.append(write(tmp_path, variant, domain, flat(ppl - own, 12.0, 0.45)))
+    return files
+
+
+def test_parse_variant():
+    assert report.parse_variant("dpruner_medical_s0.52_2of4") == {
+        "method": "dpruner",
+        "calibration": "medical",
+        "sparsity": 0.52,
+        "pattern": "2:4",
+    }
+    assert report.parse_variant("dense")["method"] == "dense"
+    with pytest.raises(DprunerError, match="no_such"):
+        report.parse_variant("no_such")
+
+
+def test_read_metrics_nested_and_flat(tmp_path):
+    rows = report.read_metrics(write(tmp_path, "dense", "medical", NESTED))
+    values = {(r["task"], r["metric"]): r["value"] for r in rows}
+    assert values[report.PERPLEXITY, "ppl"] == 20.0
+    assert values[report.GENERAL_PERPLEXITY, "ppl"] == 10.0
+    assert values["med_mc", "accuracy"] == 0.5
+    assert values["med_sum", "rougeL"] == 0.2
+    assert ("med_mc", "kind") not in values
+
+    rows = report.read_metrics(
+        write(tmp_path, "wanda_general_s0.5_unstructured", "x", flat(1, 2, 0.7))
+    )
+    values = {(r["task"], r["metric"]): r["value"] for r in rows}
+    assert values == {
+        (report.PERPLEXITY, "ppl"): 1.0,
+        (report.GENERAL_PERPLEXITY, "ppl"): 2.0,
+        ("med_mc", "accuracy"): 0.7,
+        ("med_mc", "macro_f1"): pytest.approx(0.6),
+    }
+    assert {r["method"] for r in rows} == {"wanda"}
+
+
+def test_reads_the_evaluators_output(tmp_path):
+    """A metrics file written by `python -m dpruner evaluate` (SmolLM2, dense, medical)."""
+    real = json.loads((FIXTURES / "metrics_from_evaluator.json").read_text())
+    long = report.collect([write(tmp_path, "dense", "medical", real)])
+    values = {(r.task, r.metric): r.value for r in long.itertuples()}
+    assert values[report.PERPLEXITY, "ppl"] == real["perplexity"]["domain"]["ppl"]
+    assert values[report.GENERAL_PERPLEXITY, "ppl"] == real["perplexity"]["general"]["ppl"]
+    assert (
+        values["medical_section", "macro_f1"]
+        == real["tasks"]["medical_section"]["metrics"]["macro_f1"]
+    )
+    assert ("medical_title", "rougeL") in values
+    columns = {(task, metric) for _, task, metric in report.main_table(long).columns}
+    assert ("medical_section", "majority_prediction_share") not in columns
+
+
+def test_main_table_uses_each_domains_own_model(metrics_files):
+    table = report.main_table(report.collect(metrics_files))
+    assert list(table.index.get_level_values("method")) == ["dense", "magnitude", "dpruner"]
+    dpruner = table.xs("dpruner", level="method").iloc[0]
+    # The model pruned for medical in the medical columns, the one for legal in the legal ones.
+    assert dpruner["medical", report.PERPLEXITY, "ppl"] == 20.0
+    assert dpruner["legal", report.PERPLEXITY, "ppl"] == 30.0
+    # A domain-specific model has no single general-domain row.
+    assert pd.isna(dpruner["general", report.PERPLEXITY, "ppl"])
+    domains = list(dict.fromkeys(table.columns.get_level_values("domain")))
+    assert domains == ["general", "medical", "legal"]
+
+    change = report.change_vs_dense(table)
+    magnitude = change.xs("magnitude", level="method").iloc[0]
+    assert magnitude["medical", report.PERPLEXITY, "ppl"] == pytest.approx(100.0)
+    assert (change.xs("dense", level="method").fillna(0) == 0).all().all()
+
+
+def test_cross_domain_table(metrics_files):
+    table = report.cross_domain_table(report.collect(metrics_files))
+    rows = table.index.to_frame(index=False)
+    assert list(rows["pruned_for"]) == ["-", "medical", "legal"]
+    assert "magnitude" not in set(rows["method"])
+    medical_model = table.xs("medical", level="pruned_for").iloc[0]
+    assert medical_model["medical", report.PERPLEXITY, "ppl"] == 20.0
+    assert medical_model["legal", report.PERPLEXITY, "ppl"] == 35.0
+
+
+def test_aggregate_plot_summary(metrics_files, tmp_path):
+    bench = tmp_path / "benchmarks" / "prune" / "m" / "magnitude_none_s0.5_unstructured.tsv"
+    bench.parent.mkdir(parents=True)
+    bench.write_text("s\th:m:s\tmax_rss\tcpu_time\n12.5\t0:00:12\t900.1\t20.0\n")
+    tables, plots = tmp_path / "tables", tmp_path / "plots"
+
+    written = report.aggregate(metrics_files, tables, [bench])
+    for stem in ("main", "main_change", "cross_domain"):
+        for ext in ("csv", "md", "tex"):
+            assert tables / f"{stem}.{ext}" in written
+    main_md = (tables / "main.md").read_text()
+    assert "### medical" in main_md and "20.00" in main_md and "+100.0%" in main_md
+    assert "50.0" in main_md  # accuracy in percent
+    assert "\\begin{tabular}" in (tables / "main.tex").read_text()
+    by_rule = pd.read_csv(tables / "benchmarks_by_rule.csv")
+    assert by_rule.loc[by_rule["rule"] == "prune", "total_s"].item() == 12.5
+
+    written = report.plot(tables, plots)
+    names = sorted(p.name for p in written)
+    assert names == ["bars_general.png", "bars_legal.png", "bars_medical.png", "benchmarks.png"]
+    assert all(p.stat().st_size > 1000 for p in written)
+
+    page = report.summary(tables, plots, tmp_path / "summary.md").read_text()
+    assert "## Main comparison" in page and "](plots/bars_medical.png)" in page
+
+
+def test_sparsity_curves_when_several_sparsities(metrics_files, tmp_path):
+    extra = [
+        write(tmp_path, "magnitude_none_s0.7_unstructured", domain, flat(90.0, 50.0, 0.2))
+        for domain in ("medical", "legal", "general")
+    ]
+    report.aggregate(metrics_files + extra, tmp_path / "tables")
+    names = {p.name for p in report.plot(tmp_path / "tables", tmp_path / "plots")}
+    assert {"sparsity_medical.png", "sparsity_general.png"} <= names
+
+
+def test_cli_entry_point(metrics_files, tmp_path, capsys):
+    assert (
+        report.main(
+            ["aggregate", "--metrics", *map(str, metrics_files), "--out", str(tmp_path / "t")]
+        )
+        == 0
+    )
+    assert (tmp_path / "t" / "main.csv").is_file()
+    bad = write(tmp_path, "dense", "broken", {})
+    bad.write_text("{not json")
+    assert report.main(["aggregate", "--metrics", str(bad), "--out", str(tmp_path / "u")]) == 2
+    assert "broken.json" in capsys.readouterr().err

@@ -1,0 +1,407 @@
+"""The Snakemake workflow: lint, dry runs, the SLURM profile, reruns, interruptions, a new domain,
+and a tiny end-to-end run of the whole DAG with the real package."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+FIXTURES = REPO / "tests" / "fixtures" / "workflow"
+# A package whose `python -m dpruner <step>` writes placeholders, so whole runs take seconds.
+FAKE_PACKAGE = FIXTURES / "fake"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def snakemake(*args, workdir: Path, env: dict | None = None, check: bool = True, **kwargs):
+    """Run the repository's Snakefile in `workdir`; the default profile applies as for users."""
+    command = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
+    result = subprocess.run(
+        [*command, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **OFFLINE, **(env or {})},
+        **kwargs,
+    )
+    if check and result.returncode != 0:
+        pytest.fail(
+            f"snakemake {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The `Job stats` table of a (dry) run: rule -> number of jobs."""
+    table = output.split("Job stats:")[1].split("\n\n")[0]
+    counts = {}
+    for line in table.splitlines():
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if match and match.group(1) != "total":
+            counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def dry_run(config: Path, workdir: Path, *extra) -> dict[str, int]:
+    result = snakemake("-n", "--quiet", "rules", "--configfile", config, *extra, workdir=workdir)
+    if "Nothing to be done" in result.stdout + result.stderr:
+        return {}
+    return job_counts(result.stdout + result.stderr)
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def readme_domain() -> dict:
+    """The worked example of config/README.md: a third domain from the packaged corpora."""
+    text = (REPO / "config" / "README.md").read_text()
+    block = text.split("## Adding a domain")[1].split("```yaml\n")[1].split("```")[0]
+    return yaml.safe_load(block)
+
+
+def test_lint(tmp_path):
+    config = REPO / "config" / "config.yaml"
+    result = snakemake("--lint", "--configfile", config, workdir=tmp_path, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dry_run_default_config(tmp_path):
+    counts = dry_run(REPO / "config" / "config.yaml", tmp_path)
+    # 1 model; magnitude, Wanda and SparseGPT pruned once, D-Pruner per domain (2); every model
+    # (dense + 5 pruned) evaluated on general, medical and legal.
+    assert counts == {
+        "prepare_model": 1,
+        "prepare_data": 3,
+        "general_importance": 1,
+        "domain_scores": 2,
+        "prune": 5,
+        "evaluate": 18,
+        "aggregate": 1,
+        "plot": 1,
+        "report": 1,
+        "all": 1,
+    }
+
+
+def test_dry_run_paper_config_plans_the_full_dag_offline(tmp_path):
+    counts = dry_run(REPO / "config" / "paper.yaml", tmp_path)
+    # Replaces config.yaml rather than merging: only the two LLaMA-2 models.
+    assert counts["prepare_model"] == 2
+    assert counts["prepare_data"] == 2 * 3
+    assert counts["domain_scores"] == 2 * 2
+    assert counts["prune"] == 2 * 5
+    assert counts["evaluate"] == 2 * 6 * 3
+
+
+def test_slurm_profile_dry_run(tmp_path):
+    result = snakemake(
+        "-n",
+        "--configfile",
+        REPO / "config" / "paper.yaml",
+        "--workflow-profile",
+        REPO / "profiles" / "slurm",
+        workdir=tmp_path,
+    )
+    jobs = result.stdout.split("\nrule ")[1:]
+    prune = next(job for job in jobs if job.startswith("prune:"))
+    for resource in ("slurm_partition=gpu", "gpu=1", "gpu_model=", "cpus_per_gpu=", "mem_mb="):
+        assert resource in prune
+    prepare = next(job for job in jobs if job.startswith("prepare_data:"))
+    assert "gpu=1" not in prepare
+
+
+def test_slurm_profile_passes_gpu_options_to_sbatch(tmp_path):
+    """A stub sbatch records its command line; the job then fails (stub sacct), ending the run."""
+    bin_dir, workdir, record = tmp_path / "bin", tmp_path / "work", tmp_path / "sbatch.txt"
+    bin_dir.mkdir()
+    stubs = {
+        "sbatch": f'echo "$@" >> {record}\necho 4242',
+        "sacct": 'echo "4242|FAILED"',
+        "sacctmgr": "echo my-account",
+        "squeue": "exit 0",
+        "sinfo": "exit 0",
+    }
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    # Inputs of one GPU job exist, so only that job is submitted.
+    results = workdir / "results" / "paper"
+    (results / "models" / "llama-2-7b" / "dense").mkdir(parents=True)
+    (results / "data" / "llama-2-7b" / "general").mkdir(parents=True)
+    (results / "data" / "llama-2-7b" / "general" / "calibration.pt").write_text("")
+    target = "results/paper/scores/llama-2-7b/general_importance_s0.5_norm-mean.safetensors"
+    result = snakemake(
+        "--configfile",
+        REPO / "config" / "paper.yaml",
+        "--workflow-profile",
+        REPO / "profiles" / "slurm",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        target,
+        workdir=workdir,
+        env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
+        check=False,
+        timeout=300,
+    )
+    assert record.is_file(), result.stdout + result.stderr
+    submitted = record.read_text()
+    assert "--comment rule_general_importance" in submitted
+    for option in ("-p gpu", "--gpus=a100:1", "--cpus-per-gpu=8", "--mem 128000", "-t 240"):
+        assert option in submitted
+    assert "-A my-account" in submitted
+
+
+# ---------------------------------------------------------------- whole runs with the fake CLI
+
+
+def fake_env(tmp_path: Path, sleep: float = 0) -> dict:
+    return {
+        "PYTHONPATH": str(FAKE_PACKAGE),
+        "FAKE_DPRUNER_LOG": str(tmp_path / "calls.txt"),
+        "FAKE_DPRUNER_SLEEP": str(sleep),
+    }
+
+
+def calls(tmp_path: Path, event: str) -> list[str]:
+    path = tmp_path / "calls.txt"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [line.split(" ", 1)[1] for line in lines if line.startswith(event + " ")]
+
+
+def default_config_in(workdir: Path) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    return write_config(workdir / "config.yaml", config)
+
+
+def test_rerun_does_nothing_and_a_new_domain_schedules_only_its_jobs(tmp_path):
+    workdir = tmp_path / "work"
+    config_file = default_config_in(workdir)
+    env = fake_env(tmp_path)
+    snakemake("--configfile", config_file, "--cores", "2", workdir=workdir, env=env)
+    tables, plots = workdir / "results" / "tables", workdir / "results" / "plots"
+    assert (tables / "main.md").is_file() and (plots / "bars_medical.png").is_file()
+    assert "dpruner" in (tables / "cross_domain.csv").read_text()
+    assert (workdir / "results" / "summary.md").is_file()
+
+    assert dry_run(config_file, workdir) == {}
+
+    config = yaml.safe_load(config_file.read_text())
+    config["domains"].update(readme_domain())
+    bigger = write_config(workdir / "bigger.yaml", config)
+    # New: the domain's data, D-Pruner scores and model; every old model (dense + 5 pruned) on
+    # the new domain and the new model on all 4 domains; then the tables, plots and summary.
+    assert dry_run(bigger, workdir) == {
+        "prepare_data": 1,
+        "domain_scores": 1,
+        "prune": 1,
+        "evaluate": 6 + 4,
+        "aggregate": 1,
+        "plot": 1,
+        "report": 1,
+        "all": 1,
+    }
+
+
+def test_interrupted_run_resumes_without_redoing_finished_jobs(tmp_path):
+    workdir = tmp_path / "work"
+    config_file = default_config_in(workdir)
+    env = fake_env(tmp_path, sleep=1.0)
+    command = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
+    process = subprocess.Popen(
+        [*command, "--configfile", str(config_file), "--cores", "1"],
+        env={**os.environ, **OFFLINE, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(calls(tmp_path, "done")) < 6 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # Ctrl-C in a terminal: SIGINT to the whole process group, with a job half-way through.
+        while len(calls(tmp_path, "start")) == len(calls(tmp_path, "done")):
+            assert time.monotonic() < deadline, "no job started"
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    finished_before = set(calls(tmp_path, "done"))
+    interrupted = set(calls(tmp_path, "start")) - finished_before
+    assert interrupted, "the interruption should hit a running job"
+    assert not (workdir / "results" / "tables" / "main.csv").exists()
+
+    (tmp_path / "calls.txt").unlink()
+    snakemake("--configfile", config_file, "--cores", "2", workdir=workdir, env=fake_env(tmp_path))
+    rerun = set(calls(tmp_path, "start"))
+    assert interrupted <= rerun
+    assert not (rerun & finished_before)
+    for metrics in (workdir / "results" / "metrics").rglob("*.json"):
+        json.loads(metrics.read_text())  # no half-written file survived
+    assert dry_run(config_file, workdir) == {}
+
+
+# ---------------------------------------------------------------- the real package, tiny model
+
+
+def tiny_model_dir(root: Path) -> Path:
+    """A random 2-layer LlamaForCausalLM with a byte-level BPE tokenizer trained on the fixtures."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    texts = [
+        " ".join(str(v) for v in json.loads(line).values())
+        for name in ("general", "medical", "legal")
+        for line in (FIXTURES / f"{name}.jsonl").read_text().splitlines()
+    ]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=384,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    )
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    out = root / "tiny-model"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def tiny_config(model_dir: Path) -> dict:
+    def source(name):
+        return {"path": str(FIXTURES / f"{name}.jsonl")}
+
+    def domain(name, calibration_template, ppl_field, mc, summary=None):
+        tasks = [
+            {
+                "name": f"{name}_mc",
+                "kind": "multiple_choice",
+                "source": source(name),
+                "template": mc[0],
+                "choices": mc[1],
+                "label_field": "label",
+                "limit": 6,
+            }
+        ]
+        if summary:
+            tasks.append(
+                {
+                    "name": f"{name}_summary",
+                    "kind": "summarization",
+                    "source": source(name),
+                    "template": summary,
+                    "target_field": "title",
+                    "limit": 3,
+                }
+            )
+        return {
+            "calibration": [{"source": source(name), "template": calibration_template, "count": 8}],
+            "perplexity": {"source": source(name), "template": f"{{{ppl_field}}}"},
+            "tasks": tasks,
+        }
+
+    general = domain(
+        "general", "{text}", "text", ("Text: {text}\nTopic:", ["science", "sport", "music"])
+    )
+    general["calibration"][0].pop("count")
+    return {
+        "results": "results",
+        "seed": 0,
+        "device": "cpu",
+        "models": {"tiny": {"path": str(model_dir), "dtype": "float32"}},
+        "sparsities": [0.5],
+        "patterns": ["unstructured"],
+        "calibration": {"nsamples": 4, "seqlen": 32, "eval_fraction": 0.25},
+        "general": general,
+        "domains": {
+            "medical": domain(
+                "medical",
+                "Title: {title}\nAbstract: {abstract}",
+                "abstract",
+                ("Abstract: {abstract}\nSection:", ["background", "methods", "results"]),
+                summary="Abstract: {abstract}\nTitle:",
+            ),
+            "legal": domain(
+                "legal",
+                "{text}",
+                "text",
+                ("Clause: {text}\nCategory:", ["permissive", "copyleft", "commercial"]),
+            ),
+        },
+        "evaluation": {
+            "perplexity": {"window": 32, "stride": 32, "max_tokens": 256, "bos": "none"},
+            "max_prompt_tokens": 64,
+            "generation": {"max_new_tokens": 4, "do_sample": False},
+            "batch_size": 4,
+        },
+        "methods": {
+            "magnitude": {"kind": "magnitude", "group": "matrix"},
+            "wanda": {"kind": "wanda", "calibration": "general"},
+            "sparsegpt": {"kind": "sparsegpt", "calibration": "general"},
+            "dpruner": {
+                "kind": "dpruner",
+                "lambda": 0.1,
+                "lr": 0.03,
+                "epochs": 1,
+                "batch_size": 2,
+                "max_length": 32,
+                "clip": "one_pass",
+                "normalize": "mean",
+                "group": "matrix",
+            },
+        },
+    }
+
+
+@pytest.mark.slow
+def test_tiny_end_to_end_run_of_the_whole_dag(tmp_path):
+    config_file = write_config(tmp_path / "tiny.yaml", tiny_config(tiny_model_dir(tmp_path)))
+    workdir = tmp_path / "work"
+    result = snakemake("--configfile", config_file, "--cores", "2", workdir=workdir, check=False)
+    if result.returncode != 0:
+        logs = sorted((workdir / "results" / "logs").rglob("*.log"))
+        tails = "\n".join(f"== {p}\n{p.read_text()[-1500:]}" for p in logs if p.stat().st_size)
+        pytest.fail(f"tiny run failed:\n{result.stderr[-4000:]}\n{tails}")
+    results = workdir / "results"
+    for stem in ("main", "main_change", "cross_domain"):
+        for ext in ("csv", "md", "tex"):
+            assert (results / "tables" / f"{stem}.{ext}").stat().st_size > 0
+    for name in ("bars_general", "bars_medical", "bars_legal", "benchmarks"):
+        assert (results / "plots" / f"{name}.png").stat().st_size > 0
+    main = (results / "tables" / "main.csv").read_text()
+    for method in ("dense", "magnitude", "wanda", "sparsegpt", "dpruner"):
+        assert method in main
+    assert dry_run(config_file, workdir) == {}
+    shutil.rmtree(workdir / "results" / "models")  # the largest files; tmp_path is kept a while
