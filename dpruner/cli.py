@@ -91,6 +91,24 @@ def cmd_prepare_model(args) -> dict:
     return {"out": args.out}
 
 
+def cmd_prepare_data(args) -> dict:
+    from dpruner.config import load_config
+    from dpruner.data import write_calibration
+    from dpruner.models import load_model
+
+    config = load_config(args.config)
+    _, tokenizer = load_model(args.model)
+    return write_calibration(config, args.domain, tokenizer, args.out)
+
+
+def cmd_evaluate(args) -> dict:
+    from dpruner.config import load_config
+    from dpruner.evaluation.runner import evaluate_domain
+
+    result = evaluate_domain(args.model, args.domain, load_config(args.config), args.out)
+    return {"out": args.out, "perplexity": result["perplexity"], "wall_s": result["wall_s"]}
+
+
 def _load_for_pruning(args):
     from dpruner.models import load_model
 
@@ -276,6 +294,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_prepare_model)
 
+    p = sub.add_parser("prepare-data", help="calibration tokens and domain instances of a domain")
+    p.add_argument("--config", required=True)
+    p.add_argument("--domain", required=True, help="`general` or a name under `domains:`")
+    p.add_argument("--model", required=True, help="model directory (for its tokenizer)")
+    p.add_argument("--out", required=True, help="folder for calibration.pt and instances.jsonl")
+    p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("evaluate", help="every metric of a domain (and general perplexity)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--domain", required=True)
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", required=True, help="metrics JSON file")
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("prune", help="prune a model and save it with prune.json")
     model_args(p)
     p.add_argument("--method", required=True)
@@ -324,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--out")
     p.set_defaults(func=cmd_perplexity)
+
+    from dpruner.report import register
+
+    register(sub)
     return parser
 
 

@@ -273,6 +273,15 @@ def _disable_dropout(model: nn.Module) -> None:
             setattr(model.config, key, 0.0)
 
 
+def _enable_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant checkpointing, so parameter hooks fire normally during recomputation."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def domain_scores(
     model: nn.Module,
     tokenizer,
@@ -295,7 +304,7 @@ def domain_scores(
     for param in model.parameters():
         param.requires_grad_(True)
     if settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _enable_checkpointing(model)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     sgd = FusedSGD(model, importance, settings)
@@ -318,7 +327,7 @@ def domain_scores(
                     sgd.scale = min(1.0, settings.max_grad_norm / (norm + 1e-6))
                 loss = _loss(model, batch, sgd.step)
                 sgd.backward(loss, "update")
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 scales.append(sgd.scale)
                 sgd.step += 1
                 bar.update(1)

@@ -1,0 +1,82 @@
+import json
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from dpruner.cli import main
+from dpruner.models import load_model, save_model
+from tiny import tiny_model
+
+WORDS = "the a cell gene licence party shall patient study results of and to in".split()
+
+
+@pytest.fixture()
+def model_dir(tmp_path):
+    vocab = {"<unk>": 0, "<s>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", unk_token="<unk>", pad_token="<unk>"
+    )
+    model = tiny_model("llama", vocab_size=len(vocab))
+    return save_model(model, tokenizer, tmp_path / "dense")
+
+
+@pytest.fixture()
+def text_file(tmp_path):
+    path = tmp_path / "calibration.txt"
+    paragraphs = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(40)) for i in range(30)]
+    path.write_text("\n\n".join(paragraphs))
+    return path
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_prune_writes_a_loadable_model_and_its_report(tmp_path, model_dir, text_file, method):
+    out = tmp_path / method
+    code = main(
+        ["prune", "--model", str(model_dir), "--method", method, "--sparsity", "0.5",
+         "--calibration", str(text_file), "--nsamples", "4", "--seqlen", "16", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "prune.json").read_text())
+    assert report["sparsity_linear"] >= 0.5
+    assert len(report["matrices"]) == 21
+    assert report["wall_s"] > 0 and report["peak_rss_mb"] > 0
+    model, _ = load_model(out)
+    assert report["measured"]["sparsity_linear"] == pytest.approx(report["sparsity_linear"])
+
+
+def test_perplexity_command(tmp_path, model_dir, text_file, capsys):
+    out = tmp_path / "ppl.json"
+    args = ["perplexity", "--model", str(model_dir), "--data", str(text_file)]
+    assert main([*args, "--window", "32", "--stride", "16", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["ppl"] > 1 and result["windows"] > 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--sparsity", "1.5"], "sparsity must lie in (0, 1)"),
+        (["--sparsity", "0.5", "--pattern", "2:3"], "fixes sparsity"),
+        (["--sparsity", "0.5", "--pattern", "3:6"], "d_in = 32"),
+        (["--sparsity", "0.5", "--method", "obs"], "unknown method 'obs'"),
+    ],
+)
+def test_bad_arguments_give_one_clear_error(tmp_path, model_dir, text_file, capsys, extra, message):
+    args = ["prune", "--model", str(model_dir), "--method", "wanda", "--out", str(tmp_path / "o")]
+    args += ["--calibration", str(text_file), "--nsamples", "2", "--seqlen", "8", *extra]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_model_and_empty_calibration_are_named(tmp_path, model_dir, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    base = ["prune", "--method", "wanda", "--sparsity", "0.5", "--out", str(tmp_path / "o")]
+    assert main([*base, "--model", str(tmp_path / "none"), "--calibration", str(empty)]) == 2
+    assert "none/config.json" in capsys.readouterr().err
+    assert main([*base, "--model", str(model_dir), "--calibration", str(empty)]) == 2
+    assert "empty.txt" in capsys.readouterr().err

@@ -1,0 +1,217 @@
+import math
+
+import pytest
+import torch
+
+from dpruner.calibration import layer_sequential
+from dpruner.masks import SparsitySpec
+from dpruner.methods.dpruner import (
+    DPrunerPruner,
+    FineTuneSettings,
+    FusedSGD,
+    NonFiniteError,
+    domain_scores,
+    dual_importance_step,
+    general_importance,
+    learning_rate,
+    left_padded_batch,
+    save_scores,
+    stochastic_round_to_bf16,
+)
+from dpruner.methods.sparsegpt import HessianStatistics
+from dpruner.models import prunable_weights
+from tiny import random_tokens, tiny_model
+
+
+class Tokens:
+    """A stand-in tokenizer over integer words: enough for the fine-tuning loop."""
+
+    bos_token_id, pad_token_id, eos_token_id = 1, 0, 2
+
+    def __call__(self, text, add_special_tokens=False):
+        class Encoded:
+            input_ids = [int(w) for w in text.split()]
+
+        return Encoded()
+
+
+def instances(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        " ".join(
+            str(int(t))
+            for t in torch.randint(
+                3, 96, (int(torch.randint(6, 12, (1,), generator=g)),), generator=g
+            )
+        )
+        for _ in range(n)
+    ]
+
+
+def unit_importance(model):
+    return {n: torch.rand(m.weight.shape) + 0.5 for n, m in prunable_weights(model).items()}
+
+
+def test_regularised_gradient_equals_autograd_of_the_penalty():
+    model = tiny_model("llama", layers=1)
+    importance = unit_importance(model)
+    settings = FineTuneSettings(lam=0.7, gradient_checkpointing=False)
+    sgd = FusedSGD(model, importance, settings)
+    sgd.remove()
+    with torch.no_grad():
+        for module in prunable_weights(model).values():
+            module.weight.add_(0.01 * torch.randn_like(module.weight))
+    batch = left_padded_batch([[1, 5, 6, 7, 8], [1, 9, 10]], pad_id=0)
+    loss = model(**batch).loss
+    penalty = sum(
+        (importance[n] * (m.weight - sgd.original[n]).pow(2)).sum()
+        for n, m in prunable_weights(model).items()
+    )
+    (loss + settings.lam * penalty).backward()
+    expected = {n: m.weight.grad.clone() for n, m in prunable_weights(model).items()}
+    model.zero_grad()
+    model(**batch).loss.backward()
+    for name, module in prunable_weights(model).items():
+        got = sgd.regularised_gradient(name, module.weight)
+        torch.testing.assert_close(got, expected[name], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("clip", ["two_pass", "one_pass"])
+def test_fused_step_equals_torch_sgd_with_the_same_clipping(clip):
+    texts = instances(4)
+    reference = tiny_model("llama", layers=2)
+    fused = tiny_model("llama", layers=2)
+    settings = FineTuneSettings(
+        lam=0.0, lr=0.5, epochs=1, batch_size=4, clip=clip, max_grad_norm=0.05,
+        warmup_fraction=0.0, gradient_checkpointing=True,
+    )  # fmt: skip
+    _, report = domain_scores(fused, Tokens(), texts, None, settings, progress=False)
+    assert report["updates"] == 1
+
+    from dpruner.methods.dpruner import tokenize_instances
+
+    sequences, _ = tokenize_instances(texts, Tokens(), 1024)
+    order = torch.randperm(4, generator=torch.Generator().manual_seed(42)).tolist()
+    batch = left_padded_batch([sequences[i] for i in order], pad_id=0)
+    optimizer = torch.optim.SGD(reference.parameters(), lr=learning_rate(0, 1, 0.5, 0.0))
+    reference.train()
+    reference(**batch, use_cache=False).loss.backward()
+    if clip == "two_pass":
+        total = torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.05)
+        assert float(total) > 0.05, "the test must exercise clipping"
+    optimizer.step()
+    for (name, a), b in zip(fused.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_dual_importance_equals_the_formula_for_one_step():
+    model = tiny_model("llama", layers=1)
+    original = {n: m.weight.detach().clone() for n, m in prunable_weights(model).items()}
+    importance = unit_importance(model)
+    texts = instances(3)
+    settings = FineTuneSettings(lam=0.3, lr=0.1, epochs=1, batch_size=3, clip="two_pass",
+                                warmup_fraction=0.0, gradient_checkpointing=False)  # fmt: skip
+    probe = tiny_model("llama", layers=1)
+    sgd = FusedSGD(probe, importance, settings)
+    sgd.remove()
+    from dpruner.methods.dpruner import tokenize_instances
+
+    sequences, _ = tokenize_instances(texts, Tokens(), 1024)
+    order = torch.randperm(3, generator=torch.Generator().manual_seed(42)).tolist()
+    batch = left_padded_batch([sequences[i] for i in order], pad_id=0)
+    probe(**batch).loss.backward()
+    expected = {}
+    for name, module in prunable_weights(probe).items():
+        g = sgd.regularised_gradient(name, module.weight)
+        gw = g * original[name]
+        expected[name] = (gw + gw * gw / 2).abs()
+    scores, _ = domain_scores(model, Tokens(), texts, importance, settings, progress=False)
+    for name in expected:
+        torch.testing.assert_close(scores[name], expected[name], rtol=1e-5, atol=1e-9)
+
+
+def test_general_importance_is_the_saliency_sparsegpt_sees():
+    model = tiny_model("llama")
+    tokens = random_tokens(4, 16)
+    name = "model.layers.0.mlp.down_proj.weight"
+    captured = {}
+
+    def keep(full_name, module):
+        if full_name == name:
+            captured["stats"] = HessianStatistics(module.weight.shape[1], "cpu")
+            captured["weight"] = module.weight.detach().clone()
+            return captured["stats"]
+        return None
+
+    layer_sequential(tiny_model("llama"), tokens, keep, lambda *a: None, batch_size=2)
+    importance = general_importance(model, tokens, 0.5, normalize="none", batch_size=2)
+    hessian, weight = captured["stats"].hessian, captured["weight"]
+    damped = hessian + 0.01 * hessian.diagonal().mean() * torch.eye(hessian.shape[0])
+    block = 32  # first column block: the original weights, [H_F^-1]_jj with F = columns j..end
+    for j in range(0, min(block, weight.shape[1]), 7):
+        inverse_jj = torch.linalg.inv(damped[j:, j:])[0, 0]
+        torch.testing.assert_close(
+            importance[name][:, j], weight[:, j].pow(2) / inverse_jj, rtol=2e-3, atol=1e-8
+        )
+    normalised = general_importance(tiny_model("llama"), tokens, 0.5, "mean", batch_size=2)
+    assert float(normalised[name].mean()) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_mask_keeps_original_weights_bit_identical(tmp_path):
+    model = tiny_model("llama")
+    dense = {n: m.weight.detach().clone() for n, m in prunable_weights(model).items()}
+    scores = {n: torch.rand(w.shape) for n, w in dense.items()}
+    save_scores(scores, tmp_path / "s.safetensors", {"kind": "test"})
+    DPrunerPruner(str(tmp_path / "s.safetensors")).prune(model, None, SparsitySpec(0.5))
+    for name, module in prunable_weights(model).items():
+        kept = module.weight != 0
+        assert torch.equal(module.weight[kept], dense[name][kept])
+        lowest = scores[name].reshape(-1).sort(stable=True).indices[: scores[name].numel() // 2]
+        assert bool((module.weight.reshape(-1)[lowest] == 0).all())
+
+
+def test_same_seed_gives_the_same_scores_twice():
+    settings = FineTuneSettings(lam=0.1, lr=0.05, epochs=2, batch_size=2, clip="two_pass")
+    texts = instances(5)
+    runs = []
+    for _ in range(2):
+        model = tiny_model("llama").to(torch.bfloat16)
+        importance = unit_importance(model)
+        torch.manual_seed(0)
+        scores, report = domain_scores(model, Tokens(), texts, importance, settings, progress=False)
+        runs.append((scores, report))
+    assert report["updates"] == 6
+    for name in runs[0][0]:
+        assert torch.equal(runs[0][0][name], runs[1][0][name])
+    assert max(runs[0][1]["changed_fraction"].values()) > 0, "stochastic rounding moves weights"
+
+
+def test_non_finite_importance_names_the_step_and_layer():
+    model = tiny_model("llama")
+    importance = unit_importance(model)
+    importance["model.layers.1.mlp.up_proj.weight"][0, 0] = math.inf
+    settings = FineTuneSettings(lam=0.1, epochs=1, batch_size=2)
+    with pytest.raises(NonFiniteError, match="step 0 in model.layers.1.mlp.up_proj.weight"):
+        domain_scores(model, Tokens(), instances(2), importance, settings, progress=False)
+
+
+def test_non_finite_loss_names_the_step():
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.norm.weight.fill_(math.nan)
+    with pytest.raises(NonFiniteError, match="loss nan at step 0"):
+        domain_scores(model, Tokens(), instances(2), None, FineTuneSettings(lam=0), progress=False)
+
+
+def test_schedule_and_score_formula():
+    rates = [learning_rate(t, 10, 1.0, 0.2) for t in range(10)]
+    assert rates[:3] == [0.5, 1.0, 1.0] and rates[-1] == pytest.approx(1 / 8)
+    g, w = torch.tensor([2.0, -1.0]), torch.tensor([0.5, 3.0])
+    assert dual_importance_step(g, w).tolist() == [1.5, 1.5]
+
+
+def test_stochastic_rounding_is_unbiased():
+    x = torch.full((200_000,), 1.0 + 2**-9)  # a quarter of the way between two bf16 values
+    rounded = stochastic_round_to_bf16(x, torch.Generator().manual_seed(0)).float()
+    assert set(rounded.unique().tolist()) == {1.0, 1.0 + 2**-7}
+    assert float(rounded.mean()) == pytest.approx(1.0 + 2**-9, abs=2e-5)

@@ -1,0 +1,138 @@
+import pytest
+import torch
+
+from dpruner.masks import SparsitySpec, prune_mask
+from dpruner.methods import get_pruner
+from dpruner.methods.sparsegpt import DampingError, inverse_hessian_factor, sparsegpt_sweep
+from dpruner.methods.wanda import wanda_scores
+from dpruner.models import load_model, prunable_weights, save_model
+from tiny import LAYOUTS, random_tokens, tiny_model
+
+METHODS = [("magnitude", "matrix"), ("wanda", "row"), ("sparsegpt", "block")]
+
+
+def correlated_layer(d_out=24, d_in=64, tokens=512, seed=0):
+    """A layer whose inputs have outlier channels and correlations, as real activations do."""
+    g = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(d_in, d_in, generator=g) / d_in**0.5
+    scales = torch.ones(d_in)
+    scales[:4] = 20.0
+    inputs = (torch.randn(tokens, d_in, generator=g) @ mixing + 0.1) * scales
+    weight = torch.randn(d_out, d_in, generator=g)
+    return weight, inputs
+
+
+def reconstruction_error(weight, pruned, inputs):
+    return float(torch.linalg.norm(inputs @ weight.t() - inputs @ pruned.t()))
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_sparsegpt_reconstructs_the_layer_better_than_magnitude_and_wanda(pattern):
+    weight, inputs = correlated_layer()
+    hessian = 2 * inputs.t() @ inputs / inputs.shape[0]
+    spec = SparsitySpec.parse(0.5, pattern, "block")
+    result = sparsegpt_sweep(weight, hessian, spec, block_size=16)
+    errors = {"sparsegpt": reconstruction_error(weight, result.weight, inputs)}
+    for name, scores, group in [
+        ("magnitude", weight.abs(), "matrix"),
+        ("wanda", wanda_scores(weight, inputs.pow(2).mean(0)), "row"),
+    ]:
+        mask = prune_mask(scores, SparsitySpec.parse(0.5, pattern, group))
+        errors[name] = reconstruction_error(weight, weight.masked_fill(mask, 0), inputs)
+    assert errors["sparsegpt"] < errors["wanda"] < errors["magnitude"], errors
+    assert bool((result.weight[result.mask] == 0).all())
+    assert int(result.mask.sum()) == weight.numel() // 2
+
+
+def test_wanda_mask_equals_brute_force_on_the_first_layer():
+    model = tiny_model("llama")
+    tokens = random_tokens(3, 16)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    layer = prunable_weights(model)[name]
+    captured = []
+    handle = layer.register_forward_hook(lambda m, i, o: captured.append(i[0].reshape(-1, 32)))
+    with torch.no_grad():
+        model(input_ids=tokens)
+    handle.remove()
+    inputs, weight = captured[0], layer.weight.detach().clone()
+    d_out, d_in = weight.shape
+    expected = torch.zeros(d_out, d_in, dtype=torch.bool)
+    for i in range(d_out):
+        scores = [
+            (abs(float(weight[i, j])) * (float(inputs[:, j].pow(2).sum()) / 3) ** 0.5, j)
+            for j in range(d_in)
+        ]
+        for _, j in sorted(scores)[: d_in // 2]:
+            expected[i, j] = True
+    get_pruner("wanda", batch_size=2).prune(model, tokens, SparsitySpec(0.5, "row"))
+    assert torch.equal(layer.weight == 0, expected)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize(("method", "group"), METHODS)
+def test_every_method_reaches_the_target_on_every_layout(layout, method, group):
+    model = tiny_model(layout)
+    result = get_pruner(method).prune(model, random_tokens(4, 16), SparsitySpec(0.5, group))
+    assert result.sparsity_linear >= 0.5
+    assert set(result.matrices) == set(prunable_weights(model))
+    for name, module in prunable_weights(model).items():
+        assert float((module.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.02), name
+
+
+@pytest.mark.parametrize(("method", "group"), METHODS)
+def test_nm_pattern_holds_in_every_row(method, group):
+    model = tiny_model("llama")
+    get_pruner(method).prune(model, random_tokens(4, 16), SparsitySpec.parse(0.5, "2:4", group))
+    for module in prunable_weights(model).values():
+        zeros = (module.weight == 0).reshape(module.weight.shape[0], -1, 4).sum(-1)
+        assert bool((zeros >= 2).all())
+
+
+def test_prune_save_load_gives_the_same_outputs(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    model = tiny_model("llama")
+    get_pruner("sparsegpt").prune(model, random_tokens(4, 16), SparsitySpec(0.5, "block"))
+    vocab = {f"t{i}": i for i in range(96)}
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    )
+    save_model(model, tokenizer, tmp_path / "pruned")
+    loaded, _ = load_model(tmp_path / "pruned")
+    tokens = random_tokens(2, 16, seed=5)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=tokens).logits, loaded(input_ids=tokens).logits)
+
+
+def test_failed_cholesky_is_retried_with_more_damping():
+    hessian = torch.diag(torch.tensor([1.0, 1.0, -0.05]))
+    _, damp = inverse_hessian_factor(hessian, 0.01, 1.0, "layer")
+    assert damp == pytest.approx(0.1)
+    with pytest.raises(DampingError, match="model.layers.0.mlp.up_proj.*nsamples"):
+        inverse_hessian_factor(
+            torch.diag(torch.tensor([1.0, 1.0, -5.0])), 0.01, 1.0, "model.layers.0.mlp.up_proj"
+        )
+
+
+def test_sparsegpt_reports_the_damping_it_needed(monkeypatch):
+    import dpruner.methods.sparsegpt as sparsegpt
+
+    real = sparsegpt.inverse_hessian_factor
+
+    def bump(hessian, percdamp, max_damp, where):
+        upper, _ = real(hessian, 0.1, max_damp, where)
+        return upper, 0.1
+
+    monkeypatch.setattr(sparsegpt, "inverse_hessian_factor", bump)
+    result = get_pruner("sparsegpt").prune(
+        tiny_model("llama"), random_tokens(2, 16), SparsitySpec(0.5, "block")
+    )
+    assert len(result.warnings) == 21 and "damping 0.1" in result.warnings[0]
+
+
+def test_calibrated_methods_need_calibration_data():
+    from dpruner.errors import DprunerError
+
+    with pytest.raises(DprunerError, match="needs calibration data"):
+        get_pruner("wanda").prune(tiny_model("llama"), None, SparsitySpec(0.5, "row"))
