@@ -25,6 +25,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from dpruner.calibration import layer_sequential
 from dpruner.masks import SparsitySpec, prune_mask
+from dpruner.methods.base import apply_mask
 from dpruner.methods.dpruner import FineTuneSettings, domain_scores
 from dpruner.methods.sparsegpt import HessianStatistics, sparsegpt_sweep
 from dpruner.models import prunable_weights, weight_matrix
@@ -142,7 +143,8 @@ def step23(args) -> dict:
     mask_start = time.perf_counter()
     zeros = 0
     for name, module in prunable_weights(model).items():
-        zeros += int(prune_mask(scores[name], SparsitySpec(0.5)).sum())
+        mask = prune_mask(scores[name], SparsitySpec(0.5))
+        zeros += apply_mask(name, module, mask, SparsitySpec(0.5))["pruned"]
     mask_wall = time.perf_counter() - mask_start
     return {
         "step": "2-3 regularised fused SGD + dual importance S, then the mask",

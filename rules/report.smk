@@ -44,7 +44,7 @@ rule aggregate:
     conda:
         "../envs/dpruner.yaml"
     shell:
-        "python -m dpruner.report aggregate --metrics {input.metrics}"
+        "python -m dpruner aggregate --metrics {input.metrics}"
         " --benchmarks {input.benchmarks} --out {params.tables_dir} > {log} 2>&1"
 
 
@@ -71,7 +71,7 @@ rule plot:
     conda:
         "../envs/dpruner.yaml"
     shell:
-        "python -m dpruner.report plot --tables {params.tables_dir} --out {params.plots_dir}"
+        "python -m dpruner plot --tables {params.tables_dir} --out {params.plots_dir}"
         " > {log} 2>&1"
 
 
@@ -95,5 +95,5 @@ rule report:
     conda:
         "../envs/dpruner.yaml"
     shell:
-        "python -m dpruner.report summary --tables {params.tables_dir} --plots {params.plots_dir}"
+        "python -m dpruner summary --tables {params.tables_dir} --plots {params.plots_dir}"
         " --out {output} > {log} 2>&1"

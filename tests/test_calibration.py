@@ -1,9 +1,9 @@
 import pytest
 import torch
+from tiny import random_tokens, tiny_model
 
 from dpruner.calibration import layer_sequential
 from dpruner.models import decoder_blocks
-from tiny import random_tokens, tiny_model
 
 
 @pytest.mark.parametrize("layout", ["llama", "gemma3_text", "qwen2", "opt", "gpt2"])

@@ -1,14 +1,15 @@
 import json
 
 import pytest
+from tiny import tiny_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from dpruner.cli import main
 from dpruner.models import load_model, save_model
-from tiny import tiny_model
 
-WORDS = "the a cell gene licence party shall patient study results of and to in".split()
+WORDS = ["the", "a", "cell", "gene", "licence", "party", "shall", "patient", "study"]
+WORDS += ["results", "of", "and", "to", "in"]
 
 
 @pytest.fixture()

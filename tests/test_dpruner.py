@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from tiny import random_tokens, tiny_model
 
 from dpruner.calibration import layer_sequential
 from dpruner.masks import SparsitySpec
@@ -20,7 +21,6 @@ from dpruner.methods.dpruner import (
 )
 from dpruner.methods.sparsegpt import HessianStatistics
 from dpruner.models import prunable_weights
-from tiny import random_tokens, tiny_model
 
 
 class Tokens:

@@ -1,12 +1,12 @@
 import pytest
 import torch
+from tiny import LAYOUTS, random_tokens, tiny_model
 
 from dpruner.masks import SparsitySpec, prune_mask
 from dpruner.methods import get_pruner
 from dpruner.methods.sparsegpt import DampingError, inverse_hessian_factor, sparsegpt_sweep
 from dpruner.methods.wanda import wanda_scores
 from dpruner.models import load_model, prunable_weights, save_model
-from tiny import LAYOUTS, random_tokens, tiny_model
 
 METHODS = [("magnitude", "matrix"), ("wanda", "row"), ("sparsegpt", "block")]
 
@@ -89,8 +89,8 @@ def test_nm_pattern_holds_in_every_row(method, group):
 
 
 def test_prune_save_load_gives_the_same_outputs(tmp_path):
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     model = tiny_model("llama")
     get_pruner("sparsegpt").prune(model, random_tokens(4, 16), SparsitySpec(0.5, "block"))

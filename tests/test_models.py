@@ -1,5 +1,6 @@
 import pytest
 import torch
+from tiny import tiny_model
 from torch import nn
 
 from dpruner.models import (
@@ -10,7 +11,6 @@ from dpruner.models import (
     parameter_counts,
     prunable_weights,
 )
-from tiny import tiny_model
 
 EXPECTED_LINEARS = {
     "llama": ("model.layers", 7),
