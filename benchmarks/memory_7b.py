@@ -6,6 +6,7 @@ downloaded) stands in for LLaMA-2-7B. Token ids are random too.
     python benchmarks/memory_7b.py step1 --nsamples 128 --seqlen 2048 [--blocks K]
     python benchmarks/memory_7b.py step23 --steps 3 --batch-size 8 --max-length 1024
     python benchmarks/memory_7b.py step23 --shape tiny --device cpu     # a quick check anywhere
+    python benchmarks/memory_7b.py table results/gpu/memory_7b.jsonl    # -> results/tables/
 
 step1 runs the SparseGPT sweep that records G (all blocks, or the first K to bound the time);
 step23 runs the regularised fused-SGD fine-tuning that accumulates S (G random positive, mean 1,
@@ -168,7 +169,42 @@ def peak_gib(device: str):
     return round(torch.cuda.max_memory_allocated() / 2**30, 2)
 
 
+def table(jsonl: str) -> str:
+    """Markdown of the measured lines, written to results/tables/memory_7b.md."""
+    from pathlib import Path
+
+    rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
+    lines = [
+        f"Measured by `python benchmarks/memory_7b.py` (lines in `{jsonl}`), randomly initialised "
+        "LLaMA-2-7B-shaped model in bf16.",
+        "",
+        "| step | device | setting | wall time | peak GPU memory (max_memory_allocated) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["step"].startswith("1"):
+            setting = f"{r['nsamples']} x {r['seqlen']} tokens, {r['blocks_pruned']} blocks"
+            time_text = f"{r['wall_s']} s ({r['mean_block_s']} s/block)"
+            peak = r["peak_gpu_gib"]
+        else:
+            setting = (
+                f"{r['updates']} updates, batch {r['batch_size']} x {r['max_length']}, {r['clip']}"
+                f"; mask {r['mask_wall_s']} s"
+            )
+            time_text = f"{r['train_wall_s']} s ({r['s_per_update']} s/update)"
+            peak = r["peak_gpu_gib_training"]
+        lines.append(f"| {r['step']} | {r['device']} | {setting} | {time_text} | {peak} GiB |")
+    out = Path(__file__).resolve().parent.parent / "results" / "tables" / "memory_7b.md"
+    out.write_text("\n".join(lines) + "\n")
+    return out.read_text()
+
+
 def main() -> None:
+    import sys
+
+    if sys.argv[1:2] == ["table"]:
+        print(table(sys.argv[2]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=["step1", "step23"])
     parser.add_argument("--shape", default="llama2-7b", choices=sorted(SHAPES))

@@ -12,15 +12,9 @@ from pathlib import Path
 import torch
 
 from dpruner.errors import DprunerError
+from dpruner.io import write_json
 
 log = logging.getLogger("dpruner")
-
-
-def write_json(data: dict, path: str | Path) -> None:
-    from dpruner.data.files import atomic_output
-
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def calibration_from_source(

@@ -15,14 +15,13 @@ import math
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterable
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
 from dpruner.errors import DprunerError
+from dpruner.io import atomic_output
 
 VARIANT = re.compile(
     r"^(?P<method>[^_]+)_(?P<calibration>[^_]+)_s(?P<sparsity>[0-9.]+)_(?P<pattern>[^_]+)$"
@@ -65,8 +64,6 @@ GENERAL_PERPLEXITY = "general perplexity"
 # In the cross-domain table each task shows one metric.
 PRIMARY_METRICS = ("ppl", "accuracy", "rougeL")
 ROW_KEYS = ["model", "method", "sparsity", "pattern"]
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 # ---------------------------------------------------------------- reading metrics files
@@ -339,23 +336,8 @@ def _csv_frame(table: pd.DataFrame) -> pd.DataFrame:
     return flat.reset_index()
 
 
-@contextmanager
-def _atomic(path: Path):
-    """A temporary sibling of `path`, renamed onto it when the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_text(path: Path, text: str) -> Path:
-    with _atomic(path) as tmp:
+    with atomic_output(path) as tmp:
         tmp.write_text(text)
     return path
 
@@ -368,7 +350,7 @@ def _write_table(
     is_change: bool = False,
 ) -> list[Path]:
     shown = _display_frame(table, changes, is_change)
-    with _atomic(out_dir / f"{stem}.csv") as tmp:
+    with atomic_output(out_dir / f"{stem}.csv") as tmp:
         _csv_frame(table).to_csv(tmp, index=False, float_format="%.6g")
     return [
         out_dir / f"{stem}.csv",
@@ -438,7 +420,7 @@ def aggregate(
     out_dir = Path(out_dir)
     long = collect(metrics_files)
     written = []
-    with _atomic(out_dir / "metrics_long.csv") as tmp:
+    with atomic_output(out_dir / "metrics_long.csv") as tmp:
         long.to_csv(tmp, index=False, float_format="%.6g")
     written.append(out_dir / "metrics_long.csv")
     main = main_table(long)
@@ -448,10 +430,10 @@ def aggregate(
     written += _write_table(cross_domain_table(long), out_dir, "cross_domain")
 
     jobs = read_benchmarks(benchmark_files)
-    with _atomic(out_dir / "benchmarks.csv") as tmp:
+    with atomic_output(out_dir / "benchmarks.csv") as tmp:
         jobs.to_csv(tmp, index=False)
     by_rule = benchmarks_by_rule(jobs)
-    with _atomic(out_dir / "benchmarks_by_rule.csv") as tmp:
+    with atomic_output(out_dir / "benchmarks_by_rule.csv") as tmp:
         by_rule.to_csv(tmp, index=False)
     written += [
         out_dir / "benchmarks.csv",
@@ -491,7 +473,7 @@ def _scale_axis(axis, values: pd.Series) -> None:
 def _save_figure(figure, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    with _atomic(path) as tmp:
+    with atomic_output(path) as tmp:
         # Fixed metadata: the same numbers give the same bytes, so reruns leave git diffs quiet.
         figure.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
     plt.close(figure)

@@ -109,6 +109,8 @@ def calibrations(method):
     options = METHODS[method]
     if options["kind"] == "magnitude":
         return ["none"]
+    if options["kind"] == "dpruner" and options.get("scores") == "general":
+        return ["general"]
     if options["kind"] == "dpruner" or options.get("calibration") == "domain":
         return DOMAINS
     return ["general"]
@@ -124,12 +126,13 @@ def pruned_jobs():
     ]
 
 
-def dpruner_jobs():
+def dpruner_jobs(with_general_only=False):
     """(method, sparsity) of every D-Pruner method and sparsity to prune at."""
     return [
         (method, sparsity)
         for method, options in METHODS.items()
         if options["kind"] == "dpruner"
+        and (with_general_only or options.get("scores", "domain") == "domain")
         for sparsity in dict.fromkeys(s for s, _ in sparsity_patterns())
     ]
 
@@ -137,7 +140,8 @@ def dpruner_jobs():
 def general_importance_jobs():
     """Wildcards of the general-importance files: one per model, sparsity and normalisation."""
     keys = dict.fromkeys(
-        (sparsity, METHODS[method].get("normalize", "mean")) for method, sparsity in dpruner_jobs()
+        (sparsity, METHODS[method].get("normalize", "mean"))
+        for method, sparsity in dpruner_jobs(with_general_only=True)
     )
     return [
         {"model": model, "sparsity": sparsity, "normalize": normalize}
@@ -189,7 +193,14 @@ def domain_scores_options(wildcards):
 def prune_inputs(wildcards):
     kind = METHODS[wildcards.method]["kind"]
     inputs = {"model": DENSE_MODEL.format(model=wildcards.model)}
-    if kind == "dpruner":
+    if kind == "dpruner" and wildcards.calib == "general":
+        # The general-only ablation masks by G itself.
+        inputs["scores"] = GENERAL_IMPORTANCE.format(
+            model=wildcards.model,
+            sparsity=wildcards.sparsity,
+            normalize=METHODS[wildcards.method].get("normalize", "mean"),
+        )
+    elif kind == "dpruner":
         # D-Pruner's scores are an input only here: baselines never wait for them.
         inputs["scores"] = DOMAIN_SCORES.format(
             model=wildcards.model,

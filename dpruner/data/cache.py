@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from dpruner.data.files import atomic_output
+from dpruner.io import atomic_output
 
 # Bump when a parser's output changes, so stale cache files are not reused.
 PARSER_VERSION = 1

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from dpruner.config import domain_config
-from dpruner.data.files import atomic_output
 from dpruner.data.instances import domain_instances, entry_texts
 from dpruner.data.tokens import calibration_tokens
+from dpruner.io import atomic_output
 
 
 def tokens_sha256(tokens: torch.Tensor) -> str:

@@ -6,11 +6,7 @@ rolling perplexities, and the suite's own sliding window gives the paper's perpl
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
@@ -23,6 +19,7 @@ from dpruner.evaluation.harness import (
 from dpruner.evaluation.items import perplexity_documents, scaled, task_items
 from dpruner.evaluation.metrics import first_line, majority_rate
 from dpruner.evaluation.perplexity import sliding_window_perplexity
+from dpruner.io import write_json
 
 # Used where config `evaluation` leaves a key out.
 EVALUATION_DEFAULTS = {
@@ -181,21 +178,6 @@ def _rolling_subset(documents: list[str], tokenizer, max_tokens: int | None) -> 
     return chosen
 
 
-def write_json_atomic(data: dict, out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
-
-
 def evaluate_domain(model_dir: str, domain: str, config: dict, out: str) -> dict:
     """`python -m dpruner evaluate`: load the model, evaluate it on `domain` (its perplexity and
     tasks, plus general perplexity), write every metric, count and config value used to `out`."""
@@ -232,5 +214,5 @@ def evaluate_domain(model_dir: str, domain: str, config: dict, out: str) -> dict
         },
         "wall_s": round(time.perf_counter() - started, 1),
     }
-    write_json_atomic(result, out)
+    write_json(result, out)
     return result

@@ -59,7 +59,7 @@ def general_importance(
 
 
 def save_scores(scores: dict[str, torch.Tensor], path, metadata: dict) -> None:
-    from dpruner.data.files import atomic_output
+    from dpruner.io import atomic_output
 
     with atomic_output(path) as tmp:
         save_file(

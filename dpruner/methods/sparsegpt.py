@@ -94,11 +94,10 @@ def sparsegpt_sweep(
     W[:, dead] = 0
     U, damp = inverse_hessian_factor(H, percdamp, max_damp, where)
     mask = torch.zeros_like(W, dtype=torch.bool)
-    loss = torch.zeros((), dtype=torch.float64, device=W.device)
+    loss = 0.0
     for b0 in range(0, d_in, block_size):
         b1 = min(b0 + block_size, d_in)
         W1 = W[:, b0:b1].clone()
-        Q1 = torch.zeros_like(W1)
         E1 = torch.zeros_like(W1)
         U1 = U[b0:b1, b0:b1]
         diag1 = torch.diag(U1)
@@ -114,17 +113,18 @@ def sparsegpt_sweep(
                 group = W1[:, t : t + spec.m].pow(2) / diag1[t : t + spec.m].pow(2).unsqueeze(0)
                 mask1[:, t : t + spec.m] = nm_mask(group, spec.n, spec.m)
             w = W1[:, t]
-            q = w.clone()
-            q[mask1[:, t]] = 0
-            loss += ((w - q).pow(2) / diag1[t].pow(2)).sum().double() / 2
-            err = (w - q) / diag1[t]
-            W1[:, t:] -= err.unsqueeze(1) @ U1[t, t:].unsqueeze(0)
-            Q1[:, t] = q
+            q = w.masked_fill(mask1[:, t], 0)
+            err = (w - q).div_(diag1[t])
+            # Later columns compensate; column t itself becomes exactly q (zeros stay zeros).
+            W1[:, t:].addr_(err, U1[t, t:], alpha=-1)
+            W1[:, t] = q
             E1[:, t] = err
-        W[:, b0:b1] = Q1
+        # The proxy sum (w - q)^2 / U_cc^2 / 2 equals sum err^2 / 2.
+        loss += float(E1.double().pow(2).sum()) / 2
+        W[:, b0:b1] = W1
         mask[:, b0:b1] = mask1
         W[:, b1:] -= E1 @ U[b0:b1, b1:]
-    return SweepResult(weight=W, mask=mask, damping=damp, loss=float(loss))
+    return SweepResult(weight=W, mask=mask, damping=damp, loss=loss)
 
 
 class SparseGPTPruner(Pruner):
