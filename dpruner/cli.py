@@ -58,10 +58,12 @@ def _add_calibration_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_prepare_model(args) -> dict:
-    from dpruner.models import load_model, materialise_packaged, save_model
+    from dpruner.models import load_model, materialise_gguf, materialise_packaged, save_model
 
     if args.packaged:
         materialise_packaged(args.packaged, args.out, args.dtype)
+    elif args.gguf:
+        materialise_gguf(args.gguf, args.out, args.dtype)
     else:
         from dpruner.config import load_config
 
@@ -284,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config")
     p.add_argument("--model", help="a name under `models:` in the config")
     p.add_argument("--packaged", help="a packaged model: smollm2 or gemma3-270m")
+    p.add_argument("--gguf", help="a local GGUF file")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_prepare_model)

@@ -88,14 +88,21 @@ def _packaged_gguf(name: str) -> Path:
 
 
 def materialise_packaged(name: str, out_dir: str | Path, dtype: str = "float32") -> Path:
-    """De-quantise a packaged GGUF model once into an ordinary safetensors directory.
+    """De-quantise a packaged GGUF model once into an ordinary safetensors directory."""
+    return materialise_gguf(_packaged_gguf(name), out_dir, dtype)
+
+
+def materialise_gguf(gguf: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+    """De-quantise a GGUF file into an ordinary safetensors directory.
 
     transformers refuses to save a model loaded from GGUF, so the weights are copied into a plain
     model built from the same config without its quantization_config (offline-assets.md 2.3).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = _packaged_gguf(name)
+    gguf = Path(gguf)
+    if not gguf.is_file():
+        raise ModelError(f"GGUF file not found: {gguf}")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     gguf_model = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
