@@ -348,13 +348,14 @@ def _write_table(
     stem: str,
     changes: pd.DataFrame | None = None,
     is_change: bool = False,
+    header: str = "",
 ) -> list[Path]:
     shown = _display_frame(table, changes, is_change)
     with atomic_output(out_dir / f"{stem}.csv") as tmp:
         _csv_frame(table).to_csv(tmp, index=False, float_format="%.6g")
     return [
         out_dir / f"{stem}.csv",
-        _write_text(out_dir / f"{stem}.md", _markdown(shown)),
+        _write_text(out_dir / f"{stem}.md", header + _markdown(shown)),
         _write_text(out_dir / f"{stem}.tex", _latex(shown)),
     ]
 
@@ -410,6 +411,33 @@ def benchmarks_by_rule(jobs: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- entry points
 
 
+def provenance(config_file: Path) -> str:
+    """A line saying what machine aggregated the run and which config settings produced it."""
+    import platform
+
+    import torch
+    import yaml
+
+    line = (
+        f"Aggregated on {platform.machine()} with {os.cpu_count()} CPU threads "
+        f"(torch {torch.__version__})"
+    )
+    if config_file.is_file():
+        config = yaml.safe_load(config_file.read_text())
+        models = ", ".join(
+            f"{name} ({'; '.join(f'{k} {v}' for k, v in entry.items())})"
+            for name, entry in config["models"].items()
+        )
+        calibration = config["calibration"]
+        line += (
+            f"; jobs ran on device `{config.get('device', 'cpu')}`. Config ({config_file.name} of "
+            f"the run): models {models}; sparsities {config['sparsities']}; patterns "
+            f"{config['patterns']}; calibration {calibration['nsamples']} x "
+            f"{calibration['seqlen']} tokens; methods {', '.join(config['methods'])}"
+        )
+    return line + ".\n\n"
+
+
 def aggregate(
     metrics_files: Iterable[str | Path],
     out_dir: str | Path,
@@ -419,15 +447,16 @@ def aggregate(
     Markdown and LaTeX, and benchmarks.csv / benchmarks_by_rule.{csv,md}. Returns the paths."""
     out_dir = Path(out_dir)
     long = collect(metrics_files)
+    header = provenance(out_dir.parent / "config.yaml")
     written = []
     with atomic_output(out_dir / "metrics_long.csv") as tmp:
         long.to_csv(tmp, index=False, float_format="%.6g")
     written.append(out_dir / "metrics_long.csv")
     main = main_table(long)
     changes = change_vs_dense(main)
-    written += _write_table(main, out_dir, "main", changes)
-    written += _write_table(changes, out_dir, "main_change", is_change=True)
-    written += _write_table(cross_domain_table(long), out_dir, "cross_domain")
+    written += _write_table(main, out_dir, "main", changes, header=header)
+    written += _write_table(changes, out_dir, "main_change", is_change=True, header=header)
+    written += _write_table(cross_domain_table(long), out_dir, "cross_domain", header=header)
 
     jobs = read_benchmarks(benchmark_files)
     with atomic_output(out_dir / "benchmarks.csv") as tmp:
@@ -438,7 +467,9 @@ def aggregate(
     written += [
         out_dir / "benchmarks.csv",
         out_dir / "benchmarks_by_rule.csv",
-        _write_text(out_dir / "benchmarks_by_rule.md", by_rule.to_markdown(index=False) + "\n"),
+        _write_text(
+            out_dir / "benchmarks_by_rule.md", header + by_rule.to_markdown(index=False) + "\n"
+        ),
     ]
     return written
 

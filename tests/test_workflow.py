@@ -77,20 +77,36 @@ def test_lint(tmp_path):
 
 def test_dry_run_default_config(tmp_path):
     counts = dry_run(REPO / "config" / "config.yaml", tmp_path)
-    # 1 model; magnitude, Wanda and SparseGPT pruned once, D-Pruner per domain (2); every model
-    # (dense + 5 pruned) evaluated on general, medical and legal.
+    # 1 model; magnitude, Wanda and SparseGPT pruned once; D-Pruner and the domain-calibrated
+    # Wanda and SparseGPT per domain (3 x 2); every model (dense + 9 pruned) evaluated on general,
+    # medical and legal.
     assert counts == {
         "prepare_model": 1,
         "prepare_data": 3,
         "general_importance": 1,
         "domain_scores": 2,
-        "prune": 5,
-        "evaluate": 18,
+        "prune": 9,
+        "evaluate": 30,
         "aggregate": 1,
         "plot": 1,
         "report": 1,
         "all": 1,
     }
+
+
+def test_ablations_are_config_entries(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    dpruner = config["methods"]["dpruner"]
+    config["methods"] = {
+        "dpruner-general": {**dpruner, "scores": "general"},
+        "dpruner-nolambda": {**dpruner, "lambda": 0},
+    }
+    counts = dry_run(write_config(tmp_path / "ablations.yaml", config), tmp_path)
+    # General-only: one model masked by G (no fine-tuning); lambda = 0: fine-tuning per domain.
+    assert counts["general_importance"] == 1
+    assert counts["domain_scores"] == 2
+    assert counts["prune"] == 1 + 2
+    assert counts["evaluate"] == (1 + 3) * 3
 
 
 def test_dry_run_paper_config_plans_the_full_dag_offline(tmp_path):
@@ -199,13 +215,14 @@ def test_rerun_does_nothing_and_a_new_domain_schedules_only_its_jobs(tmp_path):
     config = yaml.safe_load(config_file.read_text())
     config["domains"].update(readme_domain())
     bigger = write_config(workdir / "bigger.yaml", config)
-    # New: the domain's data, D-Pruner scores and model; every old model (dense + 5 pruned) on
-    # the new domain and the new model on all 4 domains; then the tables, plots and summary.
+    # New: the domain's data, D-Pruner scores and its three domain-calibrated models (D-Pruner,
+    # Wanda, SparseGPT); every old model (dense + 9 pruned) on the new domain and the 3 new models
+    # on all 4 domains; then the tables, plots and summary.
     assert dry_run(bigger, workdir) == {
         "prepare_data": 1,
         "domain_scores": 1,
-        "prune": 1,
-        "evaluate": 6 + 4,
+        "prune": 3,
+        "evaluate": 10 + 3 * 4,
         "aggregate": 1,
         "plot": 1,
         "report": 1,

@@ -343,8 +343,11 @@ def domain_scores(
         "updates": total,
         "losses": losses,
         "clip_scales": scales,
-        "changed_fraction": {
-            name: int(count) / sgd.prunable[name].numel() for name, count in sgd.changed.items()
+        # Mean over updates of the share of a matrix's weights that the update changed: with bf16
+        # and round-to-nearest most updates would be lost (algorithms.md 5.2).
+        "changed_fraction_per_update": {
+            name: int(count) / (sgd.prunable[name].numel() * total)
+            for name, count in sgd.changed.items()
         },
         "wall_s": time.perf_counter() - start,
         "peak_rss_mb": peak_rss_mb(),
