@@ -259,7 +259,7 @@ def _loss(model: nn.Module, batch: dict[str, torch.Tensor], step: int) -> torch.
     device = next(model.parameters()).device
     out = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
     if not bool(torch.isfinite(out.loss)):
-        raise NonFiniteError(f"non-finite loss {float(out.loss)} at step {step}")
+        raise NonFiniteError(f"non-finite loss {float(out.loss.detach())} at step {step}")
     return out.loss
 
 
