@@ -17,6 +17,13 @@ from dpruner.io import write_json
 log = logging.getLogger("dpruner")
 
 
+def source_spec(text: str) -> dict:
+    """`corpus:NAME` names a packaged corpus; anything else is a file path."""
+    if text.startswith("corpus:"):
+        return {"corpus": text.removeprefix("corpus:")}
+    return {"path": text}
+
+
 def calibration_from_source(
     source: str, tokenizer, nsamples: int, seqlen: int, seed: int, template: str = "{text}"
 ) -> torch.Tensor:
@@ -35,11 +42,10 @@ def calibration_from_source(
         if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.numel() == 0:
             raise DprunerError(f"{path}: expected a non-empty N x L tensor of token ids")
         return tokens.long()
-    if source.startswith("corpus:"):
-        spec = {"corpus": source.removeprefix("corpus:")}
-        records = split_records(load_records(spec), "calibration", 0.2)
-    else:
-        records = load_records({"path": source})
+    spec = source_spec(source)
+    records = load_records(spec)
+    if "corpus" in spec:
+        records = split_records(records, "calibration", 0.2)
     texts = [render(template, record, f"calibration source {source}") for record in records]
     return calibration_tokens(texts, tokenizer, nsamples, seqlen, seed)
 
@@ -105,11 +111,10 @@ def cmd_evaluate(args) -> dict:
     return {"out": args.out, "perplexity": result["perplexity"], "wall_s": result["wall_s"]}
 
 
-def _load_for_pruning(args):
+def _load_model(args):
     from dpruner.models import load_model
 
-    model, tokenizer = load_model(args.model, args.dtype, args.device)
-    return model, tokenizer
+    return load_model(args.model, args.dtype, args.device)
 
 
 def cmd_prune(args) -> dict:
@@ -132,7 +137,7 @@ def cmd_prune(args) -> dict:
     if pruner.needs_calibration and not args.calibration:
         raise DprunerError(f"--method {args.method} needs --calibration SOURCE")
     start = time.perf_counter()
-    model, tokenizer = _load_for_pruning(args)
+    model, tokenizer = _load_model(args)
     calibration = None
     if pruner.needs_calibration:
         calibration = calibration_from_source(
@@ -156,24 +161,15 @@ def cmd_prune(args) -> dict:
 
 
 def cmd_perplexity(args) -> dict:
-    from dpruner.data import load_records, render
-    from dpruner.data.tokens import text_tokens
+    from dpruner.data import evaluation_text, load_records, text_tokens
     from dpruner.evaluation.perplexity import sliding_window_perplexity
-    from dpruner.models import load_model
 
-    model, tokenizer = load_model(args.model, args.dtype, args.device)
+    model, tokenizer = _load_model(args)
     if args.data.endswith(".pt"):
         ids = torch.load(args.data).reshape(-1)
     else:
-        spec = (
-            {"corpus": args.data.removeprefix("corpus:")}
-            if args.data.startswith("corpus:")
-            else {"path": args.data}
-        )
-        records = load_records(spec)
-        text = "\n\n".join(
-            render(args.template, r, f"perplexity data {args.data}") for r in records
-        )
+        records = load_records(source_spec(args.data))
+        text = evaluation_text(records, args.template, f"perplexity data {args.data}")
         ids = text_tokens(text, tokenizer)
     if args.max_tokens:
         ids = ids[: args.max_tokens]
@@ -189,7 +185,7 @@ def cmd_perplexity(args) -> dict:
 def cmd_general_importance(args) -> dict:
     from dpruner.methods.dpruner import general_importance, save_scores
 
-    model, tokenizer = _load_for_pruning(args)
+    model, tokenizer = _load_model(args)
     calibration = calibration_from_source(
         args.calibration, tokenizer, args.nsamples, args.seqlen, args.seed, args.template
     )
@@ -245,7 +241,7 @@ def cmd_domain_scores(args) -> dict:
     if settings.lam > 0 and not args.general_importance:
         raise DprunerError("--lambda > 0 needs --general-importance FILE (or pass --lambda 0)")
     texts = _instance_texts(args.instances, args.max_instances)
-    model, tokenizer = _load_for_pruning(args)
+    model, tokenizer = _load_model(args)
     importance = load_scores(args.general_importance, model) if settings.lam > 0 else None
     scores, report = domain_scores(model, tokenizer, texts, importance, settings)
     save_scores(

@@ -203,7 +203,9 @@ class FusedSGD:
         self.mode, self.lr, self.scale, self.step = "norm", 0.0, 1.0, 0
         self.sq_norm = 0.0
         self.error: str | None = None
-        self.changed = {name: torch.zeros((), dtype=torch.long) for name in self.prunable}
+        self.changed = {
+            name: torch.zeros((), dtype=torch.long, device=device) for name in self.prunable
+        }
         names = {id(p): n for n, p in model.named_parameters()}
         self.handles = [
             p.register_post_accumulate_grad_hook(self._hook_for(names[id(p)]))
@@ -239,7 +241,7 @@ class FusedSGD:
             else:
                 new = updated.to(weight.dtype)
             if name in self.changed:
-                self.changed[name] += (new != weight).sum().cpu()
+                self.changed[name] += (new != weight).sum()
             weight.copy_(new)
 
         return hook
