@@ -79,10 +79,14 @@ class SparsitySpec:
 def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Mask of the k lowest entries of `scores` (any shape), ties broken by flat position."""
     flat = scores.reshape(-1)
-    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=scores.device)
-    if k > 0:
-        order = torch.sort(flat, stable=True).indices
-        mask[order[:k]] = True
+    if k <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    # The same set as the first k of a stable sort, in linear time: everything below the k-th
+    # value, then as many entries equal to it as are missing, in order of position.
+    kth = torch.kthvalue(flat, k).values
+    mask = flat < kth
+    ties = flat == kth
+    mask |= ties & (torch.cumsum(ties, 0) <= k - mask.sum())
     return mask.view(scores.shape)
 
 

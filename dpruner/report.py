@@ -167,7 +167,25 @@ def collect(metrics_files: Iterable[str | Path]) -> pd.DataFrame:
     rows = [row for path in metrics_files for row in read_metrics(path)]
     if not rows:
         raise DprunerError("no metrics to aggregate: no files given or none holds a value")
-    return pd.DataFrame(rows)
+    return with_general_perplexity(pd.DataFrame(rows))
+
+
+def with_general_perplexity(long: pd.DataFrame) -> pd.DataFrame:
+    """Copy each model variant's perplexity on `general` next to its other domains.
+
+    The workflow computes general perplexity once per variant (its `general` evaluation); a
+    domain's metrics file that carries its own value keeps it.
+    """
+    general = long[(long["domain"] == "general") & (long["task"] == PERPLEXITY)]
+    has_own = long[long["task"] == GENERAL_PERPLEXITY][["model", "variant", "domain"]]
+    targets = long[long["domain"] != "general"].drop_duplicates(["model", "variant", "domain"])
+    targets = targets.merge(has_own, how="left", indicator=True)
+    targets = targets[targets["_merge"] == "left_only"].drop(columns=["_merge"])
+    copies = targets.drop(columns=["value"]).merge(
+        general[["model", "variant", "value"]], on=["model", "variant"]
+    )
+    copies = copies.assign(task=GENERAL_PERPLEXITY, metric="ppl")
+    return pd.concat([long, copies[long.columns]], ignore_index=True)
 
 
 # ---------------------------------------------------------------- tables

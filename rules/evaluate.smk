@@ -1,5 +1,6 @@
 # Evaluation: the dense model and every pruned model on every domain and on general text
-# (perplexity, tasks, and general perplexity in every file).
+# (perplexity and tasks). General perplexity is the `general` file's; the report copies it to
+# every domain of the same model.
 
 
 rule evaluate:
@@ -14,7 +15,6 @@ rule evaluate:
         config_file=EFFECTIVE_CONFIG,
         # The config slice a metrics file depends on.
         domain=domain_section,
-        general_perplexity=config["general"]["perplexity"],
         evaluation=config.get("evaluation"),
         eval_fraction=config["calibration"]["eval_fraction"],
         seed=config["seed"],

@@ -19,6 +19,18 @@ def test_lowest_k_breaks_ties_by_position():
     assert mask.tolist() == [[True, True, False], [True, False, False]]
 
 
+@pytest.mark.parametrize("levels", [3, 50, None])
+def test_lowest_k_equals_the_first_k_of_a_stable_sort(levels):
+    generator = torch.Generator().manual_seed(levels or 0)
+    scores = torch.rand(37, 23, generator=generator)
+    if levels:  # de-quantised checkpoints give many equal scores
+        scores = (scores * levels).floor()
+    for k in (0, 1, 300, 851):
+        expected = torch.zeros(scores.numel(), dtype=torch.bool)
+        expected[torch.sort(scores.reshape(-1), stable=True).indices[:k]] = True
+        assert torch.equal(lowest_k(scores, k), expected.view(scores.shape))
+
+
 def test_row_mask_prunes_floor_of_each_row():
     scores = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 2.0, 3.0, 4.0]])
     mask = row_mask(scores, 0.5)

@@ -188,3 +188,30 @@ def test_cli_entry_point(metrics_files, tmp_path, capsys):
     bad.write_text("{not json")
     assert report.main(["aggregate", "--metrics", str(bad), "--out", str(tmp_path / "u")]) == 2
     assert "broken.json" in capsys.readouterr().err
+
+
+def test_general_perplexity_comes_from_the_variants_general_evaluation(tmp_path):
+    def file(variant, domain, ppl, general=None):
+        perplexity = {"domain": {"ppl": ppl}}
+        if general is not None:
+            perplexity["general"] = {"ppl": general}
+        return write(tmp_path, variant, domain, {"perplexity": perplexity, "tasks": {}})
+
+    pruned = "dpruner_medical_s0.5_unstructured"
+    long = report.collect(
+        [
+            file("dense", "general", 10.0),
+            file("dense", "medical", 20.0),
+            file(pruned, "general", 14.0),
+            file(pruned, "medical", 25.0),
+            file(pruned, "legal", 40.0, general=99.0),
+        ]
+    )
+    general = long[long["task"] == report.GENERAL_PERPLEXITY].set_index(["variant", "domain"])
+    assert general["value"].to_dict() == {
+        ("dense", "general"): 10.0,
+        ("dense", "medical"): 10.0,
+        (pruned, "general"): 14.0,
+        (pruned, "medical"): 14.0,
+        (pruned, "legal"): 99.0,
+    }

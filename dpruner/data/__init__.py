@@ -1,7 +1,7 @@
 """Records, splits, templates and calibration tokens (architecture.md, "Data records")."""
 
 from dpruner.data.corpora import SECTION_LABELS
-from dpruner.data.instances import domain_instances, entry_texts
+from dpruner.data.instances import domain_instances, entry_texts, held_back_texts
 from dpruner.data.prepare import tokens_sha256, write_calibration
 from dpruner.data.sources import describe_source, load_records
 from dpruner.data.splits import split_records
@@ -15,6 +15,7 @@ __all__ = [
     "domain_instances",
     "entry_texts",
     "evaluation_text",
+    "held_back_texts",
     "load_records",
     "render",
     "split_records",

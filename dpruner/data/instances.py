@@ -16,26 +16,52 @@ from dpruner.errors import DataError
 INSTANCE_SEED = 42
 
 
+def _calibration_part(entry: dict, eval_fraction: float) -> tuple[list[dict], str]:
+    if not isinstance(entry, dict) or "source" not in entry or "template" not in entry:
+        raise DataError(f"calibration entry {entry!r} needs the keys source and template")
+    where = f"calibration source {describe_source(entry['source'])}"
+    return split_records(load_records(entry["source"]), "calibration", eval_fraction, where), where
+
+
+def _shuffled(records: list[dict], count, seed: int, where: str) -> list[dict]:
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise DataError(f"{where}: count must be a positive integer, got {count!r}")
+    if count > len(records):
+        raise DataError(
+            f"{where}: count {count} but its calibration part has {len(records)} records"
+        )
+    shuffled = list(records)
+    random.Random(seed).shuffle(shuffled)
+    return shuffled
+
+
 def entry_texts(entry: dict, eval_fraction: float, seed: int = INSTANCE_SEED) -> list[str]:
     """Rendered calibration-part records of one entry.
 
     Without `count`, all of them in record order; with `count`, the first `count` after a
     random.Random(seed) shuffle.
     """
-    if not isinstance(entry, dict) or "source" not in entry or "template" not in entry:
-        raise DataError(f"calibration entry {entry!r} needs the keys source and template")
-    where = f"calibration source {describe_source(entry['source'])}"
-    records = split_records(load_records(entry["source"]), "calibration", eval_fraction, where)
-    texts = [render(entry["template"], record, where) for record in records]
+    records, where = _calibration_part(entry, eval_fraction)
     count = entry.get("count")
-    if count is None:
-        return texts
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise DataError(f"{where}: count must be a positive integer, got {count!r}")
-    if count > len(texts):
-        raise DataError(f"{where}: count {count} but its calibration part has {len(texts)} records")
-    random.Random(seed).shuffle(texts)
-    return texts[:count]
+    if count is not None:
+        records = _shuffled(records, count, seed, where)[:count]
+    return [render(entry["template"], record, where) for record in records]
+
+
+def held_back_texts(
+    entry: dict, eval_fraction: float, template: str, seed: int = INSTANCE_SEED
+) -> list[str]:
+    """Calibration-part records that `count` left out of the instances, rendered with `template`.
+
+    Text for tuning D-Pruner's settings that is neither a fine-tuning instance nor evaluation text.
+    """
+    records, where = _calibration_part(entry, eval_fraction)
+    if entry.get("count") is None:
+        raise DataError(f"{where}: without `count` every calibration record is an instance")
+    count = entry["count"]
+    return [
+        render(template, record, where) for record in _shuffled(records, count, seed, where)[count:]
+    ]
 
 
 def domain_instances(

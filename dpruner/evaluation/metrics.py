@@ -6,15 +6,22 @@ builders (harness.py) call them from `process_results` and aggregations.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Sequence
 
-from rouge_score import rouge_scorer
-
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
-# The Porter stemmer is code, so stemming works offline (no nltk data needed).
-_SCORER = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+
+
+@functools.cache
+def _rouge_scorer():
+    # Imported on first use: rouge-score pulls in nltk and scipy (1.6 s), which evaluations
+    # without a summarization task do not need.
+    from rouge_score import rouge_scorer
+
+    # The Porter stemmer is code, so stemming works offline (no nltk data needed).
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
 
 
 def normalised_argmax(loglikelihoods: Sequence[float], token_counts: Sequence[int]) -> int:
@@ -65,4 +72,4 @@ def first_line(generated: str) -> str:
 
 def rouge_scores(reference: str, prediction: str) -> dict[str, float]:
     """ROUGE-1/2/L F-measures of one prediction against one reference."""
-    return {name: s.fmeasure for name, s in _SCORER.score(reference, prediction).items()}
+    return {name: s.fmeasure for name, s in _rouge_scorer().score(reference, prediction).items()}

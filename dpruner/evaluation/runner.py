@@ -1,4 +1,7 @@
-"""Evaluate one model on one domain: perplexity (domain and general) and every configured task.
+"""Evaluate one model on one domain: its perplexity and every configured task.
+
+General perplexity is the perplexity of the `general` section's evaluation of the same model;
+the report copies it next to every domain (report.collect), so it is computed once per model.
 
 All items are built and checked first (items.py), then one lm-eval run scores the tasks and the
 rolling perplexities, and the suite's own sliding window gives the paper's perplexity.
@@ -70,22 +73,19 @@ def evaluate_model(
     domain_section: dict,
     eval_config: dict | None,
     *,
-    general_section: dict | None = None,
     seed: int = 0,
     eval_fraction: float = 0.2,
     progress: bool = True,
 ) -> dict:
-    """Metrics of an in-memory model on one domain section (and general perplexity).
+    """Metrics of an in-memory model on one domain section.
 
-    Returns {"perplexity": {"domain": ..., "general": ...}, "tasks": {name: {...}},
+    Returns {"perplexity": {"domain": ...}, "tasks": {name: {...}},
     "settings": the evaluation values used}.
     """
     settings = evaluation_settings(eval_config)
     ppl_cfg, scale = settings["perplexity"], settings["scale"]
     max_tokens = scaled(ppl_cfg["max_tokens"], scale)
     corpora = {"domain": domain_section["perplexity"]}
-    if general_section is not None and general_section is not domain_section:
-        corpora["general"] = general_section["perplexity"]
 
     # Build everything first: a bad source or template stops here, before any model work.
     texts = {}
@@ -180,7 +180,7 @@ def _rolling_subset(documents: list[str], tokenizer, max_tokens: int | None) -> 
 
 def evaluate_domain(model_dir: str, domain: str, config: dict, out: str) -> dict:
     """`python -m dpruner evaluate`: load the model, evaluate it on `domain` (its perplexity and
-    tasks, plus general perplexity), write every metric, count and config value used to `out`."""
+    tasks), write every metric, count and config value used to `out`."""
     from dpruner.config import domain_config
     from dpruner.models import load_model, measured_sparsity
 
@@ -195,7 +195,6 @@ def evaluate_domain(model_dir: str, domain: str, config: dict, out: str) -> dict
         tokenizer,
         section,
         settings,
-        general_section=config["general"],
         seed=seed,
         eval_fraction=eval_fraction,
     )
@@ -210,7 +209,6 @@ def evaluate_domain(model_dir: str, domain: str, config: dict, out: str) -> dict
             "eval_fraction": eval_fraction,
             "evaluation": used,
             "domain": section,
-            "general_perplexity": config["general"]["perplexity"],
         },
         "wall_s": round(time.perf_counter() - started, 1),
     }

@@ -1,0 +1,224 @@
+"""Tune D-Pruner's step-2 settings on held-back calibration text, never on evaluation text.
+
+Each variant runs `domain_scores` from the dense model, masks the original weights with
+`DPrunerPruner` and measures perplexity on the domain's *held-back* text: calibration-part
+records that `count` left out of the fine-tuning instances (disjoint from every evaluation
+document), rendered with the domain's perplexity template. Pruned models of the last workflow run
+can be scored on the same text for reference (`--reference DIR`; the domain-calibrated baselines
+drew their 16 x 512 windows from the whole calibration part, so they may have seen some of it).
+
+    .venv/bin/python benchmarks/dpruner_tuning.py run --domain medical \\
+        --variant lam=0.1 --variant lam=0.001,clip=one_pass --out results/tuning/medical.jsonl
+    .venv/bin/python benchmarks/dpruner_tuning.py table results/tuning/*.jsonl \\
+        --out results/tables/dpruner_tuning.md
+
+A variant is comma-separated key=value pairs: FineTuneSettings fields (lam, lr, epochs,
+batch_size, max_length, clip) plus `instances` (how many of the drawn instances to use),
+`importance` (a general-importance file other than --general-importance), `group`
+(matrix | block) and `scores=general` (the general-only ablation: mask from the importance file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from dpruner.config import load_config
+from dpruner.data import domain_instances, evaluation_text, held_back_texts, text_tokens
+from dpruner.evaluation.perplexity import sliding_window_perplexity
+from dpruner.masks import SparsitySpec
+from dpruner.methods.dpruner import (
+    DPrunerPruner,
+    FineTuneSettings,
+    domain_scores,
+    load_scores,
+    save_scores,
+)
+from dpruner.models import load_model
+
+SETTING_FIELDS = {f.name: f.type for f in fields(FineTuneSettings)}
+EXTRA_KEYS = {"instances", "importance", "group", "scores"}
+
+
+def parse_variant(text: str) -> dict:
+    variant = {}
+    for pair in filter(None, text.split(",")):
+        key, _, value = pair.partition("=")
+        if key not in SETTING_FIELDS and key not in EXTRA_KEYS:
+            raise SystemExit(f"variant {text!r}: unknown key {key!r}")
+        for kind in (int, float):
+            try:
+                value = kind(value)
+                break
+            except ValueError:
+                continue
+        variant[key] = value
+    return variant
+
+
+def with_count(entries: list[dict], count: int | None) -> list[dict]:
+    return [{**entry, "count": count or entry["count"]} for entry in entries]
+
+
+def held_back_tokens(entries, config: dict, domain: str, tokenizer, max_tokens: int):
+    template = config["domains"][domain]["perplexity"]["template"]
+    eval_fraction = config["calibration"]["eval_fraction"]
+    texts = [text for e in entries for text in held_back_texts(e, eval_fraction, template)]
+    # Tokenise only a leading share of the texts: doubled until it holds max_tokens.
+    used = 1
+    while True:
+        records = [{"text": text} for text in texts[:used]]
+        ids = text_tokens(evaluation_text(records, "{text}"), tokenizer)
+        if len(ids) >= max_tokens or used >= len(texts):
+            return ids[:max_tokens]
+        used *= 2
+
+
+def perplexity(model, ids: torch.Tensor, config: dict, bos_id) -> float:
+    window = config["evaluation"]["perplexity"]["window"]
+    return sliding_window_perplexity(model, ids, window, window, bos_id, "none", progress=False)[
+        "ppl"
+    ]
+
+
+def run_variant(args, variant: dict, texts: list[str], ids, config) -> dict:
+    settings = FineTuneSettings(
+        **{k: v for k, v in variant.items() if k in SETTING_FIELDS},
+        **{k: v for k, v in args.defaults.items() if k not in variant},
+    )
+    model, tokenizer = load_model(args.model, "float32", "cpu")
+    importance_path = variant.get("importance", args.general_importance)
+    used = texts[: int(variant.get("instances", len(texts)))]
+    if variant.get("scores") == "general":
+        scores = load_scores(importance_path, model)
+        report = {"updates": 0, "losses": [None], "clip_scales": [None], "wall_s": 0.0}
+        report["peak_rss_mb"] = None
+    else:
+        importance = load_scores(importance_path, model) if settings.lam > 0 else None
+        scores, report = domain_scores(model, tokenizer, used, importance, settings)
+        model, tokenizer = load_model(args.model, "float32", "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "scores.safetensors"
+        save_scores(scores, path, {"kind": "domain_scores"})
+        spec = SparsitySpec(args.sparsity, variant.get("group", "matrix"))
+        DPrunerPruner(str(path)).prune(model, None, spec)
+    scales = report["clip_scales"]
+    return {
+        "domain": args.domain,
+        "variant": ",".join(f"{k}={v}" for k, v in variant.items()) or "defaults",
+        **asdict(settings),
+        "importance": importance_path if settings.lam > 0 else None,
+        "group": variant.get("group", "matrix"),
+        "instances": len(used),
+        "updates": report["updates"],
+        "heldback_ppl": perplexity(model, ids, config, tokenizer.bos_token_id),
+        "first_loss": report["losses"][0],
+        "last_loss": report["losses"][-1],
+        "median_clip_scale": sorted(scales)[len(scales) // 2] if report["updates"] else None,
+        "scores_wall_s": report["wall_s"],
+        "peak_rss_mb": report["peak_rss_mb"],
+    }
+
+
+def run(args) -> None:
+    config = load_config(args.config)
+    args.defaults = parse_variant(args.defaults_text)
+    _, tokenizer = load_model(args.model, "float32", "cpu")
+    entries = with_count(config["domains"][args.domain]["calibration"], args.instance_count)
+    ids = held_back_tokens(entries, config, args.domain, tokenizer, args.max_tokens)
+    texts = domain_instances(entries, config["calibration"]["eval_fraction"])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = [("dense", args.model)] + [(Path(d).name, d) for d in args.reference]
+    for name, folder in rows:
+        model, tokenizer = load_model(folder, "float32", "cpu")
+        row = {"domain": args.domain, "variant": f"reference:{name}"}
+        row["heldback_ppl"] = perplexity(model, ids, config, tokenizer.bos_token_id)
+        append(out, row)
+    for text in args.variant:
+        start = time.perf_counter()
+        row = run_variant(args, parse_variant(text), texts, ids, config)
+        row["total_wall_s"] = time.perf_counter() - start
+        append(out, row)
+
+
+def append(path: Path, row: dict) -> None:
+    print(json.dumps(row))
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def table(args) -> None:
+    frame = pd.concat([pd.read_json(p, lines=True) for p in args.files], ignore_index=True)
+    columns = [
+        c
+        for c in (
+            "domain",
+            "variant",
+            "heldback_ppl",
+            "instances",
+            "updates",
+            "last_loss",
+            "median_clip_scale",
+            "scores_wall_s",
+        )
+        if c in frame
+    ]
+    header = (
+        f"<!-- generated by benchmarks/dpruner_tuning.py table {' '.join(args.files)}; "
+        f"machine: {platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}; perplexity on held-back calibration text -->\n\n"
+    )
+    Path(args.out).write_text(
+        header + frame[columns].to_markdown(index=False, floatfmt=".4g") + "\n", encoding="utf-8"
+    )
+    print(Path(args.out).read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run")
+    p.add_argument("--config", default="config/config.yaml")
+    p.add_argument("--domain", required=True)
+    p.add_argument("--model", default="results/models/smollm2-135m/dense")
+    p.add_argument(
+        "--instance-count",
+        type=int,
+        help="draw this many instances per calibration entry instead of its `count`; the "
+        "held-back text starts after them",
+    )
+    p.add_argument(
+        "--general-importance",
+        default="results/scores/smollm2-135m/general_importance_s0.5_norm-mean.safetensors",
+    )
+    p.add_argument("--sparsity", type=float, default=0.5)
+    p.add_argument("--max-tokens", type=int, default=8192)
+    p.add_argument(
+        "--defaults",
+        dest="defaults_text",
+        default="epochs=1,batch_size=4,max_length=128",
+        help="settings every variant starts from (FineTuneSettings keys)",
+    )
+    p.add_argument("--variant", action="append", default=[])
+    p.add_argument("--reference", action="append", default=[], help="a pruned model folder")
+    p.add_argument("--out", required=True)
+    p.set_defaults(handler=run)
+    t = sub.add_parser("table")
+    t.add_argument("files", nargs="+")
+    t.add_argument("--out", required=True)
+    t.set_defaults(handler=table)
+    args = parser.parse_args()
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()
