@@ -14,8 +14,9 @@ drew their 16 x 512 windows from the whole calibration part, so they may have se
 
 A variant is comma-separated key=value pairs: FineTuneSettings fields (lam, lr, epochs,
 batch_size, max_length, clip) plus `instances` (how many of the drawn instances to use),
-`importance` (a general-importance file other than --general-importance), `group`
-(matrix | block) and `scores=general` (the general-only ablation: mask from the importance file).
+`importance` (a general-importance file other than --general-importance), `group` (matrix |
+block | row, or several joined by '+', scored from one training) and `scores=general` (the
+general-only ablation: mask from the importance file).
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def perplexity(model, ids: torch.Tensor, config: dict, bos_id) -> float:
     ]
 
 
-def run_variant(args, variant: dict, texts: list[str], ids, config) -> dict:
+def run_variant(args, variant: dict, texts: list[str], ids, config) -> list[dict]:
+    """One row per comparison group in `group` (several joined by '+' share one training)."""
     settings = FineTuneSettings(
         **{k: v for k, v in variant.items() if k in SETTING_FIELDS},
         **{k: v for k, v in args.defaults.items() if k not in variant},
@@ -104,28 +106,35 @@ def run_variant(args, variant: dict, texts: list[str], ids, config) -> dict:
     else:
         importance = load_scores(importance_path, model) if settings.lam > 0 else None
         scores, report = domain_scores(model, tokenizer, used, importance, settings)
-        model, tokenizer = load_model(args.model, "float32", "cpu")
+    scales = report["clip_scales"]
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "scores.safetensors"
         save_scores(scores, path, {"kind": "domain_scores"})
-        spec = SparsitySpec(args.sparsity, variant.get("group", "matrix"))
-        DPrunerPruner(str(path)).prune(model, None, spec)
-    scales = report["clip_scales"]
-    return {
-        "domain": args.domain,
-        "variant": ",".join(f"{k}={v}" for k, v in variant.items()) or "defaults",
-        **asdict(settings),
-        "importance": importance_path if settings.lam > 0 else None,
-        "group": variant.get("group", "matrix"),
-        "instances": len(used),
-        "updates": report["updates"],
-        "heldback_ppl": perplexity(model, ids, config, tokenizer.bos_token_id),
-        "first_loss": report["losses"][0],
-        "last_loss": report["losses"][-1],
-        "median_clip_scale": sorted(scales)[len(scales) // 2] if report["updates"] else None,
-        "scores_wall_s": report["wall_s"],
-        "peak_rss_mb": report["peak_rss_mb"],
-    }
+        for group in str(variant.get("group", "matrix")).split("+"):
+            model, tokenizer = load_model(args.model, "float32", "cpu")
+            DPrunerPruner(str(path)).prune(model, None, SparsitySpec(args.sparsity, group))
+            shown = {**variant, "group": group} if "group" in variant else variant
+            rows.append(
+                {
+                    "domain": args.domain,
+                    "variant": ",".join(f"{k}={v}" for k, v in shown.items()) or "defaults",
+                    **asdict(settings),
+                    "importance": importance_path if settings.lam > 0 else None,
+                    "group": group,
+                    "instances": len(used),
+                    "updates": report["updates"],
+                    "heldback_ppl": perplexity(model, ids, config, tokenizer.bos_token_id),
+                    "first_loss": report["losses"][0],
+                    "last_loss": report["losses"][-1],
+                    "median_clip_scale": sorted(scales)[len(scales) // 2]
+                    if report["updates"]
+                    else None,
+                    "scores_wall_s": report["wall_s"],
+                    "peak_rss_mb": report["peak_rss_mb"],
+                }
+            )
+    return rows
 
 
 def run(args) -> None:
@@ -145,9 +154,8 @@ def run(args) -> None:
         append(out, row)
     for text in args.variant:
         start = time.perf_counter()
-        row = run_variant(args, parse_variant(text), texts, ids, config)
-        row["total_wall_s"] = time.perf_counter() - start
-        append(out, row)
+        for row in run_variant(args, parse_variant(text), texts, ids, config):
+            append(out, {**row, "total_wall_s": time.perf_counter() - start})
 
 
 def append(path: Path, row: dict) -> None:

@@ -6,8 +6,7 @@ import os
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from tiny import tiny_model, tiny_tokenizer
 
 from dpruner.errors import DataError
 from dpruner.evaluation import evaluate_domain, evaluate_model
@@ -31,34 +30,22 @@ EVAL = {"eval_fraction": 0.5, "max_prompt_tokens": 200, "seed": 0}
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=["<eos>"],
+    return tiny_tokenizer(
+        [" ".join(WORDS)] * 20, 320, ["<eos>"], eos_token="<eos>", pad_token="<eos>"
     )
-    bpe.train_from_iterator([" ".join(WORDS)] * 20, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", pad_token="<eos>")
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    config = LlamaConfig(
+    return tiny_model(
+        "llama",
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        layers=2,
         max_position_embeddings=512,
         eos_token_id=0,
         pad_token_id=0,
         bos_token_id=None,
     )
-    torch.manual_seed(0)
-    return LlamaForCausalLM(config).eval()
 
 
 def sentence(i: int, n: int = 8) -> str:

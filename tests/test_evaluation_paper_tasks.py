@@ -3,8 +3,7 @@
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from tiny import tiny_tokenizer
 
 from dpruner.data import load_records, render
 from dpruner.evaluation.items import perplexity_documents, task_items
@@ -38,14 +37,7 @@ def local(source: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    bpe.train_from_iterator(["a holding of the court"], trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="!")
+    return tiny_tokenizer(["a holding of the court"], 300, eos_token="!")
 
 
 def test_every_paper_domain_is_declared():

@@ -275,41 +275,30 @@ def test_interrupted_run_resumes_without_redoing_finished_jobs(tmp_path):
 
 def tiny_model_dir(root: Path) -> Path:
     """A random 2-layer LlamaForCausalLM with a byte-level BPE tokenizer trained on the fixtures."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from tiny import tiny_model, tiny_tokenizer
 
     texts = [
         " ".join(str(v) for v in json.loads(line).values())
         for name in ("general", "medical", "legal")
         for line in (FIXTURES / f"{name}.jsonl").read_text().splitlines()
     ]
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=384,
-        special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    tokenizer = tiny_tokenizer(
+        texts,
+        384,
+        ["<unk>", "<s>", "</s>"],
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="</s>",
     )
-    bpe.train_from_iterator(texts, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
-    )
-    config = LlamaConfig(
+    model = tiny_model(
+        "llama",
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        layers=2,
         max_position_embeddings=256,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    import torch
-
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
     out = root / "tiny-model"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -22,7 +22,10 @@ LAYOUTS = {
 }
 
 
-def tiny_model(layout: str = "llama", vocab_size: int = 96, layers: int = 3, seed: int = 0):
+def tiny_model(
+    layout: str = "llama", vocab_size: int = 96, layers: int = 3, seed: int = 0, **overrides
+):
+    """A random model of `layout`; `overrides` replace config values (token ids, context)."""
     from transformers import AutoConfig
 
     options = dict(LAYOUTS[layout])
@@ -37,7 +40,9 @@ def tiny_model(layout: str = "llama", vocab_size: int = 96, layers: int = 3, see
     )
     if model_type == "gpt2":
         common = dict(vocab_size=vocab_size)
-    config: PretrainedConfig = AutoConfig.for_model(model_type, **common, **options)
+    config: PretrainedConfig = AutoConfig.for_model(
+        model_type, **{**common, **options, **overrides}
+    )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model.eval()
@@ -46,3 +51,21 @@ def tiny_model(layout: str = "llama", vocab_size: int = 96, layers: int = 3, see
 def random_tokens(n: int, length: int, vocab_size: int = 96, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab_size, (n, length), generator=generator)
+
+
+def tiny_tokenizer(texts: list[str], vocab_size: int, special_tokens=(), **roles):
+    """A byte-level BPE tokenizer trained on `texts`; `roles` name its special tokens
+    (eos_token="<eos>", ...)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token=roles.get("unk_token")))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, **roles)
