@@ -39,6 +39,7 @@ from dpruner.masks import SparsitySpec
 from dpruner.methods.dpruner import (
     DPrunerPruner,
     FineTuneSettings,
+    NonFiniteError,
     domain_scores,
     load_scores,
     save_scores,
@@ -154,7 +155,11 @@ def run(args) -> None:
         append(out, row)
     for text in args.variant:
         start = time.perf_counter()
-        for row in run_variant(args, parse_variant(text), texts, ids, config):
+        try:
+            rows = run_variant(args, parse_variant(text), texts, ids, config)
+        except NonFiniteError as error:  # a diverged setting is a result too
+            rows = [{"domain": args.domain, "variant": text, "error": str(error)}]
+        for row in rows:
             append(out, {**row, "total_wall_s": time.perf_counter() - start})
 
 
@@ -177,6 +182,7 @@ def table(args) -> None:
             "last_loss",
             "median_clip_scale",
             "scores_wall_s",
+            "error",
         )
         if c in frame
     ]

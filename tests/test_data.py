@@ -16,6 +16,7 @@ from dpruner.data import (
     calibration_tokens,
     domain_instances,
     evaluation_text,
+    held_back_texts,
     load_records,
     render,
     split_records,
@@ -264,6 +265,17 @@ def test_domain_instances_counts_determinism_and_calibration_side(two_sources):
     held_out_notes = {f"{SENTENCES[i % 5]} {i}" for i in range(16, 20)}
     assert not any(text.removeprefix("Note: ") in held_out_notes for text in instances)
     assert not any(text.startswith(("k8:", "k9:")) for text in instances)
+
+
+def test_held_back_texts_are_the_calibration_records_no_instance_uses(two_sources):
+    notes = two_sources[0]
+    instances = {t.removeprefix("Note: ") for t in domain_instances([notes], eval_fraction=0.2)}
+    held_back = held_back_texts(notes, 0.2, "{text}")
+    assert len(held_back) == 16 - 5
+    assert set(held_back) | instances == {f"{SENTENCES[i % 5]} {i}" for i in range(16)}
+    assert not set(held_back) & instances
+    with pytest.raises(DataError, match="laws.jsonl.*without `count`"):
+        held_back_texts(two_sources[1], 0.2, "{body}")
 
 
 def test_domain_instances_count_larger_than_source(two_sources):
