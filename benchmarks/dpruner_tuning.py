@@ -13,10 +13,10 @@ drew their 16 x 512 windows from the whole calibration part, so they may have se
         --out results/tables/dpruner_tuning.md
 
 A variant is comma-separated key=value pairs: FineTuneSettings fields (lam, lr, epochs,
-batch_size, max_length, clip) plus `instances` (how many of the drawn instances to use),
-`importance` (a general-importance file other than --general-importance), `group` (matrix |
-block | row, or several joined by '+', scored from one training) and `scores=general` (the
-general-only ablation: mask from the importance file).
+batch_size, max_length, clip, gradient_checkpointing=true|false) plus `instances` (how many of
+the drawn instances to use), `importance` (a general-importance file other than
+--general-importance), `group` (matrix | block | row, or several joined by '+', scored from one
+training) and `scores=general` (the general-only ablation: mask from the importance file).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def parse_variant(text: str) -> dict:
                 break
             except ValueError:
                 continue
-        variant[key] = value
+        variant[key] = {"true": True, "false": False}.get(value, value)
     return variant
 
 
