@@ -3,7 +3,8 @@
 Each variant runs `domain_scores` from the dense model, masks the original weights with
 `DPrunerPruner` and measures perplexity on the domain's *held-back* text: calibration-part
 records that `count` left out of the fine-tuning instances (disjoint from every evaluation
-document), rendered with the domain's perplexity template. Pruned models of the last workflow run
+document), rendered with the domain's perplexity template, and on general calibration-pool text
+(`general_pool_ppl`, see validation_tokens). Pruned models of the last workflow run
 can be scored on the same text for reference (`--reference DIR`; the domain-calibrated baselines
 drew their 16 x 512 windows from the whole calibration part, so they may have seen some of it).
 
@@ -33,7 +34,13 @@ import pandas as pd
 import torch
 
 from dpruner.config import load_config
-from dpruner.data import domain_instances, evaluation_text, held_back_texts, text_tokens
+from dpruner.data import (
+    domain_instances,
+    entry_texts,
+    evaluation_text,
+    held_back_texts,
+    text_tokens,
+)
 from dpruner.evaluation.perplexity import sliding_window_perplexity
 from dpruner.masks import SparsitySpec
 from dpruner.methods.dpruner import (
@@ -70,11 +77,8 @@ def with_count(entries: list[dict], count: int | None) -> list[dict]:
     return [{**entry, "count": count or entry["count"]} for entry in entries]
 
 
-def held_back_tokens(entries, config: dict, domain: str, tokenizer, max_tokens: int):
-    template = config["domains"][domain]["perplexity"]["template"]
-    eval_fraction = config["calibration"]["eval_fraction"]
-    texts = [text for e in entries for text in held_back_texts(e, eval_fraction, template)]
-    # Tokenise only a leading share of the texts: doubled until it holds max_tokens.
+def leading_tokens(texts: list[str], tokenizer, max_tokens: int) -> torch.Tensor:
+    """The first max_tokens tokens of the joined texts, tokenising only as many as needed."""
     used = 1
     while True:
         records = [{"text": text} for text in texts[:used]]
@@ -84,11 +88,35 @@ def held_back_tokens(entries, config: dict, domain: str, tokenizer, max_tokens: 
         used *= 2
 
 
-def perplexity(model, ids: torch.Tensor, config: dict, bos_id) -> float:
-    window = config["evaluation"]["perplexity"]["window"]
-    return sliding_window_perplexity(model, ids, window, window, bos_id, "none", progress=False)[
-        "ppl"
+def validation_tokens(entries, config: dict, domain: str, tokenizer, max_tokens: int) -> dict:
+    """Token streams for tuning: the domain's held-back text and general calibration-pool text.
+
+    The general pool is where the general calibration windows come from (16 x 512 tokens drawn
+    at random), so it can overlap them a little; it is read from its last record backwards.
+    """
+    eval_fraction = config["calibration"]["eval_fraction"]
+    template = config["domains"][domain]["perplexity"]["template"]
+    held_back = [t for e in entries for t in held_back_texts(e, eval_fraction, template)]
+    general_template = config["general"]["perplexity"]["template"]
+    pool = [
+        text
+        for entry in config["general"]["calibration"]
+        for text in entry_texts({**entry, "template": general_template}, eval_fraction)
     ]
+    return {
+        "heldback_ppl": leading_tokens(held_back, tokenizer, max_tokens),
+        "general_pool_ppl": leading_tokens(pool[::-1], tokenizer, max_tokens),
+    }
+
+
+def perplexities(model, streams: dict, config: dict, bos_id) -> dict:
+    window = config["evaluation"]["perplexity"]["window"]
+    return {
+        key: sliding_window_perplexity(model, ids, window, window, bos_id, "none", progress=False)[
+            "ppl"
+        ]
+        for key, ids in streams.items()
+    }
 
 
 def run_variant(args, variant: dict, texts: list[str], ids, config) -> list[dict]:
@@ -125,7 +153,7 @@ def run_variant(args, variant: dict, texts: list[str], ids, config) -> list[dict
                     "group": group,
                     "instances": len(used),
                     "updates": report["updates"],
-                    "heldback_ppl": perplexity(model, ids, config, tokenizer.bos_token_id),
+                    **perplexities(model, ids, config, tokenizer.bos_token_id),
                     "first_loss": report["losses"][0],
                     "last_loss": report["losses"][-1],
                     "median_clip_scale": sorted(scales)[len(scales) // 2]
@@ -143,7 +171,7 @@ def run(args) -> None:
     args.defaults = parse_variant(args.defaults_text)
     _, tokenizer = load_model(args.model, "float32", "cpu")
     entries = with_count(config["domains"][args.domain]["calibration"], args.instance_count)
-    ids = held_back_tokens(entries, config, args.domain, tokenizer, args.max_tokens)
+    ids = validation_tokens(entries, config, args.domain, tokenizer, args.max_tokens)
     texts = domain_instances(entries, config["calibration"]["eval_fraction"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -151,8 +179,7 @@ def run(args) -> None:
     for name, folder in rows:
         model, tokenizer = load_model(folder, "float32", "cpu")
         row = {"domain": args.domain, "variant": f"reference:{name}"}
-        row["heldback_ppl"] = perplexity(model, ids, config, tokenizer.bos_token_id)
-        append(out, row)
+        append(out, {**row, **perplexities(model, ids, config, tokenizer.bos_token_id)})
     for text in args.variant:
         start = time.perf_counter()
         try:
@@ -177,6 +204,7 @@ def table(args) -> None:
             "domain",
             "variant",
             "heldback_ppl",
+            "general_pool_ppl",
             "instances",
             "updates",
             "last_loss",
