@@ -217,25 +217,31 @@ class FusedSGD:
         grad = param.grad.float()
         if self.regularised and name in self.prunable:
             delta = param.detach().float() - self.original[name].float()
-            grad = grad + 2 * self.settings.lam * self.importance[name].float() * delta
+            grad = torch.addcmul(
+                grad, self.importance[name].float(), delta, value=2 * self.settings.lam
+            )
         return grad
 
     def _hook_for(self, name: str):
+        # Finiteness is read off reductions the hook needs anyway (a squared norm, a sum of
+        # non-negative scores, a gradient sum): an element-wise check of every gradient cost
+        # about a sixth of an update on CPU.
         def hook(param: torch.Tensor) -> None:
             grad = self.regularised_gradient(name, param)
             param.grad = None
-            if self.error is None and not bool(torch.isfinite(grad).all()):
-                self.error = f"non-finite gradient at step {self.step} in {name}"
             if self.mode == "norm":
-                self.sq_norm += float(grad.double().pow(2).sum())
+                square = float(torch.linalg.vector_norm(grad, dtype=torch.float64)) ** 2
+                self._check(math.isfinite(square), "gradient", name)
+                self.sq_norm += square
                 return
             weight = param.detach()
             if name in self.scores:
-                score = self.scores[name]
-                score += dual_importance_step(grad, weight.float())
-                if self.error is None and not bool(torch.isfinite(score).all()):
-                    self.error = f"non-finite dual importance at step {self.step} in {name}"
-            updated = weight.float() - (self.lr * self.scale) * grad
+                step = dual_importance_step(grad, weight.float())
+                self._check(math.isfinite(float(step.sum())), "dual importance", name)
+                self.scores[name] += step
+            else:
+                self._check(math.isfinite(float(grad.sum())), "gradient", name)
+            updated = torch.add(weight.float(), grad, alpha=-(self.lr * self.scale))
             if weight.dtype == torch.bfloat16 and self.settings.update_rounding == "stochastic":
                 new = stochastic_round_to_bf16(updated, self.generator)
             else:
@@ -245,6 +251,10 @@ class FusedSGD:
             weight.copy_(new)
 
         return hook
+
+    def _check(self, finite: bool, what: str, name: str) -> None:
+        if self.error is None and not finite:
+            self.error = f"non-finite {what} at step {self.step} in {name}"
 
     def remove(self) -> None:
         for handle in self.handles:
