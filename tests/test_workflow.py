@@ -241,6 +241,9 @@ def test_interrupted_run_resumes_without_redoing_finished_jobs(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        # A test run started in the background (`make test &`) inherits SIGINT ignored, and an
+        # ignored signal stays ignored across exec: give Snakemake and its jobs the default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120
