@@ -53,7 +53,7 @@ from dpruner.methods.dpruner import (
 )
 from dpruner.models import load_model
 
-SETTING_FIELDS = {f.name: f.type for f in fields(FineTuneSettings)}
+SETTING_FIELDS = {f.name for f in fields(FineTuneSettings)}
 EXTRA_KEYS = {"instances", "importance", "group", "scores"}
 
 

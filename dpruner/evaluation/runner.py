@@ -39,6 +39,7 @@ EVALUATION_DEFAULTS = {
     "scale": 1,
 }
 SUMMARY_EXAMPLES = 3
+ROLLING_TASK = "dpruner_domain_rolling"
 
 
 def evaluation_settings(eval_config: dict | None) -> dict:
@@ -85,19 +86,15 @@ def evaluate_model(
     settings = evaluation_settings(eval_config)
     ppl_cfg, scale = settings["perplexity"], settings["scale"]
     max_tokens = scaled(ppl_cfg["max_tokens"], scale)
-    corpora = {"domain": domain_section["perplexity"]}
 
     # Build everything first: a bad source or template stops here, before any model work.
-    texts = {}
-    for key, section in corpora.items():
-        documents, joined = perplexity_documents(
-            section,
-            f"{key} perplexity",
-            tokenizer,
-            eval_fraction=eval_fraction,
-            max_tokens=max_tokens,
-        )
-        texts[key] = (documents, joined)
+    documents, joined = perplexity_documents(
+        domain_section["perplexity"],
+        "domain perplexity",
+        tokenizer,
+        eval_fraction=eval_fraction,
+        max_tokens=max_tokens,
+    )
     tasks = [
         task_items(
             task,
@@ -110,11 +107,10 @@ def evaluate_model(
         for task in domain_section.get("tasks") or []
     ]
 
-    lm_configs, rolling_docs = [], {}
-    for key, (documents, _) in texts.items():
-        rolling_docs[key] = _rolling_subset(documents, tokenizer, ppl_cfg["rolling_max_tokens"])
-        if rolling_docs[key]:
-            lm_configs.append(rolling_perplexity_task(rolling_docs[key], f"dpruner_{key}_rolling"))
+    lm_configs = []
+    rolling_docs = _rolling_subset(documents, tokenizer, ppl_cfg["rolling_max_tokens"])
+    if rolling_docs:
+        lm_configs.append(rolling_perplexity_task(rolling_docs, ROLLING_TASK))
     for task in tasks:
         if task.kind == "multiple_choice":
             lm_configs.append(multiple_choice_task(task, tokenizer, f"dpruner_{task.name}"))
@@ -128,27 +124,25 @@ def evaluate_model(
         model, tokenizer, lm_configs, batch_size=settings["batch_size"], seed=sampling_seed
     )
 
-    perplexity = {}
-    for key, (_, joined) in texts.items():
-        ids = torch.tensor(tokenizer(joined, add_special_tokens=False)["input_ids"])
-        if max_tokens is not None:
-            ids = ids[:max_tokens]
-        perplexity[key] = sliding_window_perplexity(
-            model,
-            ids,
-            ppl_cfg["window"],
-            ppl_cfg["stride"],
-            bos_id=tokenizer.bos_token_id,
-            bos=ppl_cfg["bos"],
-            batch_size=settings["batch_size"],
-            progress=progress,
-        )
-        perplexity[key]["documents"] = len(texts[key][0])
-        if rolling_docs[key]:
-            perplexity[key]["lm_eval_rolling"] = {
-                **harness["metrics"][f"dpruner_{key}_rolling"],
-                "documents": len(rolling_docs[key]),
-            }
+    ids = torch.tensor(tokenizer(joined, add_special_tokens=False)["input_ids"])
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    domain = sliding_window_perplexity(
+        model,
+        ids,
+        ppl_cfg["window"],
+        ppl_cfg["stride"],
+        bos_id=tokenizer.bos_token_id,
+        bos=ppl_cfg["bos"],
+        batch_size=settings["batch_size"],
+        progress=progress,
+    )
+    domain["documents"] = len(documents)
+    if rolling_docs:
+        domain["lm_eval_rolling"] = {
+            **harness["metrics"][ROLLING_TASK],
+            "documents": len(rolling_docs),
+        }
 
     results = {}
     for task in tasks:
@@ -161,7 +155,7 @@ def evaluate_model(
         else:
             entry["examples"] = _summary_examples(harness["samples"].get(lm_name, []))
         results[task.name] = entry
-    return {"perplexity": perplexity, "tasks": results, "settings": settings}
+    return {"perplexity": {"domain": domain}, "tasks": results, "settings": settings}
 
 
 def _rolling_subset(documents: list[str], tokenizer, max_tokens: int | None) -> list[str]:
