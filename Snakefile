@@ -1,23 +1,43 @@
 # dpruner benchmark: one `snakemake` regenerates every table and plot of the configured benchmark.
 # Rules are thin: each runs one `python -m dpruner <step>`; the stages live in rules/*.smk.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from dpruner.config import read_yaml, schema_errors
+from dpruner.errors import DprunerError, exit_with
+from dpruner.preflight import check_config
 
 min_version("9.0")
 
-
-configfile: "config/config.yaml"
-
+DEFAULT_CONFIG = "config/config.yaml"
 
 # A config file named on the command line replaces config/config.yaml instead of being merged into
 # it, so `--configfile config/paper.yaml` plans only the paper's models and domains. Done here, not
 # with --replace-workflow-config, because cluster job steps are not passed that flag.
 if workflow.overwrite_configfiles:
+    CONFIG_FILES = [str(path) for path in workflow.overwrite_configfiles]
     config.clear()
     config.update(workflow.config_settings.overwrite_config)
+else:
+    CONFIG_FILES = [DEFAULT_CONFIG]
+    try:
+        # Snakemake's own loader says only "not valid JSON or YAML": read it first for the line.
+        read_yaml(DEFAULT_CONFIG)
+    except DprunerError as error:
+        exit_with(error)
+
+    configfile: DEFAULT_CONFIG
 
 
-# Paths in the schema call are relative to this Snakefile.
-validate(config, "workflow/schemas/config.schema.yaml")
+problems = schema_errors(config)
+if problems:
+    exit_with(f"{', '.join(CONFIG_FILES)} is invalid:\n" + "\n".join(f"  {p}" for p in problems))
+# Every source, template, label set, size and N:M pattern, before any job (`-n` included); job
+# steps started by an executor (cluster) skip it, the main process did it.
+if workflow.is_main_process:
+    try:
+        check_config(config, source=", ".join(CONFIG_FILES))
+    except DprunerError as error:
+        exit_with(error)
 
 
 report: "workflow/report/workflow.rst"

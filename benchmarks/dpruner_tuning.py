@@ -241,7 +241,7 @@ def main() -> None:
     p = sub.add_parser("run")
     p.add_argument("--config", default="config/config.yaml")
     p.add_argument("--domain", required=True)
-    p.add_argument("--model", default="results/models/smollm2-135m/dense")
+    p.add_argument("--model", default="results/run/models/smollm2-135m/dense")
     p.add_argument(
         "--instance-count",
         type=int,
@@ -250,7 +250,7 @@ def main() -> None:
     )
     p.add_argument(
         "--general-importance",
-        default="results/scores/smollm2-135m/general_importance_s0.5_norm-mean.safetensors",
+        default="results/run/scores/smollm2-135m/general_importance_s0.5_norm-mean.safetensors",
     )
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--max-tokens", type=int, default=8192)

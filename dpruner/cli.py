@@ -13,6 +13,7 @@ import torch
 
 from dpruner.errors import DprunerError
 from dpruner.io import write_json
+from dpruner.lifecycle import start_step
 
 log = logging.getLogger("dpruner")
 
@@ -38,7 +39,7 @@ def calibration_from_source(
         path = Path(source)
         if not path.is_file():
             raise DprunerError(f"calibration file not found: {path}")
-        tokens = torch.load(path)
+        tokens = torch.load(path, weights_only=True)
         if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.numel() == 0:
             raise DprunerError(f"{path}: expected a non-empty N x L tensor of token ids")
         return tokens.long()
@@ -64,23 +65,24 @@ def _add_calibration_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_prepare_model(args) -> dict:
+    from dpruner.io import check_output_folder
     from dpruner.models import load_model, materialise_gguf, materialise_packaged, save_model
 
+    check_output_folder(args.out, args.overwrite)
     if args.packaged:
-        materialise_packaged(args.packaged, args.out, args.dtype)
+        materialise_packaged(args.packaged, args.out, args.dtype, args.overwrite)
     elif args.gguf:
-        materialise_gguf(args.gguf, args.out, args.dtype)
+        materialise_gguf(args.gguf, args.out, args.dtype, args.overwrite)
     else:
-        from dpruner.config import load_config
-
-        entry = load_config(args.config)["models"].get(args.model)
+        entry = read_config(args)["models"].get(args.model)
         if entry is None:
-            raise DprunerError(f"{args.config}: no model '{args.model}' under models")
+            raise DprunerError(f"the config has no model '{args.model}' under models")
+        dtype = entry.get("dtype", "float32")
         if "packaged" in entry:
-            materialise_packaged(entry["packaged"], args.out, entry.get("dtype", "float32"))
+            materialise_packaged(entry["packaged"], args.out, dtype, args.overwrite)
         elif "path" in entry:
-            model, tokenizer = load_model(entry["path"], entry.get("dtype", "float32"))
-            save_model(model, tokenizer, args.out)
+            model, tokenizer = load_model(entry["path"], dtype)
+            save_model(model, tokenizer, args.out, args.overwrite, inputs=(entry["path"],))
         else:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -89,25 +91,38 @@ def cmd_prepare_model(args) -> dict:
             model = AutoModelForCausalLM.from_pretrained(
                 entry["hub"], dtype=torch_dtype(entry.get("dtype", "bfloat16"))
             )
-            save_model(model, AutoTokenizer.from_pretrained(entry["hub"]), args.out)
+            tokenizer = AutoTokenizer.from_pretrained(entry["hub"])
+            save_model(model, tokenizer, args.out, args.overwrite)
     return {"out": args.out}
 
 
-def cmd_prepare_data(args) -> dict:
-    from dpruner.config import load_config
-    from dpruner.data import write_calibration
-    from dpruner.models import load_model
+def read_config(args) -> dict:
+    """The config of a step: a whole config file (--config, schema-checked) or the slice of the
+    workflow's validated config that the step reads (--config-json, passed by the rules)."""
+    from dpruner.config import load_config, parse_config_json
 
-    config = load_config(args.config)
-    _, tokenizer = load_model(args.model)
-    return write_calibration(config, args.domain, tokenizer, args.out)
+    if args.config_json:
+        return parse_config_json(args.config_json)
+    if args.config:
+        return load_config(args.config)
+    raise DprunerError("give the config: --config FILE or --config-json TEXT")
+
+
+def cmd_prepare_data(args) -> dict:
+    from dpruner.data import write_calibration
+    from dpruner.models import load_tokenizer
+    from dpruner.preflight import check_section
+
+    config = read_config(args)
+    # The data is checked before the tokenizer (and any model file) is read.
+    check_section(config, args.domain)
+    return write_calibration(config, args.domain, load_tokenizer(args.model), args.out)
 
 
 def cmd_evaluate(args) -> dict:
-    from dpruner.config import load_config
     from dpruner.evaluation.runner import evaluate_domain
 
-    result = evaluate_domain(args.model, args.domain, load_config(args.config), args.out)
+    result = evaluate_domain(args.model, args.domain, read_config(args), args.out)
     return {"out": args.out, "perplexity": result["perplexity"], "wall_s": result["wall_s"]}
 
 
@@ -118,6 +133,7 @@ def _load_model(args):
 
 
 def cmd_prune(args) -> dict:
+    from dpruner.io import check_output_folder
     from dpruner.masks import SparsitySpec
     from dpruner.methods import PRUNERS, get_pruner
     from dpruner.models import measured_sparsity, save_model
@@ -125,6 +141,8 @@ def cmd_prune(args) -> dict:
     method_class = PRUNERS.get(args.method)
     if method_class is None:
         raise DprunerError(f"unknown method '{args.method}'; choose one of {', '.join(PRUNERS)}")
+    # Checked before the model loads; save_model checks again before it replaces anything.
+    check_output_folder(args.out, args.overwrite, (args.model,))
     spec = SparsitySpec.parse(args.sparsity, args.pattern, args.group or method_class.default_group)
     options = {}
     if args.method in ("wanda", "sparsegpt"):
@@ -144,7 +162,8 @@ def cmd_prune(args) -> dict:
             args.calibration, tokenizer, args.nsamples, args.seqlen, args.seed, args.template
         )
     result = pruner.prune(model, calibration, spec)
-    save_model(model, tokenizer, args.out)
+    inputs = tuple(p for p in (args.model, args.scores, args.calibration) if p and Path(p).exists())
+    save_model(model, tokenizer, args.out, args.overwrite, inputs)
     report = {
         **result.to_dict(),
         "model": args.model,
@@ -166,7 +185,7 @@ def cmd_perplexity(args) -> dict:
 
     model, tokenizer = _load_model(args)
     if args.data.endswith(".pt"):
-        ids = torch.load(args.data).reshape(-1)
+        ids = torch.load(args.data, weights_only=True).reshape(-1)
     else:
         records = load_records(source_spec(args.data))
         text = evaluation_text(records, args.template, f"perplexity data {args.data}")
@@ -279,17 +298,32 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
         p.add_argument("--device", default="cpu")
 
+    def config_args(p):
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--config", help="a config file (checked against the schema)")
+        group.add_argument(
+            "--config-json", help="the config slice the step reads, as JSON (from the workflow)"
+        )
+
+    def overwrite_arg(p):
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace --out if an earlier dpruner step wrote it (never other folders)",
+        )
+
     p = sub.add_parser("prepare-model", help="materialise a model as a plain HF directory")
-    p.add_argument("--config")
+    config_args(p)
     p.add_argument("--model", help="a name under `models:` in the config")
     p.add_argument("--packaged", help="a packaged model: smollm2 or gemma3-270m")
     p.add_argument("--gguf", help="a local GGUF file")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--out", required=True)
+    overwrite_arg(p)
     p.set_defaults(func=cmd_prepare_model)
 
     p = sub.add_parser("prepare-data", help="calibration tokens and domain instances of a domain")
-    p.add_argument("--config", required=True)
+    config_args(p)
     p.add_argument("--domain", required=True, help="`general` or a name under `domains:`")
     p.add_argument("--model", required=True, help="model directory (for its tokenizer)")
     p.add_argument("--out", required=True, help="folder for calibration.pt and instances.jsonl")
@@ -298,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="every metric of a domain (and general perplexity)")
     p.add_argument("--model", required=True)
     p.add_argument("--domain", required=True)
-    p.add_argument("--config", required=True)
+    config_args(p)
     p.add_argument("--out", required=True, help="metrics JSON file")
     p.set_defaults(func=cmd_evaluate)
 
@@ -311,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", help="D-Pruner importance scores (safetensors)")
     _add_calibration_args(p)
     p.add_argument("--out", required=True)
+    overwrite_arg(p)
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("general-importance", help="D-Pruner step 1: OBS saliency G per weight")
@@ -357,14 +392,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.set_defaults(func=cmd_perplexity)
 
-    from dpruner.report import register
+    from dpruner import published, report
 
-    register(sub)
+    report.register(sub)
+    published.register(sub)
+    p = sub.add_parser("check-config", help="schema and preflight of a config file, no model work")
+    p.add_argument("config", help="a config file")
+    p.add_argument("--hub", action="store_true", help="also load hub sources (downloads data)")
+    p.set_defaults(func=cmd_check_config)
     return parser
+
+
+def cmd_check_config(args) -> dict:
+    from dpruner.config import load_config
+    from dpruner.preflight import check_config
+
+    config = load_config(args.config)
+    check_config(config, source=args.config, check_hub=args.hub)
+    return {"config": args.config, "preflight": "passed"}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    start_step(args.command)
     # De-quantised checkpoints give subnormal activations and Hessian entries; on CPU each one
     # costs a slow microcode path (a SparseGPT run on SmolLM2 took 357 s instead of 66 s).
     torch.set_flush_denormal(True)

@@ -11,3 +11,12 @@ class ConfigError(DprunerError):
 
 class DataError(DprunerError):
     """A data source, field or template is wrong, or a source is empty."""
+
+
+def exit_with(message) -> None:
+    """Print one `error: ...` message and exit 1: the Snakefile's way to stop on a bad config
+    without Snakemake's traceback of the Snakefile."""
+    import sys
+
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from dpruner.errors import DprunerError
+from dpruner.io import output_folder
 
 PACKAGED_MODELS = {
     "smollm2": {
@@ -55,10 +55,37 @@ def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
             f"model directory not found: looked for {path / 'config.json'}"
             " (run `python -m dpruner prepare-model` or point --model at a Hugging Face directory)"
         )
+    check_weight_files(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), device_map=device)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
     return model, tokenizer
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer of a local Hugging Face directory (no weights are read)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"model directory not found: {path}")
+    return AutoTokenizer.from_pretrained(path)
+
+
+def check_weight_files(path: Path) -> None:
+    """Read every safetensors header of a model directory; a truncated or corrupt file stops
+    with its name instead of a loader traceback."""
+    from safetensors import safe_open
+
+    for weights in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(weights, framework="pt") as f:
+                f.keys()
+        except Exception as error:  # safetensors raises its own error types
+            raise ModelError(
+                f"{weights}: not a readable safetensors file ({error}); "
+                "re-create the model directory (e.g. delete it and rerun)"
+            ) from None
 
 
 def _packaged_gguf(name: str) -> Path:
@@ -87,12 +114,16 @@ def _packaged_gguf(name: str) -> Path:
     return target
 
 
-def materialise_packaged(name: str, out_dir: str | Path, dtype: str = "float32") -> Path:
+def materialise_packaged(
+    name: str, out_dir: str | Path, dtype: str = "float32", overwrite: bool = False
+) -> Path:
     """De-quantise a packaged GGUF model once into an ordinary safetensors directory."""
-    return materialise_gguf(_packaged_gguf(name), out_dir, dtype)
+    return materialise_gguf(_packaged_gguf(name), out_dir, dtype, overwrite)
 
 
-def materialise_gguf(gguf: str | Path, out_dir: str | Path, dtype: str = "float32") -> Path:
+def materialise_gguf(
+    gguf: str | Path, out_dir: str | Path, dtype: str = "float32", overwrite: bool = False
+) -> Path:
     """De-quantise a GGUF file into an ordinary safetensors directory.
 
     transformers refuses to save a model loaded from GGUF, so the weights are copied into a plain
@@ -115,25 +146,66 @@ def materialise_gguf(gguf: str | Path, out_dir: str | Path, dtype: str = "float3
     plain.load_state_dict(gguf_model.state_dict())
     plain.tie_weights()
     plain.to(torch_dtype(dtype))
-    return save_model(plain, tokenizer, out_dir)
+    return save_model(plain, tokenizer, out_dir, overwrite, inputs=(gguf,))
 
 
-def save_model(model, tokenizer, out_dir: str | Path) -> Path:
-    """save_pretrained into a temporary sibling, then rename: no half-written model directory."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)
-    try:
+def save_model(
+    model, tokenizer, out_dir: str | Path, overwrite: bool = False, inputs: tuple = ()
+) -> Path:
+    """save_pretrained into a temporary sibling, then rename: no half-written model directory.
+
+    An existing `out_dir` is replaced only if dpruner wrote it and `overwrite` is set, and never
+    when it is the current folder, a parent of it or one of `inputs` (dpruner.io.output_folder).
+    """
+    with output_folder(out_dir, overwrite, inputs) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)
+
+
+def _gguf_widths(path: Path) -> dict[str, int]:
+    import gguf
+
+    fields = gguf.GGUFReader(path).fields
+
+    def value(key: str):
+        field = fields.get(key)
+        return None if field is None else field.parts[field.data[0]]
+
+    arch = bytes(value("general.architecture")).decode()
+    hidden = int(value(f"{arch}.embedding_length")[0])
+    heads = int(value(f"{arch}.attention.head_count")[0])
+    key_length = value(f"{arch}.attention.key_length")
+    head_dim = int(key_length[0]) if key_length is not None else hidden // heads
+    return {
+        "hidden_size": hidden,
+        "attention output": heads * head_dim,
+        "intermediate_size": int(value(f"{arch}.feed_forward_length")[0]),
+    }
+
+
+def model_widths(entry: dict) -> dict[str, int]:
+    """Input widths of a configured model's prunable linears (q/k/v/gate/up take hidden_size,
+    o_proj the attention output, down_proj intermediate_size), read without loading weights:
+    a local directory's config.json or a packaged model's GGUF header. {} for a hub model, whose
+    widths the prune job checks."""
+    if "packaged" in entry:
+        return _gguf_widths(_packaged_gguf(entry["packaged"]))
+    if "path" not in entry:
+        return {}
+    config_file = Path(entry["path"]) / "config.json"
+    if not config_file.is_file():
+        raise ModelError(f"model directory not found: looked for {config_file}")
+    config = json.loads(config_file.read_text())
+    config = config.get("text_config", config)
+    hidden = config["hidden_size"]
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or hidden // heads
+    return {
+        "hidden_size": hidden,
+        "attention output": heads * head_dim,
+        "intermediate_size": config["intermediate_size"],
+    }
 
 
 def _is_linear(module: nn.Module) -> bool:

@@ -163,6 +163,49 @@ def read_metrics(path: str | Path) -> list[dict]:
     ]
 
 
+COUNT_COLUMNS = ["items", "dropped", "skipped_labels", "prompts_truncated"]
+
+
+def read_counts(path: str | Path) -> list[dict]:
+    """What each metric of one metrics file rests on: per task its items and the records left
+    out (dropped: a label in no choice or an empty target; skipped: skip_labels), per perplexity
+    the scored tokens and documents."""
+    path = Path(path)
+    data = json.loads(path.read_text())
+    rows = []
+    perplexity = data.get("perplexity")
+    domain_ppl = perplexity.get("domain") if isinstance(perplexity, dict) else None
+    if isinstance(domain_ppl, dict) and "tokens_scored" in domain_ppl:
+        rows.append(
+            {
+                "task": PERPLEXITY,
+                "tokens_scored": domain_ppl["tokens_scored"],
+                "documents": domain_ppl.get("documents"),
+            }
+        )
+    for task, entry in (data.get("tasks") or {}).items():
+        counts = entry.get("counts") if isinstance(entry, dict) else None
+        if isinstance(counts, dict):
+            dropped = sum(v for k, v in counts.items() if k.startswith("dropped_"))
+            rows.append({"task": task, **counts, "dropped": dropped})
+    return [{"variant": path.parent.name, "domain": path.stem, **row} for row in rows]
+
+
+def counts_table(metrics_files: Iterable[str | Path]) -> pd.DataFrame:
+    """One row per domain and task (the counts are the same for every model; the most items any
+    model had is shown, so a task that lost items on one model cannot hide)."""
+    rows = [row for path in metrics_files for row in read_counts(path)]
+    columns = ["domain", "task", *COUNT_COLUMNS, "tokens_scored", "documents"]
+    frame = pd.DataFrame(rows).reindex(columns=["variant", *columns])
+    if frame.empty:
+        return frame[columns]
+    grouped = frame.groupby(["domain", "task"], sort=False)[columns[2:]].agg(["min", "max"])
+    table = grouped.xs("max", axis=1, level=1).copy()
+    differs = (grouped.xs("min", axis=1, level=1) != table) & table.notna()
+    table["same_for_all_models"] = ~differs.any(axis=1)
+    return table.reset_index()
+
+
 def collect(metrics_files: Iterable[str | Path]) -> pd.DataFrame:
     rows = [row for path in metrics_files for row in read_metrics(path)]
     if not rows:
@@ -429,29 +472,27 @@ def benchmarks_by_rule(jobs: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- entry points
 
 
-def provenance(config_file: Path) -> str:
+def provenance(config: dict | None) -> str:
     """A line saying what machine aggregated the run and which config settings produced it."""
     import platform
 
     import torch
-    import yaml
 
     line = (
         f"Aggregated on {platform.machine()} with {os.cpu_count()} CPU threads "
         f"(torch {torch.__version__})"
     )
-    if config_file.is_file():
-        config = yaml.safe_load(config_file.read_text())
+    if config:
         models = ", ".join(
             f"{name} ({'; '.join(f'{k} {v}' for k, v in entry.items())})"
             for name, entry in config["models"].items()
         )
         calibration = config["calibration"]
         line += (
-            f"; jobs ran on device `{config.get('device', 'cpu')}`. Config ({config_file.name} of "
-            f"the run): models {models}; sparsities {config['sparsities']}; patterns "
-            f"{config['patterns']}; calibration {calibration['nsamples']} x "
-            f"{calibration['seqlen']} tokens; methods {', '.join(config['methods'])}"
+            f"; jobs ran on device `{config.get('device', 'cpu')}`. Config: models {models}; "
+            f"sparsities {config['sparsities']}; patterns {config['patterns']}; "
+            f"calibration {calibration['nsamples']} x {calibration['seqlen']} tokens; "
+            f"methods {', '.join(config['methods'])}"
         )
     return line + ".\n\n"
 
@@ -460,12 +501,14 @@ def aggregate(
     metrics_files: Iterable[str | Path],
     out_dir: str | Path,
     benchmark_files: Iterable[str | Path] = (),
+    config: dict | None = None,
 ) -> list[Path]:
     """Write the tables of out_dir: metrics_long.csv, main / main_change / cross_domain as CSV,
     Markdown and LaTeX, and benchmarks.csv / benchmarks_by_rule.{csv,md}. Returns the paths."""
     out_dir = Path(out_dir)
+    metrics_files = list(metrics_files)
     long = collect(metrics_files)
-    header = provenance(out_dir.parent / "config.yaml")
+    header = provenance(config)
     written = []
     with atomic_output(out_dir / "metrics_long.csv") as tmp:
         long.to_csv(tmp, index=False, float_format="%.6g")
@@ -475,6 +518,21 @@ def aggregate(
     written += _write_table(main, out_dir, "main", changes, header=header)
     written += _write_table(changes, out_dir, "main_change", is_change=True, header=header)
     written += _write_table(cross_domain_table(long), out_dir, "cross_domain", header=header)
+    counts = counts_table(metrics_files)
+    with atomic_output(out_dir / "counts.csv") as tmp:
+        counts.to_csv(tmp, index=False)
+    written += [
+        out_dir / "counts.csv",
+        _write_text(
+            out_dir / "counts.md",
+            header
+            + "What every metric rests on: items scored per task (records left out: dropped, "
+            "a label in no choice or an empty target; skipped, a label listed in skip_labels), "
+            "scored tokens and documents per perplexity.\n\n"
+            + counts.to_markdown(index=False)
+            + "\n",
+        ),
+    ]
 
     jobs = read_benchmarks(benchmark_files)
     with atomic_output(out_dir / "benchmarks.csv") as tmp:
@@ -655,6 +713,8 @@ def summary(tables_dir: str | Path, plots_dir: str | Path, out_file: str | Path)
         (tables_dir / "main.md").read_text(),
         "## Cross-domain: pruned for one domain, evaluated on every domain\n",
         (tables_dir / "cross_domain.md").read_text(),
+        "## What each metric rests on\n",
+        (tables_dir / "counts.md").read_text(),
         "## Plots\n",
     ]
     # The plots of the domains in the tables (not stale files of an earlier config).
@@ -674,8 +734,13 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("aggregate", help="tables from metrics JSON files")
     p.add_argument("--metrics", nargs="+", required=True, help="metrics JSON files")
     p.add_argument("--benchmarks", nargs="*", default=[], help="Snakemake benchmark files")
+    p.add_argument("--config-json", help="the run's config settings, for the provenance line")
     p.add_argument("--out", required=True, help="tables folder")
-    p.set_defaults(func=lambda a: aggregate(a.metrics, a.out, a.benchmarks))
+    p.set_defaults(
+        func=lambda a: aggregate(
+            a.metrics, a.out, a.benchmarks, json.loads(a.config_json) if a.config_json else None
+        )
+    )
 
     p = subparsers.add_parser("plot", help="plots from the tables folder")
     p.add_argument("--tables", required=True)

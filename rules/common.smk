@@ -1,16 +1,20 @@
 # Job lists, paths and command-line arguments derived from the validated config.
+import json
 import os
 import re
 import shlex
 import sys
 
-import yaml
+from dpruner.lifecycle import WORKFLOW_PID_ENV
+from dpruner.preflight import local_paths
 
 # Rules run `python -m dpruner ...`: make `python` the interpreter running Snakemake (the project's
 # venv) even when the venv is not activated, as in `make run`. A conda env (--sdm conda) still
-# comes first, since its activation prepends its own bin folder.
+# comes first, since its activation prepends its own bin folder. Each step watches this process
+# and stops, writing nothing, if it is gone (dpruner/lifecycle.py): no orphan outlives a kill -9.
 os.environ.update(
-    PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
+    **{WORKFLOW_PID_ENV: str(os.getpid())},
 )
 
 RESULTS = config["results"]
@@ -23,10 +27,6 @@ DEVICE = config.get("device", "cpu")
 
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
-# The CLI steps read the config from a file: the effective one (config files merged with --config
-# values and schema defaults). It is no rule's input; each rule's `params:` hold the slice of the
-# config its outputs depend on, so a config change reruns exactly the jobs it concerns.
-EFFECTIVE_CONFIG = f"{RESULTS}/config.yaml"
 
 DENSE_MODEL = f"{RESULTS}/models/{{model}}/dense"
 DATA = f"{RESULTS}/data/{{model}}/{{domain}}"
@@ -43,24 +43,6 @@ PRUNED_MODEL = f"{RESULTS}/models/{{model}}/pruned/{PRUNED_ID}"
 # prune.json is written last, inside the model directory: its presence means the model is complete.
 PRUNE_REPORT = f"{PRUNED_MODEL}/prune.json"
 METRICS = f"{RESULTS}/metrics/{{model}}/{{variant}}/{{domain}}.json"
-
-
-def write_effective_config(path):
-    """Write the config to `path` unless it holds it already (atomically: temporary, rename)."""
-    text = yaml.safe_dump(config, sort_keys=False)
-    if os.path.isfile(path):
-        with open(path) as f:
-            if f.read() == text:
-                return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w") as f:
-        f.write(text)
-    os.replace(temporary, path)
-
-
-if not workflow.dryrun:
-    write_effective_config(EFFECTIVE_CONFIG)
 
 
 def one_of(names):
@@ -181,6 +163,31 @@ def domain_section(wildcards):
     if wildcards.domain == "general":
         return config["general"]
     return config["domains"][wildcards.domain]
+
+
+def section_parts(wildcards, *parts):
+    """Only `parts` of the {domain} section."""
+    section = domain_section(wildcards)
+    return {part: section[part] for part in parts if part in section}
+
+
+def config_json(wildcards=None, section=(), **top):
+    """The slice of the config a step reads, as the JSON text of its --config-json: the keys
+    `top` and, from the {domain} section, the parts `section`. A rule's params hold it, so a
+    change reruns exactly the jobs that read it, and no step reads a file outside its inputs."""
+    sliced = dict(top)
+    if section:
+        parts = section_parts(wildcards, *section)
+        if wildcards.domain == "general":
+            sliced["general"] = parts
+        else:
+            sliced["domains"] = {wildcards.domain: parts}
+    return json.dumps(sliced, sort_keys=True)
+
+
+def source_files(*parts):
+    """Input function: the local data files the {domain} section's `parts` read."""
+    return lambda wildcards: local_paths(section_parts(wildcards, *parts))
 
 
 def domain_scores_options(wildcards):

@@ -7,9 +7,8 @@ rule prepare_model:
         # save_model writes a temporary sibling and renames it: the directory is never half-written.
         directory(DENSE_MODEL),
     params:
-        config_file=EFFECTIVE_CONFIG,
         # The config slice this output depends on: a change here reruns it, nothing else does.
-        model=lambda w: config["models"][w.model],
+        config=lambda w: config_json(models={w.model: config["models"][w.model]}),
     log:
         f"{LOGS}/prepare_model/{{model}}.log",
     benchmark:
@@ -21,24 +20,24 @@ rule prepare_model:
     conda:
         "../envs/dpruner.yaml"
     shell:
-        "python -m dpruner prepare-model --config {params.config_file} --model {wildcards.model}"
-        " --out {output} > {log} 2>&1"
+        "python -m dpruner prepare-model --config-json {params.config:q} --model {wildcards.model:q}"
+        " --out {output:q} --overwrite > {log:q} 2>&1"
 
 
 rule prepare_data:
     input:
         model=DENSE_MODEL,
+        # Local data files: an edit reruns this domain's calibration data and what depends on it.
+        sources=source_files("calibration"),
     output:
         calibration=f"{DATA}/calibration.pt",
         instances=f"{DATA}/instances.jsonl",
         # Written last: the summary of what the two files above hold.
         summary=f"{DATA}/calibration.json",
     params:
-        config_file=EFFECTIVE_CONFIG,
-        # The config slice these files depend on.
-        calibration=lambda w: domain_section(w)["calibration"],
-        settings=config["calibration"],
-        seed=config["seed"],
+        config=lambda w: config_json(
+            w, section=["calibration"], calibration=config["calibration"], seed=config["seed"]
+        ),
         out_dir=lambda w, output: os.path.dirname(output.summary),
     log:
         f"{LOGS}/prepare_data/{{model}}/{{domain}}.log",
@@ -51,5 +50,6 @@ rule prepare_data:
     conda:
         "../envs/dpruner.yaml"
     shell:
-        "python -m dpruner prepare-data --config {params.config_file} --domain {wildcards.domain}"
-        " --model {input.model} --out {params.out_dir} > {log} 2>&1"
+        "python -m dpruner prepare-data --config-json {params.config:q}"
+        " --domain {wildcards.domain:q} --model {input.model:q} --out {params.out_dir:q}"
+        " > {log:q} 2>&1"

@@ -6,18 +6,22 @@
 rule evaluate:
     input:
         model=evaluated_model,
+        # Local data files of the domain's perplexity text and tasks.
+        sources=source_files("perplexity", "tasks"),
     output:
         METRICS,
     params:
         model_dir=lambda w, input: (
             input.model if w.variant == "dense" else os.path.dirname(input.model)
         ),
-        config_file=EFFECTIVE_CONFIG,
         # The config slice a metrics file depends on.
-        domain=domain_section,
-        evaluation=config.get("evaluation"),
-        eval_fraction=config["calibration"]["eval_fraction"],
-        seed=config["seed"],
+        config=lambda w: config_json(
+            w,
+            section=["perplexity", "tasks"],
+            evaluation=config.get("evaluation"),
+            calibration={"eval_fraction": config["calibration"]["eval_fraction"]},
+            seed=config["seed"],
+        ),
     log:
         f"{LOGS}/evaluate/{{model}}/{{variant}}/{{domain}}.log",
     benchmark:
@@ -30,5 +34,5 @@ rule evaluate:
     conda:
         "../envs/dpruner.yaml"
     shell:
-        "python -m dpruner evaluate --model {params.model_dir} --domain {wildcards.domain}"
-        " --config {params.config_file} --out {output} > {log} 2>&1"
+        "python -m dpruner evaluate --model {params.model_dir:q} --domain {wildcards.domain:q}"
+        " --config-json {params.config:q} --out {output:q} > {log:q} 2>&1"

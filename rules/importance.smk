@@ -23,10 +23,10 @@ rule general_importance:
     conda:
         "../envs/dpruner.yaml"
     shell:
-        "python -m dpruner general-importance --model {input.model}"
-        " --calibration {input.calibration} --sparsity {wildcards.sparsity}"
-        " --normalize {wildcards.normalize} --device {params.device} --dtype {params.dtype}"
-        " --out {output} > {log} 2>&1"
+        "python -m dpruner general-importance --model {input.model:q}"
+        " --calibration {input.calibration:q} --sparsity {wildcards.sparsity:q}"
+        " --normalize {wildcards.normalize:q} --device {params.device:q} --dtype {params.dtype:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule domain_scores:
@@ -54,6 +54,6 @@ rule domain_scores:
     conda:
         "../envs/dpruner.yaml"
     shell:
-        "python -m dpruner domain-scores --model {input.model} --instances {input.instances}"
-        " --general-importance {input.general_importance} {params.options}"
-        " --device {params.device} --dtype {params.dtype} --out {output} > {log} 2>&1"
+        "python -m dpruner domain-scores --model {input.model:q} --instances {input.instances:q}"
+        " --general-importance {input.general_importance:q} {params.options}"
+        " --device {params.device:q} --dtype {params.dtype:q} --out {output:q} > {log:q} 2>&1"

@@ -23,5 +23,5 @@ rule prune:
     conda:
         "../envs/dpruner.yaml"
     shell:
-        "python -m dpruner prune --model {input.model} {params.options} --out {params.out_dir}"
-        " > {log} 2>&1"
+        "python -m dpruner prune --model {input.model:q} {params.options} --out {params.out_dir:q}"
+        " --overwrite > {log:q} 2>&1"

@@ -7,6 +7,8 @@ TABLE_STEMS = ["main", "main_change", "cross_domain"]
 TABLES = [
     *expand(f"{TABLES_DIR}/{{stem}}.{{ext}}", stem=TABLE_STEMS, ext=["csv", "md", "tex"]),
     f"{TABLES_DIR}/metrics_long.csv",
+    f"{TABLES_DIR}/counts.csv",
+    f"{TABLES_DIR}/counts.md",
     f"{TABLES_DIR}/benchmarks.csv",
     f"{TABLES_DIR}/benchmarks_by_rule.csv",
     f"{TABLES_DIR}/benchmarks_by_rule.md",
@@ -33,6 +35,12 @@ rule aggregate:
         ),
     params:
         tables_dir=lambda w, output: os.path.dirname(output.tables[0]),
+        # What the tables' provenance line says about the run.
+        config=config_json(
+            **{key: config[key] for key in ("models", "sparsities", "patterns", "methods")},
+            calibration=config["calibration"],
+            device=DEVICE,
+        ),
     log:
         f"{LOGS}/aggregate.log",
     benchmark:
@@ -44,8 +52,9 @@ rule aggregate:
     conda:
         "../envs/dpruner.yaml"
     shell:
-        "python -m dpruner aggregate --metrics {input.metrics}"
-        " --benchmarks {input.benchmarks} --out {params.tables_dir} > {log} 2>&1"
+        "python -m dpruner aggregate --metrics {input.metrics:q}"
+        " --benchmarks {input.benchmarks:q} --config-json {params.config:q}"
+        " --out {params.tables_dir:q} > {log:q} 2>&1"
 
 
 rule plot:
@@ -71,8 +80,8 @@ rule plot:
     conda:
         "../envs/dpruner.yaml"
     shell:
-        "python -m dpruner plot --tables {params.tables_dir} --out {params.plots_dir}"
-        " > {log} 2>&1"
+        "python -m dpruner plot --tables {params.tables_dir:q} --out {params.plots_dir:q}"
+        " > {log:q} 2>&1"
 
 
 rule report:
@@ -95,5 +104,5 @@ rule report:
     conda:
         "../envs/dpruner.yaml"
     shell:
-        "python -m dpruner summary --tables {params.tables_dir} --plots {params.plots_dir}"
-        " --out {output} > {log} 2>&1"
+        "python -m dpruner summary --tables {params.tables_dir:q} --plots {params.plots_dir:q}"
+        " --out {output:q} > {log:q} 2>&1"

@@ -1,5 +1,6 @@
 """Config validation: the shipped configs pass; a bad key or value fails with a message naming it,
-both in the package (dpruner.config) and in the workflow (Snakefile, snakemake.utils.validate)."""
+both in the package (dpruner.config) and in the workflow (Snakefile): the file, the key path and
+the value in a few lines, without a dump of the schema."""
 
 import copy
 import os
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dpruner.config import domain_config, load_config, validate_config
+from dpruner.config import domain_config, load_config, read_yaml, validate_config
 from dpruner.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,12 +81,24 @@ def test_package_validation_names_the_problem(change, named):
         assert text in str(error.value)
 
 
+def snakemake_dry_run(workdir: Path, *args) -> str:
+    result = subprocess.run(
+        [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
+        + ["-n", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode != 0
+    return result.stdout + result.stderr
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [
-        (misspelt_key, ["sparsites"]),
-        (unknown_method, ["wando", "'methods']['wanda']['kind'"]),
-        (sparsity_above_one, ["1.5", "'sparsities'][0]"]),
+        (misspelt_key, ["sparsites", "unknown key"]),
+        (unknown_method, ["methods.wanda.kind", '"wando"', "expected one of"]),
+        (sparsity_above_one, ["sparsities.0", "1.5"]),
     ],
     ids=["misspelt_key", "unknown_method", "sparsity_above_one"],
 )
@@ -94,15 +107,21 @@ def test_workflow_validation_names_the_problem(tmp_path, change, named):
     change(config)
     config_file = tmp_path / "bad.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path)]
-        + ["-n", "--configfile", str(config_file)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "Error validating config file" in output
-    for text in named:
+    output = snakemake_dry_run(tmp_path, "--configfile", config_file)
+    for text in [f"error: {config_file} is invalid", *named]:
         assert text in output
+    # The failing keys only: no dump of the schema or of the config.
+    assert len(output.strip().splitlines()) <= 5, output
+    assert "$defs" not in output and "additionalProperties" not in output
+
+
+def test_invalid_yaml_names_file_line_and_column(tmp_path):
+    bad = tmp_path / "config" / "config.yaml"
+    bad.parent.mkdir()
+    bad.write_text("results: r\nseed: [0\nmodels: {}\n")
+    with pytest.raises(ConfigError, match=r"config\.yaml:3:7: invalid YAML"):
+        read_yaml(bad)
+    # The workflow's default config (`snakemake` with no --configfile) reports the same line.
+    output = snakemake_dry_run(tmp_path)
+    assert "config/config.yaml:3:7: invalid YAML" in output
+    assert len(output.strip().splitlines()) <= 3, output

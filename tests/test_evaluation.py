@@ -84,6 +84,8 @@ def mc_task(corpus, **changes):
         "template": "Sentence: {sentence}\nAnimal:",
         "choices": ["cats", "dogs", "birds"],
         "label_field": "label",
+        # c99's "fish" is in no choice: left out on purpose.
+        "skip_labels": ["fish"],
         "limit": 4,
     }
     return {**task, **changes}
@@ -171,10 +173,15 @@ def test_multiple_choice_picks_the_highest_per_token_loglikelihood(model, tokeni
 
 
 def test_task_items_drop_labels_outside_the_choices_and_shuffle_with_the_seed(corpus, tokenizer):
-    task = mc_task(corpus, limit=None)
-    items = task_items(task, tokenizer, eval_fraction=0.99, max_prompt_tokens=None, seed=0)
+    task = mc_task(corpus, limit=None, skip_labels=None)
+    with pytest.raises(DataError, match="1 of 11 records read were dropped"):
+        task_items(task, tokenizer, eval_fraction=0.99, max_prompt_tokens=None, seed=0)
+    items = task_items(
+        task, tokenizer, eval_fraction=0.99, max_prompt_tokens=None, seed=0, max_dropped=0.1
+    )
     assert items.counts["dropped_label_not_in_choices"] == 1
     assert items.counts["items"] == 10
+    task = mc_task(corpus, limit=None)
     again = task_items(task, tokenizer, eval_fraction=0.99, max_prompt_tokens=None, seed=0)
     other = task_items(task, tokenizer, eval_fraction=0.99, max_prompt_tokens=None, seed=1)
     assert [i["id"] for i in items.items] == [i["id"] for i in again.items]
@@ -183,7 +190,7 @@ def test_task_items_drop_labels_outside_the_choices_and_shuffle_with_the_seed(co
 
 def test_task_items_come_from_the_evaluation_part_only(corpus, tokenizer):
     items = task_items(mc_task(corpus, limit=None), tokenizer, **EVAL)
-    # ids c0..c9, c99 sorted: the last half (c5..c9, c99) is held out; c99's label is dropped
+    # ids c0..c9, c99 sorted: the last half (c5..c9, c99) is held out; c99's label is skipped
     assert sorted(i["id"] for i in items.items) == ["c5", "c6", "c7", "c8", "c9"]
 
 

@@ -76,6 +76,12 @@ def test_lint(tmp_path):
 
 
 def test_dry_run_default_config(tmp_path):
+    # As in a fresh clone: the committed tables, plots and summary are present, yet every job of
+    # the benchmark runs (a run writes to results/run/, never to the committed copies).
+    for name in ("tables", "plots", "summary.md"):
+        source = REPO / "results" / name
+        copy = shutil.copytree if source.is_dir() else shutil.copy
+        copy(source, tmp_path / "results" / name)
     counts = dry_run(REPO / "config" / "config.yaml", tmp_path)
     # 1 model; magnitude, Wanda and SparseGPT pruned once; D-Pruner and the domain-calibrated
     # Wanda and SparseGPT per domain (3 x 2); every model (dense + 9 pruned) evaluated on general,
@@ -109,7 +115,36 @@ def test_ablations_are_config_entries(tmp_path):
     assert counts["evaluate"] == (1 + 3) * 3
 
 
+def paper_local_data(workdir: Path) -> None:
+    """MedNLI and HQS, which paper.yaml reads from local files, as small files in their schema."""
+    from test_preflight import paper_fixture_records
+
+    for path in ("data/mednli/mli_train_v1.jsonl", "data/mednli/mli_test_v1.jsonl"):
+        rows = [row for _ in range(13) for row in paper_fixture_records({"path": path})]
+        write_jsonl(workdir / path, rows)
+    for path in ("data/hqs/train.jsonl", "data/hqs/test.jsonl"):
+        rows = [row for _ in range(13) for row in paper_fixture_records({"path": path})]
+        write_jsonl(workdir / path, rows)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_dry_run_paper_config_stops_on_missing_local_data(tmp_path):
+    result = snakemake(
+        "-n", "--configfile", REPO / "config" / "paper.yaml", workdir=tmp_path, check=False
+    )
+    assert result.returncode != 0
+    assert (
+        "medical.calibration[2].source (path:data/mednli/mli_train_v1.jsonl): data file not "
+        "found" in result.stderr
+    )
+
+
 def test_dry_run_paper_config_plans_the_full_dag_offline(tmp_path):
+    paper_local_data(tmp_path)
     counts = dry_run(REPO / "config" / "paper.yaml", tmp_path)
     # Replaces config.yaml rather than merging: only the two LLaMA-2 models.
     assert counts["prepare_model"] == 2
@@ -120,6 +155,7 @@ def test_dry_run_paper_config_plans_the_full_dag_offline(tmp_path):
 
 
 def test_slurm_profile_dry_run(tmp_path):
+    paper_local_data(tmp_path)
     result = snakemake(
         "-n",
         "--configfile",
@@ -150,6 +186,7 @@ def test_slurm_profile_passes_gpu_options_to_sbatch(tmp_path):
     for name, body in stubs.items():
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
+    paper_local_data(workdir)
     # Inputs of one GPU job exist, so only that job is submitted.
     results = workdir / "results" / "paper"
     (results / "models" / "llama-2-7b" / "dense").mkdir(parents=True)
@@ -194,21 +231,25 @@ def calls(tmp_path: Path, event: str) -> list[str]:
     return [line.split(" ", 1)[1] for line in lines if line.startswith(event + " ")]
 
 
-def default_config_in(workdir: Path) -> Path:
+def default_config_in(workdir: Path, **changes) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    return write_config(workdir / "config.yaml", config)
+    return write_config(workdir / "config.yaml", {**config, **changes})
 
 
 def test_rerun_does_nothing_and_a_new_domain_schedules_only_its_jobs(tmp_path):
     workdir = tmp_path / "work"
-    config_file = default_config_in(workdir)
+    # Every shell path is quoted: a results folder with a space and a `;` is just a name.
+    results = "my results;touch PWNED;x"
+    config_file = default_config_in(workdir, results=results)
     env = fake_env(tmp_path)
     snakemake("--configfile", config_file, "--cores", "2", workdir=workdir, env=env)
-    tables, plots = workdir / "results" / "tables", workdir / "results" / "plots"
+    tables, plots = workdir / results / "tables", workdir / results / "plots"
     assert (tables / "main.md").is_file() and (plots / "bars_medical.png").is_file()
     assert "dpruner" in (tables / "cross_domain.csv").read_text()
-    assert (workdir / "results" / "summary.md").is_file()
+    assert (workdir / results / "summary.md").is_file()
+    assert not (workdir / "PWNED").exists() and not (workdir / "my").exists()
+    assert sorted(p.name for p in workdir.iterdir()) == [".snakemake", "config.yaml", results]
 
     assert dry_run(config_file, workdir) == {}
 
@@ -230,12 +271,10 @@ def test_rerun_does_nothing_and_a_new_domain_schedules_only_its_jobs(tmp_path):
     }
 
 
-def test_interrupted_run_resumes_without_redoing_finished_jobs(tmp_path):
-    workdir = tmp_path / "work"
-    config_file = default_config_in(workdir)
-    env = fake_env(tmp_path, sleep=3.0)
+def start_snakemake(config_file: Path, workdir: Path, env: dict) -> subprocess.Popen:
+    """A one-core run in the background, in a session of its own (to signal it as a group)."""
     command = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [*command, "--configfile", str(config_file), "--cores", "1"],
         env={**os.environ, **OFFLINE, **env},
         stdout=subprocess.DEVNULL,
@@ -245,6 +284,12 @@ def test_interrupted_run_resumes_without_redoing_finished_jobs(tmp_path):
         # ignored signal stays ignored across exec: give Snakemake and its jobs the default.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def test_interrupted_run_resumes_without_redoing_finished_jobs(tmp_path):
+    workdir = tmp_path / "work"
+    config_file = default_config_in(workdir)
+    process = start_snakemake(config_file, workdir, fake_env(tmp_path, sleep=3.0))
     try:
         deadline = time.monotonic() + 120
         while len(calls(tmp_path, "done")) < 3 and time.monotonic() < deadline:
@@ -262,16 +307,84 @@ def test_interrupted_run_resumes_without_redoing_finished_jobs(tmp_path):
     finished_before = set(calls(tmp_path, "done"))
     interrupted = set(calls(tmp_path, "start")) - finished_before
     assert interrupted, "the interruption should hit a running job"
-    assert not (workdir / "results" / "tables" / "main.csv").exists()
+    assert not (workdir / "results" / "run" / "tables" / "main.csv").exists()
 
     (tmp_path / "calls.txt").unlink()
     snakemake("--configfile", config_file, "--cores", "2", workdir=workdir, env=fake_env(tmp_path))
     rerun = set(calls(tmp_path, "start"))
     assert interrupted <= rerun
     assert not (rerun & finished_before)
-    for metrics in (workdir / "results" / "metrics").rglob("*.json"):
+    for metrics in (workdir / "results" / "run" / "metrics").rglob("*.json"):
         json.loads(metrics.read_text())  # no half-written file survived
     assert dry_run(config_file, workdir) == {}
+
+
+def test_a_workflow_killed_hard_leaves_no_finished_looking_output(tmp_path):
+    """kill -9 of Snakemake: its running job stops (it watches the workflow) and writes nothing;
+    after `--unlock` the next run redoes that job."""
+    workdir = tmp_path / "work"
+    config_file = default_config_in(workdir)
+    process = start_snakemake(config_file, workdir, fake_env(tmp_path, sleep=4.0))
+    try:
+        deadline = time.monotonic() + 120
+        while len(calls(tmp_path, "start")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        process.kill()  # Snakemake alone, not its jobs
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    running = set(calls(tmp_path, "start")) - set(calls(tmp_path, "done"))
+    assert len(running) == 1, "the kill should hit a running job"
+    time.sleep(8)  # longer than the job would have slept: an orphan would have finished by now
+    assert not (set(calls(tmp_path, "done")) & running)
+    (interrupted,) = running
+    step, out = interrupted.split(" ", 1)
+    # The interrupted job's Snakemake output (a folder for prepare-model).
+    target = {"prepare-data": f"{out}/calibration.json", "prune": f"{out}/prune.json"}.get(
+        step, out
+    )
+    written = workdir / (f"{out}/config.json" if step == "prepare-model" else target)
+    assert not written.exists()
+
+    snakemake("--unlock", "--configfile", config_file, workdir=workdir)
+    (tmp_path / "calls.txt").unlink()
+    snakemake(
+        "--configfile", config_file, "--cores", "2", target, workdir=workdir, env=fake_env(tmp_path)
+    )
+    assert written.exists()
+    assert interrupted in calls(tmp_path, "done")
+
+
+def test_an_edited_local_data_file_reruns_exactly_the_jobs_that_read_it(tmp_path):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    data = workdir / "data"
+    data.mkdir()
+    for name in ("general", "medical", "legal"):
+        shutil.copy(FIXTURES / f"{name}.jsonl", data / f"{name}.jsonl")
+    config = json.loads(json.dumps(tiny_config(workdir / "model")).replace(str(FIXTURES), "data"))
+    config_file = write_config(workdir / "config.yaml", config)
+    snakemake("--configfile", config_file, "--cores", "2", workdir=workdir, env=fake_env(tmp_path))
+    assert dry_run(config_file, workdir) == {}
+
+    time.sleep(1)  # a later modification time
+    with (data / "legal.jsonl").open("a") as f:
+        f.write(json.dumps({"id": "l99", "text": "new clause", "label": "permissive"}) + "\n")
+    # legal.jsonl feeds legal's calibration data, perplexity and task: its data, D-Pruner's
+    # scores and model for legal, and every evaluation on legal (dense, magnitude, wanda,
+    # sparsegpt, dpruner for medical and for legal) plus the new legal model on general and
+    # medical; nothing of the other domains.
+    assert dry_run(config_file, workdir) == {
+        "prepare_data": 1,
+        "domain_scores": 1,
+        "prune": 1,
+        "evaluate": 6 + 2,
+        "aggregate": 1,
+        "plot": 1,
+        "report": 1,
+        "all": 1,
+    }
 
 
 # ---------------------------------------------------------------- the real package, tiny model

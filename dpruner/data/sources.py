@@ -1,9 +1,10 @@
 """`load_records(source)`: the one entry point from a config `source` to a list of records.
 
 A record is a flat dict of fields plus `id`, the *document* id used for splitting. Sources:
-`{corpus: NAME, ...options}` (packaged, see corpora.py), `{path: FILE, id_field?}` (.jsonl, .json,
-.txt) and `{hub: ID, name?, split?, data_files?, id_field?}` (Hugging Face datasets, needs internet
-or a local datasets cache).
+`{corpus: NAME, ...options}` (packaged, see corpora.py), `{path: FILE, id_field?}` (.jsonl; .json
+holding a list, `{"data": [...]}` or objects keyed by id; .txt) and
+`{hub: ID, name?, split?, data_files?, id_field?}` (Hugging Face datasets, needs internet or a
+local datasets cache).
 """
 
 from __future__ import annotations
@@ -76,8 +77,14 @@ def _file_records(path: Path, id_field: str) -> list[dict]:
         rows = _json_value(text, str(path))
         if isinstance(rows, dict) and "data" in rows:
             rows = rows["data"]
+        elif isinstance(rows, dict) and rows and all(isinstance(v, dict) for v in rows.values()):
+            # Keyed by id (PubMedQA's release: {"12345": {...}}): the key becomes the id.
+            rows = [{**value, "id": key} for key, value in rows.items()]
+            id_field = "id"
         if not isinstance(rows, list):
-            raise DataError(f'{path}: expected a list of objects or {{"data": [...]}}')
+            raise DataError(
+                f'{path}: expected a list of objects, {{"data": [...]}} or objects keyed by id'
+            )
     elif suffix == ".txt":
         rows = [{"text": doc.strip()} for doc in BLANK_LINES.split(text) if doc.strip()]
     else:

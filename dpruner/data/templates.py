@@ -27,8 +27,24 @@ def template_fields(template: str) -> tuple[str, ...]:
     return tuple(fields)
 
 
+def _joined(value):
+    if isinstance(value, dict):
+        return {key: _joined(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return " ".join(str(_joined(v)) for v in value)
+    return value
+
+
+def joined_fields(record: dict) -> dict:
+    """The record with list values joined by a space, so that a template quotes a list field (a
+    hub dataset's passages, PubMedQA's `{context[contexts]}`) as running text, everywhere."""
+    return _joined(record)
+
+
 def render(template: str, record: dict, where: str) -> str:
-    """`template` filled from `record`; `where` (task or source) is named in errors."""
+    """`template` filled from `record` (list fields joined by a space); `where` (task or
+    source) is named in errors."""
+    record = joined_fields(record)
     try:
         fields = template_fields(template)
     except DataError as error:

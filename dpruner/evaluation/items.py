@@ -14,9 +14,13 @@ import random
 from dataclasses import dataclass, field
 
 from dpruner.data import evaluation_text, load_records, render, split_records, template_fields
+from dpruner.data.templates import joined_fields
 from dpruner.errors import ConfigError, DataError
 
 TASK_KINDS = ("multiple_choice", "summarization")
+# Above this share of dropped records a task is an error, not a smaller task (config key
+# evaluation.max_dropped_fraction; the schema documents the same default).
+DEFAULT_MAX_DROPPED_FRACTION = 0.05
 
 
 @dataclass
@@ -47,18 +51,9 @@ def scaled(value: int | None, scale: float) -> int | None:
     return None if value is None else max(1, math.ceil(value * scale))
 
 
-def _joined(value):
-    if isinstance(value, dict):
-        return {key: _joined(v) for key, v in value.items()}
-    if isinstance(value, list):
-        return " ".join(str(_joined(v)) for v in value)
-    return value
-
-
-def renderable(record: dict) -> dict:
-    """The record with list values joined by a space, so that a template can quote a hub
-    dataset's list of passages (PubMedQA's `{context[contexts]}`) as running text."""
-    return _joined(record)
+def max_dropped_fraction(eval_config: dict | None) -> float:
+    """The share of a task's records that may be dropped (label in no choice, empty target)."""
+    return (eval_config or {}).get("max_dropped_fraction", DEFAULT_MAX_DROPPED_FRACTION)
 
 
 def n_tokens(tokenizer, text: str) -> int:
@@ -70,7 +65,7 @@ def fit_prompt(
 ) -> tuple[str, bool]:
     """The rendered prompt, with its longest field cut from the end so that the prompt keeps at
     most `max_tokens` tokens; the template's own text (the question) is never cut."""
-    record = renderable(record)
+    record = joined_fields(record)
     prompt = render(template, record, where)
     if max_tokens is None:
         return prompt, False
@@ -109,6 +104,21 @@ def _field(record: dict, name: str, where: str):
     return record[name]
 
 
+def gold_label(
+    task: dict, record: dict, where: str
+) -> tuple[list[str], list[str], str, int | None]:
+    """(choices, labels, the record's label, its index among the labels or None when it matches
+    none)."""
+    choices = _item_choices(task, record, where)
+    labels = [str(v) for v in task.get("labels") or choices]
+    if len(labels) != len(choices):
+        raise ConfigError(
+            f"{where}: 'labels' has {len(labels)} entries but there are {len(choices)} choices"
+        )
+    label = str(_field(record, task["label_field"], where)).strip()
+    return choices, labels, label, labels.index(label) if label in labels else None
+
+
 def _item_choices(task: dict, record: dict, where: str) -> list[str]:
     if task.get("choices"):
         return [str(c) for c in task["choices"]]
@@ -127,9 +137,11 @@ def task_items(
     max_prompt_tokens: int | None,
     seed: int,
     scale: float = 1.0,
+    max_dropped: float = DEFAULT_MAX_DROPPED_FRACTION,
 ) -> TaskItems:
     """Items of one configured task: the evaluation records after a seeded shuffle, invalid
-    labels dropped (counted), then the first `limit` (times `scale`)."""
+    labels dropped (counted; more than `max_dropped` of the records read is an error), then the
+    first `limit` (times `scale`). The task's own `max_prompt_tokens` overrides the global one."""
     name = task.get("name") or "(unnamed task)"
     where = f"task '{name}'"
     _require(task, where, "name", "kind", "source", "template")
@@ -146,24 +158,26 @@ def task_items(
     records = list(records)
     random.Random(seed).shuffle(records)
     limit = scaled(task.get("limit"), scale)
+    max_prompt_tokens = task.get("max_prompt_tokens", max_prompt_tokens)
     items, counts = [], {"evaluation_records": len(records), "prompts_truncated": 0}
     if kind == "multiple_choice":
         counts["dropped_label_not_in_choices"] = 0
+        counts["skipped_labels"] = 0
+        skip = {str(v) for v in task.get("skip_labels") or []}
     else:
         counts["dropped_empty_target"] = 0
     for record in records:
         if limit is not None and len(items) >= limit:
             break
         if kind == "multiple_choice":
-            choices = _item_choices(task, record, where)
-            labels = [str(v) for v in task.get("labels") or choices]
-            if len(labels) != len(choices):
-                raise ConfigError(f"{where}: 'labels' needs one entry per choice")
-            label = str(_field(record, task["label_field"], where)).strip()
-            if label not in labels:
+            choices, _, label, gold = gold_label(task, record, where)
+            if label in skip:
+                counts["skipped_labels"] += 1
+                continue
+            if gold is None:
                 counts["dropped_label_not_in_choices"] += 1
                 continue
-            item = {"choices": choices, "gold": labels.index(label)}
+            item = {"choices": choices, "gold": gold}
         else:
             target = str(_field(record, task["target_field"], where)).strip()
             if not target:
@@ -177,7 +191,14 @@ def task_items(
         items.append({"id": str(record["id"]), "prompt": prompt, **item})
     if not items:
         raise DataError(f"{where}: no usable evaluation items ({counts})")
+    dropped = sum(v for k, v in counts.items() if k.startswith("dropped_"))
+    if dropped > max_dropped * (len(items) + dropped):
+        raise DataError(
+            f"{where}: {dropped} of {len(items) + dropped} records read were dropped ({counts}); "
+            f"at most {max_dropped:.0%} may be (evaluation.max_dropped_fraction)"
+        )
     counts["items"] = len(items)
+    counts["dropped"] = dropped
     fixed = [str(c) for c in task["choices"]] if task.get("choices") else None
     return TaskItems(name=name, kind=kind, items=items, counts=counts, choices=fixed)
 
@@ -195,8 +216,8 @@ def perplexity_documents(
     for record in records:
         if max_tokens is not None and total >= max_tokens:
             break
-        text = render(section["template"], renderable(record), where)
+        text = render(section["template"], record, where)
         documents.append(text)
         chosen.append(record)
         total += n_tokens(tokenizer, text)
-    return documents, evaluation_text([renderable(r) for r in chosen], section["template"], where)
+    return documents, evaluation_text(chosen, section["template"], where)

@@ -19,7 +19,12 @@ from dpruner.evaluation.harness import (
     run_tasks,
     summarization_task,
 )
-from dpruner.evaluation.items import perplexity_documents, scaled, task_items
+from dpruner.evaluation.items import (
+    max_dropped_fraction,
+    perplexity_documents,
+    scaled,
+    task_items,
+)
 from dpruner.evaluation.metrics import first_line, majority_rate
 from dpruner.evaluation.perplexity import sliding_window_perplexity
 from dpruner.io import write_json
@@ -103,6 +108,7 @@ def evaluate_model(
             max_prompt_tokens=settings["max_prompt_tokens"],
             seed=seed,
             scale=scale,
+            max_dropped=max_dropped_fraction(settings),
         )
         for task in domain_section.get("tasks") or []
     ]
@@ -177,10 +183,12 @@ def evaluate_domain(model_dir: str, domain: str, config: dict, out: str) -> dict
     tasks), write every metric, count and config value used to `out`."""
     from dpruner.config import domain_config
     from dpruner.models import load_model, measured_sparsity
+    from dpruner.preflight import check_section
 
     started = time.perf_counter()
     section = domain_config(config, domain)
     settings = evaluation_settings(config.get("evaluation"))
+    check_section(config, domain, parts=("perplexity", "tasks"))
     model, tokenizer = load_model(model_dir, settings.get("dtype", "float32"))
     eval_fraction = config.get("calibration", {}).get("eval_fraction", 0.2)
     seed = config.get("seed", 0)

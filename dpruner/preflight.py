@@ -1,0 +1,263 @@
+"""Preflight: every data source, template, label set, size and N:M pattern of a config, checked
+before any model work.
+
+The Snakefile runs `check_config` when it plans a run (`snakemake -n` included), `prepare-data`
+and `evaluate` run `check_section` before they read a model, and `python -m dpruner check-config`
+runs it on its own. Every problem is one line naming the domain, the key, the file and the value,
+and all of them are reported together.
+
+Hub sources are checked only where a `load` function is given that can read them (the jobs, or a
+test with fixtures): planning does not download data.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from dpruner.data import describe_source, load_records, split_records, template_fields
+from dpruner.data.templates import joined_fields
+from dpruner.errors import ConfigError, DataError
+from dpruner.evaluation.items import gold_label, max_dropped_fraction
+
+Loader = Callable[[dict], list[dict]]
+PARTS = ("calibration", "perplexity", "tasks")
+
+
+def local_paths(section: dict) -> list[str]:
+    """The local files (`source: {path: ...}`) a section reads, for the jobs' inputs."""
+    sources = [entry["source"] for entry in section.get("calibration") or []]
+    if section.get("perplexity"):
+        sources.append(section["perplexity"]["source"])
+    sources += [task["source"] for task in section.get("tasks") or []]
+    return list(dict.fromkeys(source["path"] for source in sources if "path" in source))
+
+
+class _Checker:
+    def __init__(self, config: dict, load: Loader | None, check_hub: bool):
+        self.config = config
+        self.load = load or load_records
+        self.check_hub = check_hub
+        self.problems: list[str] = []
+        self._records: dict[str, list[dict] | None] = {}
+
+    def problem(self, where: str, message: str) -> None:
+        self.problems.append(f"{where}: {message}")
+
+    def records(self, source: dict, where: str) -> list[dict] | None:
+        """The source's records, or None (problem recorded) when it cannot be read."""
+        if "hub" in source and not self.check_hub:
+            return None
+        key = json.dumps(source, sort_keys=True)
+        if key not in self._records:
+            try:
+                self._records[key] = self.load(source)
+            except DataError as error:
+                self.problem(f"{where}.source ({describe_source(source)})", str(error))
+                self._records[key] = None
+        return self._records[key]
+
+    def fields(self, records: list[dict], template: str, where: str, source: dict) -> bool:
+        try:
+            used = template_fields(template)
+        except DataError as error:
+            self.problem(f"{where}.template", str(error))
+            return False
+        available = set(records[0])
+        missing = [name for name in used if name not in available]
+        if missing:
+            self.problem(
+                f"{where}.template",
+                f"field '{missing[0]}' is not in the records of {describe_source(source)}; "
+                f"fields: {', '.join(sorted(available))}",
+            )
+            return False
+        return True
+
+    def part(self, records, part, where, holdout=True):
+        if not holdout:
+            return records
+        try:
+            return split_records(records, part, self.config["calibration"]["eval_fraction"], where)
+        except DataError as error:
+            self.problem(where, str(error))
+            return None
+
+    def calibration(self, name: str, section: dict) -> None:
+        settings = self.config["calibration"]
+        text_bytes = 0
+        checked_all = True
+        for index, entry in enumerate(section.get("calibration") or []):
+            where = f"{name}.calibration[{index}]"
+            records = self.records(entry["source"], where)
+            if records is None:
+                checked_all = False
+                continue
+            records = self.part(records, "calibration", where)
+            if not records or not self.fields(records, entry["template"], where, entry["source"]):
+                checked_all = False
+                continue
+            count = entry.get("count")
+            if count is not None and count > len(records):
+                self.problem(
+                    f"{where}.count",
+                    f"{count} but the calibration part of {describe_source(entry['source'])} "
+                    f"has {len(records)} records",
+                )
+                checked_all = False
+                continue
+            chosen = records if count is None else records[:count]
+            text_bytes += sum(
+                len(entry["template"].format(**joined_fields(r)).encode()) for r in chosen
+            )
+        needed = settings["nsamples"] * settings["seqlen"]
+        # A token covers at least one byte of text, so fewer bytes than tokens needed means the
+        # windows would repeat the same text; the exact count is checked with the tokenizer.
+        if checked_all and text_bytes < needed:
+            self.problem(
+                f"{name}.calibration",
+                f"calibration.nsamples x calibration.seqlen = {needed} tokens, but the texts have "
+                f"only {text_bytes} bytes (fewer tokens still): lower nsamples or add text",
+            )
+
+    def perplexity(self, name: str, section: dict) -> None:
+        entry = section["perplexity"]
+        where = f"{name}.perplexity"
+        records = self.records(entry["source"], where)
+        if records is None:
+            return
+        records = self.part(records, "evaluation", where, entry.get("holdout", True))
+        if records:
+            self.fields(records, entry["template"], where, entry["source"])
+
+    def task(self, name: str, index: int, task: dict) -> None:
+        where = f"{name}.tasks[{index}] '{task['name']}'"
+        records = self.records(task["source"], where)
+        if records is None:
+            return
+        records = self.part(records, "evaluation", where, task.get("holdout", True))
+        if not records or not self.fields(records, task["template"], where, task["source"]):
+            return
+        source = describe_source(task["source"])
+        if task["kind"] == "summarization":
+            self.fields(
+                records, f"{{{task['target_field']}}}", f"{where}.target_field", task["source"]
+            )
+            return
+        for field in _field_names(task):
+            if field not in records[0]:
+                key = "label_field" if field == task["label_field"] else "choices_field"
+                self.problem(
+                    f"{where}.{key}",
+                    f"field '{field}' is not in the records of {source}; "
+                    f"fields: {', '.join(sorted(records[0]))}",
+                )
+                return
+        dropped, found = 0, {}
+        skip = {str(v) for v in task.get("skip_labels") or []}
+        for record in records:
+            try:
+                _, labels, label, index_ = gold_label(task, record, where)
+            except (ConfigError, DataError) as error:
+                self.problem(where, str(error))
+                return
+            if index_ is None and label not in skip:
+                dropped += 1
+                found[label] = found.get(label, 0) + 1
+        limit = max_dropped_fraction(self.config.get("evaluation"))
+        if dropped and dropped / len(records) > limit:
+            values = ", ".join(f"{v!r} ({n})" for v, n in sorted(found.items())[:10])
+            self.problem(
+                f"{where}.labels",
+                f"{dropped} of {len(records)} evaluation records of {source} have a "
+                f"'{task['label_field']}' that matches no label (allowed at most "
+                f"{limit:.0%}, evaluation.max_dropped_fraction); labels {labels}; values found: "
+                f"{values}; list values to leave out on purpose under skip_labels",
+            )
+
+    def patterns(self) -> None:
+        from dpruner.models import model_widths
+
+        for pattern in self.config.get("patterns", []):
+            if pattern == "unstructured":
+                continue
+            n, m = (int(x) for x in pattern.split(":"))
+            if n >= m:
+                self.problem("patterns", f"'{pattern}': N must be smaller than M")
+                continue
+            for model, entry in self.config.get("models", {}).items():
+                widths = model_widths(entry)
+                bad = sorted({w for w in widths.values() if w % m})
+                if bad:
+                    self.problem(
+                        f"patterns '{pattern}'",
+                        f"M = {m} does not divide the input width(s) {bad} of model '{model}' "
+                        f"({', '.join(k for k, w in widths.items() if w % m)})",
+                    )
+
+    def section(self, name: str, section: dict, parts=PARTS) -> None:
+        if "calibration" in parts:
+            self.calibration(name, section)
+        if "perplexity" in parts and section.get("perplexity"):
+            self.perplexity(name, section)
+        if "tasks" in parts:
+            for index, task in enumerate(section.get("tasks") or []):
+                self.task(name, index, task)
+
+    def raise_if_any(self, source: str) -> None:
+        if self.problems:
+            lines = "\n".join(f"  {line}" for line in self.problems)
+            raise ConfigError(
+                f"{source}: preflight found {len(self.problems)} problem(s):\n{lines}"
+            )
+
+
+def _field_names(task: dict) -> list[str]:
+    names = [task["label_field"]]
+    choices_field = task.get("choices_field")
+    if not task.get("choices") and choices_field:
+        names += choices_field if isinstance(choices_field, list) else [choices_field]
+    return names
+
+
+def check_results_folder(results: str, workdir: str | Path = ".") -> None:
+    """The results folder must not be the working folder or one of its parents."""
+    if any(ord(c) < 32 for c in results):
+        raise ConfigError(f"results: {results!r} holds a control character")
+    resolved = (Path(workdir) / results).resolve()
+    here = Path(workdir).resolve()
+    if resolved == here or resolved in here.parents:
+        raise ConfigError(
+            f"results: {results!r} is the working folder or one of its parents; "
+            "name a folder of its own (e.g. results/run)"
+        )
+
+
+def check_config(
+    config: dict,
+    source: str = "config",
+    load: Loader | None = None,
+    check_hub: bool = False,
+    workdir: str | Path = ".",
+) -> None:
+    """Check every section, task and pattern of a validated config; one ConfigError lists all."""
+    check_results_folder(config["results"], workdir)
+    checker = _Checker(config, load, check_hub)
+    checker.section("general", config["general"])
+    for name, section in config["domains"].items():
+        checker.section(name, section)
+    checker.patterns()
+    checker.raise_if_any(source)
+
+
+def check_section(
+    config: dict, domain: str, parts: tuple[str, ...] = PARTS, load: Loader | None = None
+) -> None:
+    """The preflight of `parts` of one section (hub sources included), as a job runs it before
+    model work: `prepare-data` checks its calibration, `evaluate` its perplexity and tasks."""
+    from dpruner.config import domain_config
+
+    checker = _Checker(config, load, check_hub=True)
+    checker.section(domain, domain_config(config, domain), parts)
+    checker.raise_if_any(f"domain '{domain}'")

@@ -1,0 +1,282 @@
+"""Preflight: every data mistake of a config is one message naming the domain, key, file and
+value, before any model work; sources and templates behave the same everywhere."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dpruner.data import load_records, render
+from dpruner.errors import ConfigError, DataError
+from dpruner.evaluation.items import task_items
+from dpruner.preflight import check_config, check_results_folder, check_section, local_paths
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures" / "workflow"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def fixture_config(tmp_path: Path) -> dict:
+    """A small valid config whose sources are copies of the workflow fixtures under tmp_path."""
+    from test_workflow import tiny_config
+
+    for name in ("general", "medical", "legal"):
+        (tmp_path / f"{name}.jsonl").write_text((FIXTURES / f"{name}.jsonl").read_text())
+    text = json.dumps(tiny_config(tmp_path / "model")).replace(str(FIXTURES), str(tmp_path))
+    return json.loads(text)
+
+
+def problems(config: dict, **options) -> str:
+    with pytest.raises(ConfigError) as error:
+        check_config(config, source="mine.yaml", **options)
+    return str(error.value)
+
+
+def test_the_fixture_config_and_the_default_config_pass(tmp_path):
+    check_config(fixture_config(tmp_path))
+    check_config(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+
+
+def test_a_missing_file_names_domain_key_and_file(tmp_path):
+    config = fixture_config(tmp_path)
+    (tmp_path / "legal.jsonl").unlink()
+    message = problems(config)
+    assert message.startswith("mine.yaml: preflight found")
+    # Named once, where it is first read (the perplexity text and the task read it too).
+    assert "found 1 problem(s)" in message and "legal.calibration[0].source" in message
+    assert f"data file not found: {tmp_path / 'legal.jsonl'}" in message
+
+
+def test_an_empty_file_is_named(tmp_path):
+    config = fixture_config(tmp_path)
+    (tmp_path / "medical.jsonl").write_text("")
+    message = problems(config)
+    assert "medical.calibration[0].source" in message
+    assert f"path:{tmp_path / 'medical.jsonl'}" in message and "has no records" in message
+
+
+def test_a_template_field_missing_from_the_records_lists_the_fields(tmp_path):
+    config = fixture_config(tmp_path)
+    config["domains"]["medical"]["tasks"][0]["template"] = "Abstract: {abstrct}\nSection:"
+    message = problems(config)
+    assert (
+        "medical.tasks[0] 'medical_mc'.template: field 'abstrct' is not in the records" in message
+    )
+    assert "fields: abstract, id, label, title" in message
+
+
+def test_labels_that_match_no_choice_are_named_with_the_values_found(tmp_path):
+    config = fixture_config(tmp_path)
+    config["domains"]["legal"]["tasks"][0]["choices"] = ["Permissive", "Copyleft", "Commercial"]
+    message = problems(config)
+    assert "legal.tasks[0] 'legal_mc'.labels" in message
+    assert "matches no label" in message and "'permissive'" in message
+    assert "evaluation.max_dropped_fraction" in message
+
+
+def test_skip_labels_leave_records_out_on_purpose(tmp_path):
+    config = fixture_config(tmp_path)
+    task = config["domains"]["legal"]["tasks"][0]
+    task["choices"] = ["permissive", "copyleft"]
+    assert "legal_mc" in problems(config)
+    task["skip_labels"] = ["commercial"]
+    check_config(config)
+
+
+def test_calibration_beyond_the_text_is_an_error(tmp_path):
+    config = fixture_config(tmp_path)
+    config["calibration"]["nsamples"] = 5000
+    message = problems(config)
+    assert (
+        "medical.calibration: calibration.nsamples x calibration.seqlen = 160000 tokens" in message
+    )
+    assert "lower nsamples or add text" in message
+
+
+def test_a_count_beyond_the_records_is_an_error(tmp_path):
+    config = fixture_config(tmp_path)
+    config["domains"]["legal"]["calibration"][0]["count"] = 500
+    assert "legal.calibration[0].count: 500 but the calibration part" in problems(config)
+
+
+def test_an_n_m_pattern_must_divide_every_width(tmp_path):
+    config = fixture_config(tmp_path)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(
+        json.dumps({"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 96})
+    )
+    config["patterns"] = ["unstructured", "2:4", "3:5"]
+    message = problems(config)
+    assert "patterns '3:5': M = 5 does not divide the input width(s) [64, 96]" in message
+    assert "'2:4'" not in message
+    config["patterns"] = ["4:4"]
+    assert "N must be smaller than M" in problems(config)
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    config = fixture_config(tmp_path)
+    (tmp_path / "legal.jsonl").unlink()
+    config["domains"]["medical"]["perplexity"]["template"] = "{abstrakt}"
+    message = problems(config)
+    assert "legal.calibration[0]" in message and "medical.perplexity.template" in message
+
+
+@pytest.mark.parametrize("results", [".", "..", "./", "a/.."])
+def test_the_results_folder_is_not_the_working_folder(tmp_path, results):
+    with pytest.raises(ConfigError, match="working folder or one of its parents"):
+        check_results_folder(results, tmp_path)
+    check_results_folder("my results;x", tmp_path)
+
+
+def test_jobs_check_their_own_part_of_a_section(tmp_path):
+    config = fixture_config(tmp_path)
+    config["domains"]["medical"]["tasks"][0]["template"] = "{abstrakt}"
+    check_section(config, "medical", parts=("calibration",))
+    with pytest.raises(ConfigError, match="(?s)domain 'medical'.*abstrakt"):
+        check_section(config, "medical", parts=("perplexity", "tasks"))
+
+
+def test_local_paths_are_the_sections_files(tmp_path):
+    config = fixture_config(tmp_path)
+    assert local_paths(config["domains"]["medical"]) == [str(tmp_path / "medical.jsonl")]
+    assert local_paths({"calibration": [{"source": {"corpus": "pubmed"}, "template": "x"}]}) == []
+
+
+# ---------------------------------------------------------------- sources and templates
+
+
+def test_a_json_object_keyed_by_id_gives_one_record_per_key(tmp_path):
+    path = tmp_path / "pubmedqa.json"
+    path.write_text(json.dumps({"12345": {"question": "q1"}, "678": {"question": "q2"}}))
+    records = load_records({"path": str(path)})
+    assert records == [{"question": "q1", "id": "12345"}, {"question": "q2", "id": "678"}]
+
+
+def test_list_fields_render_the_same_in_calibration_and_task_templates():
+    record = {"id": "1", "context": {"contexts": ["First.", "Second."]}, "tags": ["a", "b"]}
+    assert render("{context[contexts]} | {tags}", record, "test") == "First. Second. | a b"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tiny import tiny_tokenizer
+
+    text = " ".join(["word", "good", "bad", *(f"t{i}" for i in range(20))])
+    return tiny_tokenizer([text] * 10, 120, ["<eos>"], eos_token="<eos>", pad_token="<eos>")
+
+
+def labelled_task(path: Path, rows: list[dict]) -> dict:
+    return {
+        "name": "t",
+        "kind": "multiple_choice",
+        "source": {"path": str(write_jsonl(path, rows))},
+        "template": "{text}",
+        "choices": ["good", "bad"],
+        "label_field": "label",
+        "holdout": False,
+    }
+
+
+def test_dropped_items_above_the_threshold_are_an_error(tmp_path, tokenizer):
+    rows = [{"id": str(i), "text": f"t{i}", "label": "x" if i < 3 else "good"} for i in range(20)]
+    task = labelled_task(tmp_path / "t.jsonl", rows)
+    options = {"eval_fraction": 0.2, "max_prompt_tokens": None, "seed": 0}
+    with pytest.raises(DataError, match=r"3 of 20 records read were dropped.*at most 5%"):
+        task_items(task, tokenizer, **options)
+    items = task_items(task, tokenizer, **options, max_dropped=0.2)
+    assert items.counts["items"] == 17 and items.counts["dropped"] == 3
+    skipped = task_items({**task, "skip_labels": ["x"]}, tokenizer, **options)
+    assert skipped.counts["skipped_labels"] == 3 and skipped.counts["dropped"] == 0
+
+
+def test_a_task_can_raise_its_own_prompt_length(tmp_path, tokenizer):
+
+    rows = [{"id": str(i), "text": " ".join(["word"] * 50), "label": "good"} for i in range(3)]
+    task = labelled_task(tmp_path / "t.jsonl", rows)
+    options = {"eval_fraction": 0.2, "max_prompt_tokens": 10, "seed": 0}
+    assert task_items(task, tokenizer, **options).counts["prompts_truncated"] == 3
+    longer = {**task, "max_prompt_tokens": 1000}
+    assert task_items(longer, tokenizer, **options).counts["prompts_truncated"] == 0
+
+
+# ---------------------------------------------------------------- paper.yaml on fixtures
+
+
+def paper_fixture_records(source: dict) -> list[dict]:
+    """A few records per paper source, in the schema of its hub dataset or local release."""
+    name = source.get("hub") or source.get("path")
+    if name == "qiaojin/PubMedQA":
+        return [
+            {
+                "pubid": 100 + i,
+                "question": f"Does drug {i} work?",
+                "context": {"contexts": ["Background.", "Results."], "labels": ["B", "R"]},
+                "long_answer": "It does.",
+                "final_decision": ["yes", "no", "maybe"][i % 3],
+            }
+            for i in range(20)
+        ]
+    if name == "coastalcph/lex_glue":
+        return [
+            {
+                "context": f"Case {i} cites (<HOLDING>).",
+                "endings": [f"h{j}" for j in range(5)],
+                "label": i % 5,
+            }
+            for i in range(20)
+        ]
+    if name == "FiscalNote/billsum":
+        return [
+            {"text": f"Bill {i} text.", "summary": f"Bill {i}.", "title": "t"} for i in range(20)
+        ]
+    if name in ("cogbuji/medqa_corpus_en", "json", "allenai/c4", "Salesforce/wikitext"):
+        return [{"text": f"Document {i} " + "word " * 400} for i in range(40)]
+    if "mednli" in name:
+        return [
+            {
+                "sentence1": f"Premise {i}.",
+                "sentence2": f"Hypothesis {i}.",
+                "gold_label": ["entailment", "contradiction", "neutral"][i % 3],
+            }
+            for i in range(20)
+        ]
+    if "hqs" in name:
+        return [{"question": f"Long question {i}?", "summary": f"Q{i}?"} for i in range(20)]
+    raise AssertionError(f"no fixture for {source}")
+
+
+def paper_loader(source: dict) -> list[dict]:
+    from dpruner.data.sources import with_ids
+
+    return with_ids(paper_fixture_records(source))
+
+
+def paper_config() -> dict:
+    config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    # The fixtures are small: the sizes are the paper's, the schemas are what is checked here.
+    config["calibration"]["nsamples"] = 1
+    config["calibration"]["seqlen"] = 8
+    for section in [config["general"], *config["domains"].values()]:
+        for entry in section["calibration"]:
+            entry.pop("count", None)
+    return config
+
+
+def test_paper_tasks_pass_the_preflight_on_fixtures_in_the_hub_schema():
+    check_config(paper_config(), load=paper_loader, check_hub=True)
+
+
+def test_casehold_without_labels_would_drop_every_item():
+    config = paper_config()
+    casehold = next(t for t in config["domains"]["legal"]["tasks"] if t["name"] == "casehold")
+    del casehold["labels"]
+    message = problems(copy.deepcopy(config), load=paper_loader, check_hub=True)
+    assert "legal.tasks[0] 'casehold'.labels: 20 of 20 evaluation records" in message
+    assert "values found: '0' (4)" in message
