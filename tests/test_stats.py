@@ -5,9 +5,12 @@ import math
 
 import numpy as np
 import pytest
+import torch
+from tiny import tiny_model
 
 from dpruner import stats
 from dpruner.evaluation.metrics import macro_f1
+from dpruner.evaluation.perplexity import sliding_window_perplexity
 
 Z95 = 1.959963984540054
 
@@ -187,3 +190,23 @@ def test_paired_comparisons_need_the_same_items():
         stats.paired_bootstrap(np.ones(5), np.ones(5), contrast="odds", resamples=10, seed=0)
     with pytest.raises(ValueError, match="not finite"):
         stats.perplexity_ci([1.0, 2.0], [0, 0], resamples=10, seed=0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("llama", seed=0)
+
+
+@pytest.mark.parametrize("stride,bos", [(16, "none"), (5, "none"), (6, "window")])
+def test_per_window_nll_sums_to_the_total(model, stride, bos):
+    ids = torch.randint(0, 96, (90,), generator=torch.Generator().manual_seed(2))
+    result = sliding_window_perplexity(
+        model, ids, 16, stride, bos_id=1, bos=bos, batch_size=3, progress=False
+    )
+    assert len(result["window_nll"]) == len(result["window_tokens"]) == result["windows"]
+    assert sum(result["window_tokens"]) == result["tokens_scored"]
+    assert math.fsum(result["window_nll"]) == pytest.approx(result["nll_sum"], rel=1e-12)
+    ppl = stats.perplexity(result["window_nll"], result["window_tokens"])
+    assert ppl == pytest.approx(result["ppl"], rel=1e-12)
+    assert json.loads(json.dumps(result)) == result
+    assert all(type(n) is int for n in result["window_tokens"])
