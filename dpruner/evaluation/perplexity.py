@@ -54,6 +54,10 @@ def sliding_window_perplexity(
     `ppl_ref` is exp(mean over windows of each window's mean NLL). `bos="once"` puts BOS before the
     stream; `bos="window"` starts every window with BOS (Gemma-3 needs it), each window then holds
     window - 1 text tokens.
+
+    `window_nll` and `window_tokens` give, per scored window in stream order, the NLL sum and the
+    number of tokens it scored (each token once, so they sum to `nll_sum` and `tokens_scored`):
+    the units a bootstrap interval of `ppl` resamples (`dpruner.stats.perplexity_ci`).
     """
     if bos not in BOS_MODES:
         raise DataError(f"perplexity bos must be one of {BOS_MODES}, got {bos!r}")
@@ -72,7 +76,7 @@ def sliding_window_perplexity(
             f"perplexity text has {ids.numel()} tokens, fewer than one window ({window})"
         )
     device = next(model.parameters()).device
-    total_nll, total_tokens, window_means = 0.0, 0, []
+    total_nll, total_tokens, window_means, window_nll, window_tokens = 0.0, 0, [], [], []
     for b0 in tqdm(range(0, len(plan), batch_size), desc="perplexity", disable=not progress):
         chunk = plan[b0 : b0 + batch_size]
         inputs = torch.stack([ids[s : s + text_window] for s, _ in chunk])
@@ -84,8 +88,10 @@ def sliding_window_perplexity(
         )
         for row, (_, first) in enumerate(chunk):
             scored = nll[row, first - 1 + offset :]
-            total_nll += scored.double().sum().item()
-            total_tokens += scored.numel()
+            window_nll.append(scored.double().sum().item())
+            window_tokens.append(scored.numel())
+            total_nll += window_nll[-1]
+            total_tokens += window_tokens[-1]
             window_means.append(scored.double().mean().item())
     last_end = plan[-1][0] + text_window
     return {
@@ -93,6 +99,8 @@ def sliding_window_perplexity(
         "ppl_ref": math.exp(sum(window_means) / len(window_means)),
         "nll_sum": total_nll,
         "tokens_scored": total_tokens,
+        "window_nll": window_nll,
+        "window_tokens": window_tokens,
         "windows": len(plan),
         "tokens_unscored_tail": ids.numel() - last_end,
         "window": window,
