@@ -25,6 +25,7 @@ from dpruner.masks import SparsitySpec, prune_mask
 from dpruner.methods.base import Pruner, apply_mask, peak_rss_mb
 from dpruner.methods.sparsegpt import SparseGPTPruner
 from dpruner.models import prunable_weights, weight_matrix
+from dpruner.quantize import QuantSpec
 
 CLIP_MODES = ("two_pass", "one_pass")
 ROUNDING_MODES = ("stochastic", "nearest")
@@ -393,8 +394,8 @@ class DPrunerPruner(Pruner):
     default_group = "matrix"
     needs_calibration = False
 
-    def __init__(self, scores_path: str):
-        super().__init__()
+    def __init__(self, scores_path: str, quantize: QuantSpec | None = None):
+        super().__init__(quantize)
         self.scores_path = scores_path
 
     def _prune(self, model, calibration, spec: SparsitySpec) -> dict[str, dict]:
