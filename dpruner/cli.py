@@ -145,6 +145,13 @@ def cmd_prune(args) -> dict:
     check_output_folder(args.out, args.overwrite, (args.model,))
     spec = SparsitySpec.parse(args.sparsity, args.pattern, args.group or method_class.default_group)
     options = {}
+    if args.quantize_bits is not None:
+        from dpruner.quantize import QuantSpec
+
+        # Round-to-nearest after the mask; SparseGPT quantizes inside its sweep instead.
+        options["quantize"] = QuantSpec(args.quantize_bits, args.group_size, args.symmetric)
+    elif args.group_size is not None or args.symmetric:
+        raise DprunerError("--group-size and --symmetric need --quantize-bits")
     if args.method in ("wanda", "sparsegpt"):
         options["batch_size"] = args.batch_size
     if args.method == "dpruner":
@@ -343,6 +350,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4 or 4:8")
     p.add_argument("--group", choices=["matrix", "row", "block"], help="default: the method's")
     p.add_argument("--scores", help="D-Pruner importance scores (safetensors)")
+    p.add_argument(
+        "--quantize-bits",
+        type=int,
+        help="also quantize the kept weights to this many bits: round-to-nearest for magnitude, "
+        "wanda and dpruner, SparseGPT's joint sparse + GPTQ sweep for sparsegpt",
+    )
+    p.add_argument(
+        "--group-size", type=int, help="input columns per quantization grid (default: one per row)"
+    )
+    p.add_argument("--symmetric", action="store_true", help="symmetric grids (default: asymmetric)")
     _add_calibration_args(p)
     p.add_argument("--out", required=True)
     overwrite_arg(p)

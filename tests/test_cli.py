@@ -48,6 +48,25 @@ def test_prune_writes_a_loadable_model_and_its_report(tmp_path, model_dir, text_
     assert report["measured"]["sparsity_linear"] == pytest.approx(report["sparsity_linear"])
 
 
+@pytest.mark.parametrize(
+    ("method", "quantizer"), [("magnitude", "rtn"), ("sparsegpt", "sparsegpt-joint-gptq")]
+)
+def test_prune_with_quantization_records_the_quantizer_and_size(
+    tmp_path, model_dir, text_file, method, quantizer
+):
+    out = tmp_path / method
+    code = main(
+        ["prune", "--model", str(model_dir), "--method", method, "--sparsity", "0.5",
+         "--quantize-bits", "4", "--group-size", "16",
+         "--calibration", str(text_file), "--nsamples", "4", "--seqlen", "16", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    quantization = json.loads((out / "prune.json").read_text())["quantization"]
+    assert quantization["quantizer"] == quantizer and quantization["label"] == "w4-g16-asym"
+    stored = quantization["stored"]
+    assert 0 < stored["total_bytes_dense_codes"] < stored["dense_16bit_bytes"]
+
+
 def test_perplexity_command(tmp_path, model_dir, text_file, capsys):
     out = tmp_path / "ppl.json"
     args = ["perplexity", "--model", str(model_dir), "--data", str(text_file)]
@@ -63,6 +82,8 @@ def test_perplexity_command(tmp_path, model_dir, text_file, capsys):
         (["--sparsity", "0.5", "--pattern", "2:3"], "fixes sparsity"),
         (["--sparsity", "0.5", "--pattern", "3:6"], "d_in = 32"),
         (["--sparsity", "0.5", "--method", "obs"], "unknown method 'obs'"),
+        (["--sparsity", "0.5", "--group-size", "16"], "need --quantize-bits"),
+        (["--sparsity", "0.5", "--quantize-bits", "9"], "bits must lie in 2..8"),
     ],
 )
 def test_bad_arguments_give_one_clear_error(tmp_path, model_dir, text_file, capsys, extra, message):

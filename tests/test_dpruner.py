@@ -104,6 +104,43 @@ def test_fused_step_equals_torch_sgd_with_the_same_clipping(clip):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
+# Rotary positions are relative, so on llama the shift alone changes only rounding and the
+# scored padding position (predicting BOS) is what differs; GPT-2's learned positions shift.
+@pytest.mark.parametrize("layout", ["llama", "gpt2"])
+def test_a_padded_row_computes_what_it_computes_alone(layout):
+    model = tiny_model(layout, layers=2)
+    if layout == "llama":
+        assert type(model.model.rotary_emb).__name__ == "LlamaRotaryEmbedding"
+    sequences = [[1, 5, 6, 7, 8, 9, 10, 11, 12], [1, 13, 14, 15], [1, 16, 17, 18, 19, 20]]
+    batch = left_padded_batch(sequences, pad_id=0)
+    assert batch["position_ids"][1].tolist() == [0] * 5 + [0, 1, 2, 3]
+
+    def loss_and_grads(inputs):
+        model.zero_grad()
+        loss = model(**inputs).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    sizes = [len(s) - 1 for s in sequences]  # next-token targets per row
+    total = 0.0
+    for row, ids in enumerate(sequences):
+        alone, alone_grads = loss_and_grads(
+            {"input_ids": torch.tensor([ids]), "labels": torch.tensor([ids])}
+        )
+        labels = batch["labels"].clone()
+        labels[torch.arange(len(sequences)) != row] = -100  # this row's contribution only
+        padded, padded_grads = loss_and_grads({**batch, "labels": labels})
+        torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-6, msg=f"row {row}")
+        for name, grad in alone_grads.items():
+            torch.testing.assert_close(
+                padded_grads[name], grad, rtol=1e-4, atol=1e-6, msg=f"row {row} {name}"
+            )
+        total += float(alone) * sizes[row]
+    with torch.no_grad():
+        batch_loss = float(model(**batch).loss)
+    assert batch_loss == pytest.approx(total / sum(sizes), rel=1e-5)
+
+
 def test_dual_importance_equals_the_formula_for_one_step():
     model = tiny_model("llama", layers=1)
     original = {n: m.weight.detach().clone() for n, m in prunable_weights(model).items()}

@@ -1,4 +1,11 @@
-"""The one interface every pruning method implements, and the report it returns."""
+"""The one interface every pruning method implements, and the report it returns.
+
+Every pruner takes an optional `quantize=QuantSpec(...)`: after its mask, the kept weights of
+every prunable matrix are quantized round-to-nearest (`dpruner.quantize`), unless the method
+quantizes inside its own weight update (`quantizes_in_sweep`: SparseGPT's joint sweep). The
+model keeps the dequantized weights in its own dtype, so it evaluates as the quantized model;
+in float32 they are the grid points exactly, in 16-bit dtypes rounded to that dtype.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ from torch import nn
 
 from dpruner.masks import SparsitySpec, check_mask
 from dpruner.models import parameter_counts, prunable_weights, weight_matrix
+from dpruner.quantize import QuantSpec, fake_quantize, model_storage
 
 
 @dataclass
@@ -28,6 +36,7 @@ class PruneResult:
     peak_cuda_mb: float | None
     warnings: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
+    quantization: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,10 +61,13 @@ class Pruner(ABC):
     default_group: str = "matrix"
     groups: tuple[str, ...] = ("matrix", "row", "block")
     needs_calibration: bool = True
+    quantizes_in_sweep: bool = False
+    quantizer_name: str = "rtn"
 
-    def __init__(self):
+    def __init__(self, quantize: QuantSpec | None = None):
         self.warnings: list[str] = []
         self.details: dict = {}
+        self.quantize = quantize
 
     def prune(
         self, model: nn.Module, calibration: torch.Tensor | None, spec: SparsitySpec
@@ -75,14 +87,34 @@ class Pruner(ABC):
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         matrices = self._prune(model, calibration, spec)
-        wall = time.perf_counter() - start
         missing = set(weights) - set(matrices)
         if missing:
             raise DprunerError(
                 f"{self.name} left {len(missing)} matrices unpruned, e.g. {min(missing)}"
             )
+        if self.quantize is not None and not self.quantizes_in_sweep:
+            for name, module in weights.items():
+                weight = weight_matrix(module)
+                weight.data.copy_(fake_quantize(weight.data, self.quantize).to(weight.dtype))
+                matrices[name]["sparsity"] = float((weight == 0).sum()) / weight.numel()
+        wall = time.perf_counter() - start
         linear, total = parameter_counts(model)
         zeros = sum(round(report["sparsity"] * report["numel"]) for report in matrices.values())
+        quantization = None
+        if self.quantize is not None:
+            pruned = sum(report["pruned"] for report in matrices.values())
+            quantization = {
+                "quantizer": self.quantizer_name,
+                "label": self.quantize.label,
+                "weights_dtype": str(next(iter(weights.values())).weight.dtype),
+                **self.quantize.__dict__,
+                "mask_sparsity_linear": pruned / linear,
+                # kept weights whose nearest grid point is 0 (counted in sparsity_linear)
+                "zeros_from_rounding": zeros - pruned,
+                "stored": model_storage(
+                    {n: weight_matrix(m).detach() for n, m in weights.items()}, total, self.quantize
+                ),
+            }
         return PruneResult(
             method=self.name,
             spec={**spec.__dict__, "label": spec.label},
@@ -96,6 +128,7 @@ class Pruner(ABC):
             else None,
             warnings=list(self.warnings),
             details=dict(self.details),
+            quantization=quantization,
         )
 
     @abstractmethod

@@ -25,6 +25,7 @@ from dpruner.masks import SparsitySpec, prune_mask
 from dpruner.methods.base import Pruner, apply_mask, peak_rss_mb
 from dpruner.methods.sparsegpt import SparseGPTPruner
 from dpruner.models import prunable_weights, weight_matrix
+from dpruner.quantize import QuantSpec
 
 CLIP_MODES = ("two_pass", "one_pass")
 ROUNDING_MODES = ("stochastic", "nearest")
@@ -161,14 +162,30 @@ def tokenize_instances(texts: list[str], tokenizer, max_length: int) -> tuple[li
 
 
 def left_padded_batch(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """A left-padded batch whose every row computes what it would compute alone.
+
+    - `position_ids` count from each row's first real token (padding gets 0): without them a
+      padded row starts at position `width - len(row)`, which shifts learned absolute positions
+      (GPT-2) and the angles of rotary ones (exactly relative in real arithmetic, not in bf16,
+      and not under position-dependent RoPE scaling).
+    - The label of each row's first real token is -100 as well: the causal-LM loss shifts labels
+      by one, so otherwise a padding position would be scored for predicting it (BOS), a target
+      that the same row alone never has.
+    """
     width = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, ids in enumerate(sequences):
         input_ids[row, width - len(ids) :] = torch.tensor(ids)
         attention[row, width - len(ids) :] = 1
-    labels = input_ids.masked_fill(attention == 0, -100)
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+    labels = input_ids.masked_fill(position_ids == 0, -100)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "position_ids": position_ids,
+        "labels": labels,
+    }
 
 
 class FusedSGD:
@@ -377,8 +394,8 @@ class DPrunerPruner(Pruner):
     default_group = "matrix"
     needs_calibration = False
 
-    def __init__(self, scores_path: str):
-        super().__init__()
+    def __init__(self, scores_path: str, quantize: QuantSpec | None = None):
+        super().__init__(quantize)
         self.scores_path = scores_path
 
     def _prune(self, model, calibration, spec: SparsitySpec) -> dict[str, dict]:

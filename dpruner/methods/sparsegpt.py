@@ -2,7 +2,8 @@
 
 `sparsegpt_sweep` is the pure per-matrix solver; `SparseGPTPruner` feeds it Hessians from the
 shared layer-sequential engine. D-Pruner's general importance is the saliency this sweep records
-at the start of every column block (`saliency=` argument).
+at the start of every column block (`saliency=` argument). With `quant=` the sweep is SparseGPT's
+joint sparse + quantized one (SparseGPT paper, Algorithm 1 with GPTQ-style quantization).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dpruner.errors import DprunerError
 from dpruner.masks import SparsitySpec, check_mask, lowest_k, nm_mask
 from dpruner.methods.base import Pruner
 from dpruner.models import weight_matrix
+from dpruner.quantize import Quantized, QuantSpec, grid_params, group_bounds, quantize_to_grid
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class SweepResult:
     mask: torch.Tensor
     damping: float
     loss: float
+    quantized: Quantized | None = None
 
 
 def inverse_hessian_factor(
@@ -80,11 +83,21 @@ def sparsegpt_sweep(
     block_size: int = 128,
     where: str = "layer",
     saliency: torch.Tensor | None = None,
+    quant: QuantSpec | None = None,
 ) -> SweepResult:
     """Prune `weight` (d_out x d_in) to `spec`, updating the kept weights to compensate.
 
     If `saliency` (d_out x d_in) is given, it receives W~^2 / diag(U)^2 of the running weights at
     the start of each column block, before that block's mask is chosen (D-Pruner's G).
+
+    If `quant` is given, every kept weight is also quantized inside the sweep: when the sweep
+    reaches column c, q = quant(w masked), and the error (w - q) / U_cc of pruned and kept
+    weights alike goes to the later columns, so they compensate for rounding as for pruning.
+    Grids (`dpruner.quantize`) are found as GPTQ finds them: per row from the whole matrix
+    when the sweep starts, or per group of `quant.group_size` columns from the running, already
+    updated weights when the sweep reaches the group's first column (entries already masked count
+    as 0). A group must start at a column-block boundary or end inside its block, so that its
+    running weights exist then (e.g. group 128 or 64 with block 128).
     """
     W = weight.detach().float().clone()
     H = hessian.clone()
@@ -94,6 +107,12 @@ def sparsegpt_sweep(
     W[:, dead] = 0
     U, damp = inverse_hessian_factor(H, percdamp, max_damp, where)
     mask = torch.zeros_like(W, dtype=torch.bool)
+    if quant is not None:
+        groups = _quant_groups(d_in, quant, block_size, where)
+        scales = torch.empty(d_out, len(groups), device=W.device)
+        zeros = torch.empty_like(scales)
+        codes = torch.empty(d_out, d_in, dtype=torch.uint8, device=W.device)
+        scale = zero = None
     loss = 0.0
     for b0 in range(0, d_in, block_size):
         b1 = min(b0 + block_size, d_in)
@@ -114,6 +133,17 @@ def sparsegpt_sweep(
                 mask1[:, t : t + spec.m] = nm_mask(group, spec.n, spec.m)
             w = W1[:, t]
             q = w.masked_fill(mask1[:, t], 0)
+            if quant is not None:
+                if b0 + t in groups:
+                    g, c1 = groups[b0 + t]
+                    current = W1[:, t : c1 - b0].masked_fill(mask1[:, t : c1 - b0], 0)
+                    if c1 > b1:  # a group from this block's start on: later blocks are current
+                        current = torch.cat([current, W[:, b1:c1]], dim=1)
+                    scale, zero = grid_params(current, quant.bits, quant.symmetric)
+                    scales[:, g], zeros[:, g] = scale, zero
+                code = quantize_to_grid(q, scale, zero, quant.maxq)
+                codes[:, b0 + t] = code.to(torch.uint8)
+                q = (code - zero) * scale  # pruned weights: code zero, exactly 0
             err = (w - q).div_(diag1[t])
             # Later columns compensate; column t itself becomes exactly q (zeros stay zeros).
             W1[:, t:].addr_(err, U1[t, t:], alpha=-1)
@@ -124,13 +154,32 @@ def sparsegpt_sweep(
         W[:, b0:b1] = W1
         mask[:, b0:b1] = mask1
         W[:, b1:] -= E1 @ U[b0:b1, b1:]
-    return SweepResult(weight=W, mask=mask, damping=damp, loss=loss)
+    quantized = Quantized(codes, scales, zeros) if quant is not None else None
+    return SweepResult(weight=W, mask=mask, damping=damp, loss=loss, quantized=quantized)
+
+
+def _quant_groups(
+    d_in: int, quant: QuantSpec, block_size: int, where: str
+) -> dict[int, tuple[int, int]]:
+    """First column of each quantization group -> (group index, end column)."""
+    groups = {}
+    for g, (c0, c1) in enumerate(group_bounds(d_in, quant.group_size)):
+        if c0 % block_size and c0 // block_size != (c1 - 1) // block_size:
+            raise DprunerError(
+                f"{where}: quantization group [{c0}, {c1}) starts inside a column block of "
+                f"{block_size} and ends beyond it; use a group size that divides the block "
+                "size or a multiple of it"
+            )
+        groups[c0] = (g, c1)
+    return groups
 
 
 class SparseGPTPruner(Pruner):
     name = "sparsegpt"
     default_group = "block"
     groups = ("block",)
+    quantizes_in_sweep = True
+    quantizer_name = "sparsegpt-joint-gptq"
 
     def __init__(
         self,
@@ -139,8 +188,15 @@ class SparseGPTPruner(Pruner):
         block_size: int = 128,
         batch_size: int = 1,
         record_saliency: bool = False,
+        quantize: QuantSpec | None = None,
     ):
-        super().__init__()
+        super().__init__(quantize)
+        group = quantize.group_size if quantize is not None else None
+        if group and block_size % group and group % block_size:
+            raise DprunerError(
+                f"quantization group size {group} must divide the column block size "
+                f"{block_size} or be a multiple of it"
+            )
         self.percdamp, self.max_damp, self.block_size = percdamp, max_damp, block_size
         self.batch_size = batch_size
         self.record_saliency = record_saliency
@@ -169,6 +225,7 @@ class SparseGPTPruner(Pruner):
                     self.block_size,
                     where=f"{name} (N={n_sequences}, L={seqlen})",
                     saliency=sink,
+                    quant=self.quantize,
                 )
                 if sink is not None:
                     self.saliency[name] = sink.cpu()

@@ -8,6 +8,7 @@ from dpruner.calibration import LayerStatistics, layer_sequential
 from dpruner.masks import SparsitySpec, prune_mask
 from dpruner.methods.base import Pruner, apply_mask
 from dpruner.models import weight_matrix
+from dpruner.quantize import QuantSpec
 
 
 class ChannelNormStatistics(LayerStatistics):
@@ -32,8 +33,8 @@ class WandaPruner(Pruner):
     name = "wanda"
     default_group = "row"
 
-    def __init__(self, batch_size: int = 1):
-        super().__init__()
+    def __init__(self, batch_size: int = 1, quantize: QuantSpec | None = None):
+        super().__init__(quantize)
         self.batch_size = batch_size
 
     def _prune(self, model, calibration, spec: SparsitySpec) -> dict[str, dict]:
