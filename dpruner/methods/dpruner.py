@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from dpruner.calibration import BlockSource, layer_sequential
 from dpruner.errors import DprunerError
 from dpruner.masks import SparsitySpec, prune_mask
 from dpruner.methods.base import Pruner, apply_mask, peak_rss_mb
@@ -51,11 +53,24 @@ def general_importance(
     normalize: str = "mean",
     percdamp: float = 0.01,
     batch_size: int = 1,
+    blocks: BlockSource | None = None,
+    sink: Callable[[str, torch.Tensor], None] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per prunable weight, the saliency SparseGPT sees at the target sparsity. Prunes `model`."""
-    sweep = SparseGPTPruner(percdamp=percdamp, batch_size=batch_size, record_saliency=True)
-    sweep.prune(model, calibration, SparsitySpec(sparsity, "block"))
-    return {name: normalise_importance(g, normalize) for name, g in sweep.saliency.items()}
+    """Per prunable weight, the saliency SparseGPT sees at the target sparsity. Prunes `model`.
+
+    With `sink`, each matrix's G is handed to it as its block finishes and the returned dict is
+    empty (a streamed run never holds every G at once).
+    """
+    scores: dict[str, torch.Tensor] = {}
+    out = sink or scores.__setitem__
+    sweep = SparseGPTPruner(
+        percdamp=percdamp,
+        batch_size=batch_size,
+        record_saliency=True,
+        saliency_sink=lambda name, g: out(name, normalise_importance(g, normalize)),
+    )
+    sweep.prune(model, calibration, SparsitySpec(sparsity, "block"), blocks=blocks)
+    return scores
 
 
 def save_scores(scores: dict[str, torch.Tensor], path, metadata: dict) -> None:
@@ -381,10 +396,14 @@ class DPrunerPruner(Pruner):
         super().__init__()
         self.scores_path = scores_path
 
-    def _prune(self, model, calibration, spec: SparsitySpec) -> dict[str, dict]:
+    def _prune(self, model, calibration, spec: SparsitySpec, blocks=None) -> dict[str, dict]:
         scores = load_scores(self.scores_path, model)
         reports = {}
-        for name, module in prunable_weights(model).items():
-            mask = prune_mask(scores[name].float(), spec)
-            reports[name] = apply_mask(name, module, mask, spec)
+
+        def prune_block(index, linears, stats):
+            for name, module in linears.items():
+                mask = prune_mask(scores[name].float(), spec)
+                reports[name] = apply_mask(name, module, mask, spec)
+
+        layer_sequential(model, None, lambda name, module: None, prune_block, blocks=blocks)
         return reports

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -139,14 +140,17 @@ class SparseGPTPruner(Pruner):
         block_size: int = 128,
         batch_size: int = 1,
         record_saliency: bool = False,
+        saliency_sink: Callable[[str, torch.Tensor], None] | None = None,
     ):
         super().__init__()
         self.percdamp, self.max_damp, self.block_size = percdamp, max_damp, block_size
         self.batch_size = batch_size
         self.record_saliency = record_saliency
         self.saliency: dict[str, torch.Tensor] = {}
+        # Where each matrix's saliency goes as its block finishes (default: kept in `saliency`).
+        self.saliency_sink = saliency_sink or self.saliency.__setitem__
 
-    def _prune(self, model, calibration, spec: SparsitySpec) -> dict[str, dict]:
+    def _prune(self, model, calibration, spec: SparsitySpec, blocks=None) -> dict[str, dict]:
         reports, losses, dampings = {}, {}, {}
         n_sequences, seqlen = calibration.shape
 
@@ -171,7 +175,7 @@ class SparseGPTPruner(Pruner):
                     saliency=sink,
                 )
                 if sink is not None:
-                    self.saliency[name] = sink.cpu()
+                    self.saliency_sink(name, sink.cpu())
                 if result.damping != self.percdamp:
                     message = f"{name}: Cholesky needed damping {result.damping}"
                     log.warning(message)
@@ -185,6 +189,8 @@ class SparseGPTPruner(Pruner):
                 dampings[name] = result.damping
                 del stats[name]
 
-        layer_sequential(model, calibration, statistics, prune_block, batch_size=self.batch_size)
+        layer_sequential(
+            model, calibration, statistics, prune_block, batch_size=self.batch_size, blocks=blocks
+        )
         self.details = {"reconstruction_proxy": losses, "damping": dampings}
         return reports
