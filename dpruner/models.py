@@ -12,6 +12,8 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -45,20 +47,47 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
-    """(model, tokenizer) from a local Hugging Face directory, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _model_dir(path: str | Path) -> Path:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ModelError(
             f"model directory not found: looked for {path / 'config.json'}"
             " (run `python -m dpruner prepare-model` or point --model at a Hugging Face directory)"
         )
+    return path
+
+
+def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
+    """(model, tokenizer) from a local Hugging Face directory, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _model_dir(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), device_map=device)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
     return model, tokenizer
+
+
+def load_skeleton(path: str | Path, dtype: str = "float32", device: str = "cpu"):
+    """(model, tokenizer) with every parameter on the meta device: no weight is materialised.
+
+    Buffers (rotary frequencies, embedding scales) are built as the constructors build them and
+    moved to `device`; `dpruner.streaming.CheckpointBlocks` fills in the weights it needs.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = _model_dir(path)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(
+            AutoConfig.from_pretrained(path), dtype=torch_dtype(dtype)
+        )
+    for module in model.modules():
+        for name, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[name] = buffer.to(device)
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(path)
 
 
 def _packaged_gguf(name: str) -> Path:
@@ -118,22 +147,29 @@ def materialise_gguf(gguf: str | Path, out_dir: str | Path, dtype: str = "float3
     return save_model(plain, tokenizer, out_dir)
 
 
-def save_model(model, tokenizer, out_dir: str | Path) -> Path:
-    """save_pretrained into a temporary sibling, then rename: no half-written model directory."""
+@contextmanager
+def atomic_directory(out_dir: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `out_dir`; it replaces `out_dir` only if the block succeeds."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     tmp.chmod(0o755)
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        yield tmp
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out_dir
+
+
+def save_model(model, tokenizer, out_dir: str | Path) -> Path:
+    """save_pretrained into a temporary sibling, then rename: no half-written model directory."""
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(out_dir)
 
 
 def _is_linear(module: nn.Module) -> bool:
