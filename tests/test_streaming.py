@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerFast
 from dpruner.cli import main
 from dpruner.masks import SparsitySpec
 from dpruner.methods import get_pruner
-from dpruner.methods.dpruner import general_importance
+from dpruner.methods.dpruner import general_importance, save_scores
 from dpruner.models import (
     decoder_blocks,
     load_model,
@@ -25,7 +25,7 @@ from dpruner.models import (
 )
 from dpruner.streaming import CheckpointBlocks, materialised_bytes, streamed_safetensors
 
-METHODS = [("magnitude", "matrix"), ("wanda", "row"), ("sparsegpt", "block")]
+METHODS = [("magnitude", "matrix"), ("wanda", "row"), ("sparsegpt", "block"), ("dpruner", "matrix")]
 VOCAB = 96
 
 
@@ -80,11 +80,24 @@ def block_and_outside_bytes(model) -> tuple[int, int]:
     return one_block, materialised_bytes(model) - sum(bytes_of(b.parameters()) for b in blocks)
 
 
+def pruner(method, folder, model):
+    """The method; D-Pruner's mask reads random scores for `model`, written into `folder`."""
+    if method != "dpruner":
+        return get_pruner(method)
+    generator = torch.Generator().manual_seed(0)
+    scores = {
+        name: torch.rand(weight_matrix(m).shape, generator=generator)
+        for name, m in prunable_weights(model).items()
+    }
+    save_scores(scores, folder / "scores.safetensors", {})
+    return get_pruner(method, scores_path=str(folder / "scores.safetensors"))
+
+
 def streamed_prune(path, method, spec, tokens, out, dtype="float32"):
     model, tok = load_skeleton(path, dtype)
     out.mkdir()
     blocks = Measured(model, path, out_dir=out)
-    get_pruner(method).prune(model, tokens, spec, blocks=blocks)
+    method.prune(model, tokens, spec, blocks=blocks)
     blocks.finish(tok)
     assert all(p.is_meta for _, b in [decoder_blocks(model)] for p in b.parameters())
     return blocks
@@ -102,7 +115,8 @@ def assert_same_tensors(got, want):
 def test_streamed_pruning_equals_in_memory_bit_for_bit(tmp_path, checkpoint, method, group):
     tokens, spec = random_tokens(4, 16), SparsitySpec(0.5, group)
     dense, _ = load_model(checkpoint)
-    get_pruner(method).prune(dense, tokens, spec)
+    method = pruner(method, tmp_path, dense)
+    method.prune(dense, tokens, spec)
     blocks = streamed_prune(checkpoint, method, spec, tokens, tmp_path / "out")
     streamed, _ = load_model(tmp_path / "out")
     assert_same_tensors(streamed, dense)
@@ -123,7 +137,7 @@ def test_streaming_handles_every_layout(tmp_path, layout):
     tokens, spec = random_tokens(4, 16), SparsitySpec(0.5, "block")
     dense, _ = load_model(path)
     get_pruner("sparsegpt").prune(dense, tokens, spec)
-    streamed_prune(path, "sparsegpt", spec, tokens, tmp_path / "out")
+    streamed_prune(path, get_pruner("sparsegpt"), spec, tokens, tmp_path / "out")
     streamed, _ = load_model(tmp_path / "out")
     assert_same_tensors(streamed, dense)
 
@@ -132,7 +146,7 @@ def test_streamed_bfloat16_equals_in_memory(tmp_path, checkpoint):
     tokens, spec = random_tokens(4, 16), SparsitySpec(0.5, "row")
     dense, _ = load_model(checkpoint, "bfloat16")
     get_pruner("wanda").prune(dense, tokens, spec)
-    streamed_prune(checkpoint, "wanda", spec, tokens, tmp_path / "out", "bfloat16")
+    streamed_prune(checkpoint, get_pruner("wanda"), spec, tokens, tmp_path / "out", "bfloat16")
     streamed, _ = load_model(tmp_path / "out", "bfloat16")
     assert_same_tensors(streamed, dense)
     assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"

@@ -15,8 +15,10 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
@@ -84,25 +86,30 @@ def save_scores(scores: dict[str, torch.Tensor], path, metadata: dict) -> None:
         )
 
 
-def load_scores(path, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
-    from pathlib import Path
+def _check_score_shapes(path, shapes: dict[str, tuple[int, ...]], model: nn.Module) -> None:
+    """Every prunable weight of `model` has a score matrix of its shape in `path`."""
+    expected = {name: tuple(weight_matrix(m).shape) for name, m in prunable_weights(model).items()}
+    missing = sorted(set(expected) - set(shapes))
+    if missing:
+        raise DprunerError(f"{path} has no scores for {len(missing)} matrices, e.g. {missing[0]}")
+    for name, shape in expected.items():
+        if tuple(shapes[name]) != shape:
+            raise DprunerError(
+                f"{path}: scores for {name} have shape {tuple(shapes[name])}, "
+                f"the model's weight has {shape}"
+            )
 
+
+def _score_file(path) -> Path:
     if not Path(path).is_file():
         raise DprunerError(f"score file not found: {path}")
-    scores = load_file(str(path))
+    return Path(path)
+
+
+def load_scores(path, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    scores = load_file(str(_score_file(path)))
     if model is not None:
-        expected = {name: weight_matrix(m).shape for name, m in prunable_weights(model).items()}
-        missing = sorted(set(expected) - set(scores))
-        if missing:
-            raise DprunerError(
-                f"{path} has no scores for {len(missing)} matrices, e.g. {missing[0]}"
-            )
-        for name, shape in expected.items():
-            if scores[name].shape != shape:
-                raise DprunerError(
-                    f"{path}: scores for {name} have shape {tuple(scores[name].shape)}, "
-                    f"the model's weight has {tuple(shape)}"
-                )
+        _check_score_shapes(path, {k: tuple(v.shape) for k, v in scores.items()}, model)
     return scores
 
 
@@ -397,13 +404,16 @@ class DPrunerPruner(Pruner):
         self.scores_path = scores_path
 
     def _prune(self, model, calibration, spec: SparsitySpec, blocks=None) -> dict[str, dict]:
-        scores = load_scores(self.scores_path, model)
         reports = {}
+        # Scores are read matrix by matrix from the memory-mapped file, as the blocks come.
+        with safe_open(_score_file(self.scores_path), framework="pt") as scores:
+            shapes = {k: tuple(scores.get_slice(k).get_shape()) for k in scores.keys()}  # noqa: SIM118
+            _check_score_shapes(self.scores_path, shapes, model)
 
-        def prune_block(index, linears, stats):
-            for name, module in linears.items():
-                mask = prune_mask(scores[name].float(), spec)
-                reports[name] = apply_mask(name, module, mask, spec)
+            def prune_block(index, linears, stats):
+                for name, module in linears.items():
+                    mask = prune_mask(scores.get_tensor(name).float(), spec)
+                    reports[name] = apply_mask(name, module, mask, spec)
 
-        layer_sequential(model, None, lambda name, module: None, prune_block, blocks=blocks)
+            layer_sequential(model, None, lambda name, module: None, prune_block, blocks=blocks)
         return reports
