@@ -209,3 +209,15 @@ def test_stream_blocks_needs_safetensors_weights(tmp_path):
     model, _ = load_skeleton(path)
     with pytest.raises(ModelError, match="found neither model.safetensors.index.json"):
         CheckpointBlocks(model, path)
+
+
+def test_a_failed_streamed_prune_leaves_no_output(tmp_path, capsys):
+    path = save_checkpoint(tmp_path / "dense", sharded=True)
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    del index["weight_map"]["model.layers.2.mlp.down_proj.weight"]
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    out = tmp_path / "pruned"
+    args = ["prune", "--model", str(path), "--method", "magnitude", "--sparsity", "0.5"]
+    assert main([*args, "--stream-blocks", "--out", str(out)]) == 2
+    assert "no tensor for model.layers.2.mlp.down_proj" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dense"]
