@@ -8,7 +8,13 @@ before the final norm and `lm_head` (whose logits alone would be N x L x vocab).
 
 Walk: for each block, forward hooks on its linears feed the method's statistics objects while all
 N inputs run through it; the method prunes the block; the pruned block is re-run to give the next
-block's inputs, so pruning error propagates as in the reference implementations.
+block's inputs, so pruning error propagates as in the reference implementations. Without
+calibration data (magnitude, a D-Pruner mask) the walk only visits the blocks in order.
+
+Where the weights live is a `BlockSource`'s business: the default one finds every block already in
+memory; `dpruner.streaming.CheckpointBlocks` brings each block in from the safetensors files just
+before the walk needs it and writes it out (and frees it) as soon as the walk is done with it, so
+the same walk prunes models larger than memory.
 """
 
 from __future__ import annotations
@@ -33,6 +39,20 @@ class LayerStatistics:
     def add_batch(self, inputs: torch.Tensor, n_sequences: int) -> None:
         """`inputs` is the layer's input as fp32 tokens x d_in, from `n_sequences` sequences."""
         raise NotImplementedError
+
+
+class BlockSource:
+    """Where the walk gets each block's weights, and what happens to them when it is done.
+
+    The walk calls `load(i, block)` before block i is used and `release(i, block)` after the
+    pruned block was re-run; this default has every block in memory already and keeps it.
+    """
+
+    def load(self, index: int, block: nn.Module) -> None:
+        pass
+
+    def release(self, index: int, block: nn.Module) -> None:
+        pass
 
 
 MakeStatistics = Callable[[str, nn.Module], LayerStatistics | None]
@@ -117,36 +137,46 @@ def _run_block(block: nn.Module, hidden: list[torch.Tensor], kwargs: list[dict])
 
 def layer_sequential(
     model: nn.Module,
-    calibration: torch.Tensor,
+    calibration: torch.Tensor | None,
     make_statistics: MakeStatistics,
     prune_block: PruneBlock,
     batch_size: int = 1,
     buffer_device: torch.device | str | None = None,
     progress: bool = True,
+    blocks: BlockSource | None = None,
 ) -> list[torch.Tensor]:
     """Walk the blocks in order; returns the last block's outputs per calibration batch.
 
     `make_statistics(full_weight_name, module)` returns a statistics object for a linear, or None
     when the method needs none for it; `prune_block(index, linears, statistics)` prunes the block's
     linears in place (keys are full weight names, e.g. `model.layers.3.mlp.up_proj.weight`).
+    With `calibration=None` nothing is captured or run: each block is loaded, pruned (with no
+    statistics) and released. `blocks` says where the weights come from (default: in memory).
     """
-    if calibration.ndim != 2 or calibration.shape[0] == 0:
+    if calibration is not None and (calibration.ndim != 2 or calibration.shape[0] == 0):
         raise ValueError(
             f"calibration must be a non-empty N x L tensor, got {tuple(calibration.shape)}"
         )
-    prefix, blocks = decoder_blocks(model)
+    source = blocks or BlockSource()
+    prefix, decoder = decoder_blocks(model)
+    hidden: list[torch.Tensor] = []
     with _no_cache(model), torch.no_grad():
-        hidden, block_kwargs = capture_block_inputs(model, calibration, batch_size, buffer_device)
-        for index, block in enumerate(tqdm(blocks, desc="blocks", disable=not progress)):
+        if calibration is not None:
+            hidden, block_kwargs = capture_block_inputs(
+                model, calibration, batch_size, buffer_device
+            )
+        for index, block in enumerate(tqdm(decoder, desc="blocks", disable=not progress)):
+            source.load(index, block)
             linears = {
                 f"{prefix}.{index}.{name}.weight": module
                 for name, module in prunable_linears(block).items()
             }
             statistics = {}
-            for full_name, module in linears.items():
-                stats = make_statistics(full_name, module)
-                if stats is not None:
-                    statistics[full_name] = stats
+            if calibration is not None:
+                for full_name, module in linears.items():
+                    stats = make_statistics(full_name, module)
+                    if stats is not None:
+                        statistics[full_name] = stats
             if statistics:
                 handles = [
                     linears[name].register_forward_hook(_feeder(stats))
@@ -158,7 +188,9 @@ def layer_sequential(
                     for handle in handles:
                         handle.remove()
             prune_block(index, linears, statistics)
-            hidden = _run_block(block, hidden, block_kwargs[index])
+            if calibration is not None:
+                hidden = _run_block(block, hidden, block_kwargs[index])
+            source.release(index, block)
     return hidden
 
 

@@ -51,6 +51,15 @@ def calibration_from_source(
     return calibration_tokens(texts, tokenizer, nsamples, seqlen, seed)
 
 
+def _add_stream_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--stream-blocks",
+        action="store_true",
+        help="never load the whole model: bring one decoder block at a time from the safetensors"
+        " files and write results as each block finishes (docs/streaming.md)",
+    )
+
+
 def _add_calibration_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--calibration", help="token tensor (.pt), text/json/jsonl file or corpus:NAME"
@@ -127,9 +136,11 @@ def cmd_evaluate(args) -> dict:
 
 
 def _load_model(args):
-    from dpruner.models import load_model
+    """The model in memory, or with --stream-blocks only its skeleton (weights on meta)."""
+    from dpruner.models import load_model, load_skeleton
 
-    return load_model(args.model, args.dtype, args.device)
+    load = load_skeleton if getattr(args, "stream_blocks", False) else load_model
+    return load(args.model, args.dtype, args.device)
 
 
 def cmd_prune(args) -> dict:
@@ -152,6 +163,8 @@ def cmd_prune(args) -> dict:
         options["quantize"] = QuantSpec(args.quantize_bits, args.group_size, args.symmetric)
     elif args.group_size is not None or args.symmetric:
         raise DprunerError("--group-size and --symmetric need --quantize-bits")
+    if args.quantize_bits is not None and args.stream_blocks:
+        raise DprunerError("--quantize-bits does not work with --stream-blocks yet")
     if args.method in ("wanda", "sparsegpt"):
         options["batch_size"] = args.batch_size
     if args.method == "dpruner":
@@ -168,15 +181,27 @@ def cmd_prune(args) -> dict:
         calibration = calibration_from_source(
             args.calibration, tokenizer, args.nsamples, args.seqlen, args.seed, args.template
         )
-    result = pruner.prune(model, calibration, spec)
     inputs = tuple(p for p in (args.model, args.scores, args.calibration) if p and Path(p).exists())
-    save_model(model, tokenizer, args.out, args.overwrite, inputs)
+    if args.stream_blocks:
+        from dpruner.io import output_folder
+        from dpruner.streaming import CheckpointBlocks
+
+        with output_folder(args.out, args.overwrite, inputs) as tmp:
+            blocks = CheckpointBlocks(model, args.model, args.device, out_dir=tmp)
+            result = pruner.prune(model, calibration, spec, blocks=blocks)
+            blocks.finish(tokenizer)
+        measured = blocks.measured_sparsity()
+    else:
+        result = pruner.prune(model, calibration, spec)
+        save_model(model, tokenizer, args.out, args.overwrite, inputs)
+        measured = measured_sparsity(model)
     report = {
         **result.to_dict(),
         "model": args.model,
         "calibration": args.calibration,
         "calibration_shape": list(calibration.shape) if calibration is not None else None,
-        "measured": measured_sparsity(model),
+        "measured": measured,
+        "stream_blocks": args.stream_blocks,
         "total_wall_s": time.perf_counter() - start,
     }
     write_json(report, Path(args.out) / "prune.json")
@@ -215,25 +240,34 @@ def cmd_general_importance(args) -> dict:
     calibration = calibration_from_source(
         args.calibration, tokenizer, args.nsamples, args.seqlen, args.seed, args.template
     )
+    metadata = {
+        "kind": "general_importance",
+        "calibration": args.calibration,
+        "nsamples": calibration.shape[0],
+        "seqlen": calibration.shape[1],
+        "sparsity": args.sparsity,
+        "percdamp": 0.01,
+        "normalize": args.normalize,
+    }
+    options = dict(normalize=args.normalize, batch_size=args.batch_size)
     start = time.perf_counter()
-    importance = general_importance(
-        model, calibration, args.sparsity, args.normalize, batch_size=args.batch_size
-    )
+    if args.stream_blocks:
+        from dpruner.models import prunable_weights, weight_matrix
+        from dpruner.streaming import CheckpointBlocks, streamed_safetensors
+
+        shapes = {n: tuple(weight_matrix(m).shape) for n, m in prunable_weights(model).items()}
+        with streamed_safetensors(args.out, shapes, metadata) as sink:
+            blocks = CheckpointBlocks(model, args.model, args.device)
+            general_importance(
+                model, calibration, args.sparsity, **options, blocks=blocks, sink=sink
+            )
+        matrices = len(shapes)
+    else:
+        importance = general_importance(model, calibration, args.sparsity, **options)
+        save_scores(importance, args.out, metadata)
+        matrices = len(importance)
     wall = time.perf_counter() - start
-    save_scores(
-        importance,
-        args.out,
-        {
-            "kind": "general_importance",
-            "calibration": args.calibration,
-            "nsamples": calibration.shape[0],
-            "seqlen": calibration.shape[1],
-            "sparsity": args.sparsity,
-            "percdamp": 0.01,
-            "normalize": args.normalize,
-        },
-    )
-    summary = {"out": args.out, "matrices": len(importance), "wall_s": wall}
+    summary = {"out": args.out, "matrices": matrices, "wall_s": wall}
     summary.update(peak_memory())
     write_json(summary, Path(args.out).with_suffix(".json"))
     return summary
@@ -361,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--symmetric", action="store_true", help="symmetric grids (default: asymmetric)")
     _add_calibration_args(p)
+    _add_stream_arg(p)
     p.add_argument("--out", required=True)
     overwrite_arg(p)
     p.set_defaults(func=cmd_prune)
@@ -370,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, required=True)
     p.add_argument("--normalize", default="mean", choices=["mean", "none"])
     _add_calibration_args(p)
+    _add_stream_arg(p)
     p.add_argument("--out", required=True, help="safetensors file")
     p.set_defaults(func=cmd_general_importance)
 

@@ -45,10 +45,7 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
-    """(model, tokenizer) from a local Hugging Face directory, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _model_dir(path: str | Path) -> Path:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ModelError(
@@ -56,6 +53,14 @@ def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
             " (run `python -m dpruner prepare-model` or point --model at a Hugging Face directory)"
         )
     check_weight_files(path)
+    return path
+
+
+def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
+    """(model, tokenizer) from a local Hugging Face directory, in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _model_dir(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), device_map=device)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
@@ -86,6 +91,28 @@ def check_weight_files(path: Path) -> None:
                 f"{weights}: not a readable safetensors file ({error}); "
                 "re-create the model directory (e.g. delete it and rerun)"
             ) from None
+
+
+def load_skeleton(path: str | Path, dtype: str = "float32", device: str = "cpu"):
+    """(model, tokenizer) with every parameter on the meta device: no weight is materialised.
+
+    Buffers (rotary frequencies, embedding scales) are built as the constructors build them and
+    moved to `device`; `dpruner.streaming.CheckpointBlocks` fills in the weights it needs.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = _model_dir(path)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(
+            AutoConfig.from_pretrained(path), dtype=torch_dtype(dtype)
+        )
+    for module in model.modules():
+        for name, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[name] = buffer.to(device)
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(path)
 
 
 def _packaged_gguf(name: str) -> Path:

@@ -207,6 +207,23 @@ def test_mask_keeps_original_weights_bit_identical(tmp_path):
         assert bool((module.weight.reshape(-1)[lowest] == 0).all())
 
 
+@pytest.mark.parametrize(
+    ("scores", "message"),
+    [({"x": torch.ones(2)}, "has no scores for 21 matrices"), (None, "have shape \\(2, 2\\)")],
+)
+def test_mask_checks_the_score_file_before_pruning(tmp_path, scores, message):
+    from dpruner.errors import DprunerError
+
+    model = tiny_model("llama")
+    if scores is None:
+        scores = {n: torch.ones(2, 2) for n in prunable_weights(model)}
+    save_scores(scores, tmp_path / "s.safetensors", {})
+    dense = {n: m.weight.detach().clone() for n, m in prunable_weights(model).items()}
+    with pytest.raises(DprunerError, match=message):
+        DPrunerPruner(str(tmp_path / "s.safetensors")).prune(model, None, SparsitySpec(0.5))
+    assert all(torch.equal(m.weight, dense[n]) for n, m in prunable_weights(model).items())
+
+
 def test_same_seed_gives_the_same_scores_twice():
     settings = FineTuneSettings(lam=0.1, lr=0.05, epochs=2, batch_size=2, clip="two_pass")
     texts = instances(5)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from dpruner.calibration import BlockSource
 from dpruner.masks import SparsitySpec, check_mask
 from dpruner.models import parameter_counts, prunable_weights, weight_matrix
 from dpruner.quantize import QuantSpec, fake_quantize, model_storage
@@ -55,7 +56,11 @@ def apply_mask(name: str, module: nn.Module, mask: torch.Tensor, spec: SparsityS
 
 
 class Pruner(ABC):
-    """A pruning method. `prune` changes the model in place and reports what it achieved."""
+    """A pruning method. `prune` changes the model in place and reports what it achieved.
+
+    Every method walks the blocks with `layer_sequential`, so `blocks` (a `BlockSource`) can
+    stream them from a checkpoint instead of finding them in memory.
+    """
 
     name: str
     default_group: str = "matrix"
@@ -70,7 +75,11 @@ class Pruner(ABC):
         self.quantize = quantize
 
     def prune(
-        self, model: nn.Module, calibration: torch.Tensor | None, spec: SparsitySpec
+        self,
+        model: nn.Module,
+        calibration: torch.Tensor | None,
+        spec: SparsitySpec,
+        blocks: BlockSource | None = None,
     ) -> PruneResult:
         from dpruner.errors import DprunerError
 
@@ -86,7 +95,7 @@ class Pruner(ABC):
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        matrices = self._prune(model, calibration, spec)
+        matrices = self._prune(model, calibration, spec, blocks)
         missing = set(weights) - set(matrices)
         if missing:
             raise DprunerError(
@@ -132,5 +141,7 @@ class Pruner(ABC):
         )
 
     @abstractmethod
-    def _prune(self, model, calibration, spec: SparsitySpec) -> dict[str, dict]:
+    def _prune(
+        self, model, calibration, spec: SparsitySpec, blocks: BlockSource | None
+    ) -> dict[str, dict]:
         """Prune every prunable matrix; return `apply_mask`'s report per full weight name."""

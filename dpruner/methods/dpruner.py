@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from dpruner.calibration import BlockSource, layer_sequential
 from dpruner.errors import DprunerError
 from dpruner.masks import SparsitySpec, prune_mask
 from dpruner.methods.base import Pruner, apply_mask, peak_rss_mb
@@ -52,11 +56,24 @@ def general_importance(
     normalize: str = "mean",
     percdamp: float = 0.01,
     batch_size: int = 1,
+    blocks: BlockSource | None = None,
+    sink: Callable[[str, torch.Tensor], None] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Per prunable weight, the saliency SparseGPT sees at the target sparsity. Prunes `model`."""
-    sweep = SparseGPTPruner(percdamp=percdamp, batch_size=batch_size, record_saliency=True)
-    sweep.prune(model, calibration, SparsitySpec(sparsity, "block"))
-    return {name: normalise_importance(g, normalize) for name, g in sweep.saliency.items()}
+    """Per prunable weight, the saliency SparseGPT sees at the target sparsity. Prunes `model`.
+
+    With `sink`, each matrix's G is handed to it as its block finishes and the returned dict is
+    empty (a streamed run never holds every G at once).
+    """
+    scores: dict[str, torch.Tensor] = {}
+    out = sink or scores.__setitem__
+    sweep = SparseGPTPruner(
+        percdamp=percdamp,
+        batch_size=batch_size,
+        record_saliency=True,
+        saliency_sink=lambda name, g: out(name, normalise_importance(g, normalize)),
+    )
+    sweep.prune(model, calibration, SparsitySpec(sparsity, "block"), blocks=blocks)
+    return scores
 
 
 def save_scores(scores: dict[str, torch.Tensor], path, metadata: dict) -> None:
@@ -70,25 +87,30 @@ def save_scores(scores: dict[str, torch.Tensor], path, metadata: dict) -> None:
         )
 
 
-def load_scores(path, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
-    from pathlib import Path
+def _check_score_shapes(path, shapes: dict[str, tuple[int, ...]], model: nn.Module) -> None:
+    """Every prunable weight of `model` has a score matrix of its shape in `path`."""
+    expected = {name: tuple(weight_matrix(m).shape) for name, m in prunable_weights(model).items()}
+    missing = sorted(set(expected) - set(shapes))
+    if missing:
+        raise DprunerError(f"{path} has no scores for {len(missing)} matrices, e.g. {missing[0]}")
+    for name, shape in expected.items():
+        if tuple(shapes[name]) != shape:
+            raise DprunerError(
+                f"{path}: scores for {name} have shape {tuple(shapes[name])}, "
+                f"the model's weight has {shape}"
+            )
 
+
+def _score_file(path) -> Path:
     if not Path(path).is_file():
         raise DprunerError(f"score file not found: {path}")
-    scores = load_file(str(path))
+    return Path(path)
+
+
+def load_scores(path, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    scores = load_file(str(_score_file(path)))
     if model is not None:
-        expected = {name: weight_matrix(m).shape for name, m in prunable_weights(model).items()}
-        missing = sorted(set(expected) - set(scores))
-        if missing:
-            raise DprunerError(
-                f"{path} has no scores for {len(missing)} matrices, e.g. {missing[0]}"
-            )
-        for name, shape in expected.items():
-            if scores[name].shape != shape:
-                raise DprunerError(
-                    f"{path}: scores for {name} have shape {tuple(scores[name].shape)}, "
-                    f"the model's weight has {tuple(shape)}"
-                )
+        _check_score_shapes(path, {k: tuple(v.shape) for k, v in scores.items()}, model)
     return scores
 
 
@@ -398,10 +420,17 @@ class DPrunerPruner(Pruner):
         super().__init__(quantize)
         self.scores_path = scores_path
 
-    def _prune(self, model, calibration, spec: SparsitySpec) -> dict[str, dict]:
-        scores = load_scores(self.scores_path, model)
+    def _prune(self, model, calibration, spec: SparsitySpec, blocks=None) -> dict[str, dict]:
         reports = {}
-        for name, module in prunable_weights(model).items():
-            mask = prune_mask(scores[name].float(), spec)
-            reports[name] = apply_mask(name, module, mask, spec)
+        # Scores are read matrix by matrix from the memory-mapped file, as the blocks come.
+        with safe_open(_score_file(self.scores_path), framework="pt") as scores:
+            shapes = {k: tuple(scores.get_slice(k).get_shape()) for k in scores.keys()}  # noqa: SIM118
+            _check_score_shapes(self.scores_path, shapes, model)
+
+            def prune_block(index, linears, stats):
+                for name, module in linears.items():
+                    mask = prune_mask(scores.get_tensor(name).float(), spec)
+                    reports[name] = apply_mask(name, module, mask, spec)
+
+            layer_sequential(model, None, lambda name, module: None, prune_block, blocks=blocks)
         return reports

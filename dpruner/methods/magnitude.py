@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from tqdm import tqdm
-
+from dpruner.calibration import layer_sequential
 from dpruner.masks import SparsitySpec, prune_mask
 from dpruner.methods.base import Pruner, apply_mask
-from dpruner.models import prunable_weights, weight_matrix
+from dpruner.models import weight_matrix
 
 
 class MagnitudePruner(Pruner):
@@ -14,9 +13,14 @@ class MagnitudePruner(Pruner):
     default_group = "matrix"
     needs_calibration = False
 
-    def _prune(self, model, calibration, spec: SparsitySpec) -> dict[str, dict]:
+    def _prune(self, model, calibration, spec: SparsitySpec, blocks=None) -> dict[str, dict]:
         reports = {}
-        for name, module in tqdm(prunable_weights(model).items(), desc="magnitude"):
-            scores = weight_matrix(module).detach().float().abs()
-            reports[name] = apply_mask(name, module, prune_mask(scores, spec), spec)
+
+        def prune_block(index, linears, stats):
+            for name, module in linears.items():
+                scores = weight_matrix(module).detach().float().abs()
+                reports[name] = apply_mask(name, module, prune_mask(scores, spec), spec)
+
+        # No calibration: the walk only visits the blocks, each on its own.
+        layer_sequential(model, None, lambda name, module: None, prune_block, blocks=blocks)
         return reports

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -189,6 +190,7 @@ class SparseGPTPruner(Pruner):
         batch_size: int = 1,
         record_saliency: bool = False,
         quantize: QuantSpec | None = None,
+        saliency_sink: Callable[[str, torch.Tensor], None] | None = None,
     ):
         super().__init__(quantize)
         group = quantize.group_size if quantize is not None else None
@@ -201,8 +203,10 @@ class SparseGPTPruner(Pruner):
         self.batch_size = batch_size
         self.record_saliency = record_saliency
         self.saliency: dict[str, torch.Tensor] = {}
+        # Where each matrix's saliency goes as its block finishes (default: kept in `saliency`).
+        self.saliency_sink = saliency_sink or self.saliency.__setitem__
 
-    def _prune(self, model, calibration, spec: SparsitySpec) -> dict[str, dict]:
+    def _prune(self, model, calibration, spec: SparsitySpec, blocks=None) -> dict[str, dict]:
         reports, losses, dampings = {}, {}, {}
         n_sequences, seqlen = calibration.shape
 
@@ -228,7 +232,7 @@ class SparseGPTPruner(Pruner):
                     quant=self.quantize,
                 )
                 if sink is not None:
-                    self.saliency[name] = sink.cpu()
+                    self.saliency_sink(name, sink.cpu())
                 if result.damping != self.percdamp:
                     message = f"{name}: Cholesky needed damping {result.damping}"
                     log.warning(message)
@@ -242,6 +246,8 @@ class SparseGPTPruner(Pruner):
                 dampings[name] = result.damping
                 del stats[name]
 
-        layer_sequential(model, calibration, statistics, prune_block, batch_size=self.batch_size)
+        layer_sequential(
+            model, calibration, statistics, prune_block, batch_size=self.batch_size, blocks=blocks
+        )
         self.details = {"reconstruction_proxy": losses, "damping": dampings}
         return reports

@@ -37,7 +37,7 @@ class WandaPruner(Pruner):
         super().__init__(quantize)
         self.batch_size = batch_size
 
-    def _prune(self, model, calibration, spec: SparsitySpec) -> dict[str, dict]:
+    def _prune(self, model, calibration, spec: SparsitySpec, blocks=None) -> dict[str, dict]:
         reports = {}
 
         def statistics(name, module):
@@ -49,5 +49,7 @@ class WandaPruner(Pruner):
                 scores = wanda_scores(weight_matrix(module).detach(), stats[name].mean_sq_norm)
                 reports[name] = apply_mask(name, module, prune_mask(scores, spec), spec)
 
-        layer_sequential(model, calibration, statistics, prune_block, batch_size=self.batch_size)
+        layer_sequential(
+            model, calibration, statistics, prune_block, batch_size=self.batch_size, blocks=blocks
+        )
         return reports

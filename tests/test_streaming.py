@@ -1,0 +1,223 @@
+"""Block streaming: the walk over a meta skeleton, blocks read from safetensors, equals in memory.
+
+Memory is measured as the bytes of parameters not on the meta device, not as RSS (too noisy).
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny import random_tokens, tiny_model
+from tokenizers import Tokenizer, models
+from transformers import PreTrainedTokenizerFast
+
+from dpruner.cli import main
+from dpruner.masks import SparsitySpec
+from dpruner.methods import get_pruner
+from dpruner.methods.dpruner import general_importance, save_scores
+from dpruner.models import (
+    decoder_blocks,
+    load_model,
+    load_skeleton,
+    prunable_weights,
+    weight_matrix,
+)
+from dpruner.streaming import CheckpointBlocks, materialised_bytes, streamed_safetensors
+
+METHODS = [("magnitude", "matrix"), ("wanda", "row"), ("sparsegpt", "block"), ("dpruner", "matrix")]
+VOCAB = 96
+
+
+def tokenizer():
+    vocab = {f"t{i}": i for i in range(VOCAB)}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    )
+
+
+def save_checkpoint(path, layout="llama", sharded=False, layers=4):
+    """A tiny model saved by save_pretrained: one file, or shards smaller than one block."""
+    model = tiny_model(layout, vocab_size=VOCAB, layers=layers)
+    model.save_pretrained(path, **({"max_shard_size": "20KB"} if sharded else {}))
+    tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module", params=["single", "sharded"])
+def checkpoint(request, tmp_path_factory):
+    sharded = request.param == "sharded"
+    path = save_checkpoint(tmp_path_factory.mktemp(request.param), sharded=sharded)
+    assert (path / "model.safetensors.index.json").is_file() == sharded
+    return path
+
+
+class Measured(CheckpointBlocks):
+    """Records the bytes of materialised parameters after every load and at every linear's call."""
+
+    def __init__(self, model, *args, **kwargs):
+        self.peak = 0
+        for module in prunable_weights(model).values():
+            module.register_forward_pre_hook(lambda m, a: self.measure())
+        super().__init__(model, *args, **kwargs)
+        self.measure()
+
+    def measure(self):
+        self.peak = max(self.peak, materialised_bytes(self.model))
+
+    def load(self, index, block):
+        super().load(index, block)
+        self.measure()
+
+
+def bytes_of(params) -> int:
+    return sum(p.numel() * p.element_size() for p in params)
+
+
+def block_and_outside_bytes(model) -> tuple[int, int]:
+    _, blocks = decoder_blocks(model)
+    one_block = max(bytes_of(block.parameters()) for block in blocks)
+    return one_block, materialised_bytes(model) - sum(bytes_of(b.parameters()) for b in blocks)
+
+
+def pruner(method, folder, model):
+    """The method; D-Pruner's mask reads random scores for `model`, written into `folder`."""
+    if method != "dpruner":
+        return get_pruner(method)
+    generator = torch.Generator().manual_seed(0)
+    scores = {
+        name: torch.rand(weight_matrix(m).shape, generator=generator)
+        for name, m in prunable_weights(model).items()
+    }
+    save_scores(scores, folder / "scores.safetensors", {})
+    return get_pruner(method, scores_path=str(folder / "scores.safetensors"))
+
+
+def streamed_prune(path, method, spec, tokens, out, dtype="float32"):
+    model, tok = load_skeleton(path, dtype)
+    out.mkdir()
+    blocks = Measured(model, path, out_dir=out)
+    method.prune(model, tokens, spec, blocks=blocks)
+    blocks.finish(tok)
+    assert all(p.is_meta for _, b in [decoder_blocks(model)] for p in b.parameters())
+    return blocks
+
+
+def assert_same_tensors(got, want):
+    got_state, want_state = got.state_dict(), want.state_dict()
+    assert got_state.keys() == want_state.keys()
+    for name, tensor in want_state.items():
+        assert got_state[name].dtype == tensor.dtype, name
+        assert torch.equal(got_state[name], tensor), name
+
+
+@pytest.mark.parametrize(("method", "group"), METHODS)
+def test_streamed_pruning_equals_in_memory_bit_for_bit(tmp_path, checkpoint, method, group):
+    tokens, spec = random_tokens(4, 16), SparsitySpec(0.5, group)
+    dense, _ = load_model(checkpoint)
+    method = pruner(method, tmp_path, dense)
+    method.prune(dense, tokens, spec)
+    blocks = streamed_prune(checkpoint, method, spec, tokens, tmp_path / "out")
+    streamed, _ = load_model(tmp_path / "out")
+    assert_same_tensors(streamed, dense)
+    assert blocks.measured_sparsity()["zeros"] == sum(
+        int((m.weight == 0).sum()) for m in prunable_weights(dense).values()
+    )
+    # Memory: never more than one block plus the embeddings, final norm and lm_head.
+    one_block, outside = block_and_outside_bytes(dense)
+    assert one_block <= blocks.peak <= one_block + outside, (blocks.peak, one_block, outside)
+    assert blocks.peak < materialised_bytes(dense) / 2
+
+
+@pytest.mark.parametrize("layout", ["gemma3_text", "opt", "gpt2", "gpt_neox", "qwen2"])
+def test_streaming_handles_every_layout(tmp_path, layout):
+    """Tied embeddings (gemma, opt, gpt2), Conv1D (gpt2), a renamed checkpoint key (gpt_neox's
+    embed_out is lm_head), per-layer-type masks and rotary tables (gemma)."""
+    path = save_checkpoint(tmp_path / "dense", layout, sharded=True, layers=3)
+    tokens, spec = random_tokens(4, 16), SparsitySpec(0.5, "block")
+    dense, _ = load_model(path)
+    get_pruner("sparsegpt").prune(dense, tokens, spec)
+    streamed_prune(path, get_pruner("sparsegpt"), spec, tokens, tmp_path / "out")
+    streamed, _ = load_model(tmp_path / "out")
+    assert_same_tensors(streamed, dense)
+
+
+def test_streamed_bfloat16_equals_in_memory(tmp_path, checkpoint):
+    tokens, spec = random_tokens(4, 16), SparsitySpec(0.5, "row")
+    dense, _ = load_model(checkpoint, "bfloat16")
+    get_pruner("wanda").prune(dense, tokens, spec)
+    streamed_prune(checkpoint, get_pruner("wanda"), spec, tokens, tmp_path / "out", "bfloat16")
+    streamed, _ = load_model(tmp_path / "out", "bfloat16")
+    assert_same_tensors(streamed, dense)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_streamed_general_importance_equals_in_memory(tmp_path, checkpoint):
+    tokens = random_tokens(4, 16)
+    dense, _ = load_model(checkpoint)
+    want = general_importance(dense, tokens, 0.5, batch_size=2)
+    model, _ = load_skeleton(checkpoint)
+    shapes = {n: tuple(weight_matrix(m).shape) for n, m in prunable_weights(model).items()}
+    blocks = Measured(model, checkpoint)
+    with streamed_safetensors(tmp_path / "g.safetensors", shapes, {"kind": "test"}) as sink:
+        assert general_importance(model, tokens, 0.5, batch_size=2, blocks=blocks, sink=sink) == {}
+    got = load_file(tmp_path / "g.safetensors")
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[name], g) for name, g in want.items())
+    one_block, outside = block_and_outside_bytes(dense)
+    assert blocks.peak <= one_block + outside
+
+
+def test_streamed_scores_file_is_written_only_when_complete(tmp_path):
+    shapes = {"a": (2, 3), "b": (4,)}
+    path = tmp_path / "s.safetensors"
+    with pytest.raises(ValueError, match="expected b"), streamed_safetensors(path, shapes, {}) as w:
+        w("a", torch.ones(2, 3))
+        w("c", torch.ones(4))
+    with (
+        pytest.raises(ValueError, match="never written"),
+        streamed_safetensors(path, shapes, {}) as w,
+    ):
+        w("a", torch.ones(2, 3))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_stream_blocks_equals_in_memory(tmp_path, checkpoint):
+    torch.save(random_tokens(4, 16), tmp_path / "calibration.pt")
+    common = ["--model", str(checkpoint), "--calibration", str(tmp_path / "calibration.pt")]
+    prune = ["prune", *common, "--method", "sparsegpt", "--sparsity", "0.5"]
+    importance = ["general-importance", *common, "--sparsity", "0.5"]
+    for name, extra in [("memory", []), ("streamed", ["--stream-blocks"])]:
+        assert main([*prune, *extra, "--out", str(tmp_path / name)]) == 0
+        assert main([*importance, *extra, "--out", str(tmp_path / f"{name}.safetensors")]) == 0
+    assert_same_tensors(load_model(tmp_path / "streamed")[0], load_model(tmp_path / "memory")[0])
+    reports = [
+        json.loads((tmp_path / n / "prune.json").read_text()) for n in ["memory", "streamed"]
+    ]
+    assert reports[0]["measured"] == reports[1]["measured"]
+    assert reports[1]["stream_blocks"] and reports[0]["matrices"] == reports[1]["matrices"]
+    got, want = (load_file(tmp_path / f"{n}.safetensors") for n in ("streamed", "memory"))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary left behind"
+
+
+def test_stream_blocks_needs_safetensors_weights(tmp_path):
+    from dpruner.models import ModelError
+
+    path = save_checkpoint(tmp_path / "dense")
+    (path / "model.safetensors").unlink()
+    model, _ = load_skeleton(path)
+    with pytest.raises(ModelError, match="found neither model.safetensors.index.json"):
+        CheckpointBlocks(model, path)
+
+
+def test_a_failed_streamed_prune_leaves_no_output(tmp_path, capsys):
+    path = save_checkpoint(tmp_path / "dense", sharded=True)
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    del index["weight_map"]["model.layers.2.mlp.down_proj.weight"]
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    out = tmp_path / "pruned"
+    args = ["prune", "--model", str(path), "--method", "magnitude", "--sparsity", "0.5"]
+    assert main([*args, "--stream-blocks", "--out", str(out)]) == 2
+    assert "no tensor for model.layers.2.mlp.down_proj" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dense"]
