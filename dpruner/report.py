@@ -270,8 +270,9 @@ def _rows_sorted(table: pd.DataFrame, long: pd.DataFrame) -> pd.DataFrame:
     return table.sort_index(key=key)
 
 
-def main_table(long: pd.DataFrame) -> pd.DataFrame:
-    """Rows: dense and each method (x sparsity x pattern); columns: (domain, task, metric).
+def main_table(long: pd.DataFrame, values: str = "value") -> pd.DataFrame:
+    """Rows: dense and each method (x sparsity x pattern); columns: (domain, task, metric);
+    cells: `values` (the value, or its interval bound or paired change: intervals.py).
 
     In domain D's columns a domain-calibrated method shows its model pruned for D; methods that
     share one model across domains (magnitude, general calibration) show that model everywhere.
@@ -280,41 +281,35 @@ def main_table(long: pd.DataFrame) -> pd.DataFrame:
     own = long[
         (shared | (long["calibration"] == long["domain"])) & long["metric"].isin(METRIC_ORDER)
     ]
-    table = own.pivot_table(
-        index=ROW_KEYS, columns=["domain", "task", "metric"], values="value", aggfunc="first"
-    )
+    return _pivot(own, ROW_KEYS, values, long)
+
+
+def _pivot(rows: pd.DataFrame, index: list[str], values: str, long: pd.DataFrame) -> pd.DataFrame:
+    """One column per (domain, task, metric) of `long`, in table order, even where `values` is
+    missing throughout (an interval that could not be computed)."""
+    cells = rows.groupby([*index, "domain", "task", "metric"], sort=False)[values].first()
+    table = cells.unstack(["domain", "task", "metric"])
     table = table[_column_order(table.columns, _domains(long))]
     return _rows_sorted(table, long)
 
 
-def change_vs_dense(table: pd.DataFrame) -> pd.DataFrame:
-    """Percent change of every value relative to the dense row of the same model (NaN for a
-    model without one)."""
-    rows = table.index.to_frame(index=False)
-    dense = table[rows["method"].eq("dense").to_numpy()]
-    dense = dense.droplevel(["method", "sparsity", "pattern"])
-    reference = dense.reindex(rows["model"])
-    reference.index = table.index
-    return (table - reference) / reference * 100
+def interval_tables(long: pd.DataFrame, table=None) -> dict[str, pd.DataFrame]:
+    """The tables of interval bounds and paired changes against dense, shaped like `table`
+    (main_table by default)."""
+    table = table or main_table
+    columns = ["low", "high", "change", "change_low", "change_high", "significant"]
+    return {column: table(long, column) for column in columns if column in long}
 
 
-def cross_domain_table(long: pd.DataFrame) -> pd.DataFrame:
+def cross_domain_table(long: pd.DataFrame, values: str = "value") -> pd.DataFrame:
     """Rows: the dense model and each model pruned for one domain (method, pruned_for, sparsity,
     pattern); columns: (evaluated domain, task, primary metric)."""
-    domains = _domains(long)
     specific = long[~long["calibration"].isin(["none", "general"]) | (long["method"] == "dense")]
     specific = specific[specific["metric"].isin(PRIMARY_METRICS)]
     specific = specific.assign(
         pruned_for=specific["calibration"].where(specific["method"] != "dense", "-")
     )
-    table = specific.pivot_table(
-        index=["model", "method", "pruned_for", "sparsity", "pattern"],
-        columns=["domain", "task", "metric"],
-        values="value",
-        aggfunc="first",
-    )
-    table = table[_column_order(table.columns, domains)]
-    return _rows_sorted(table, long)
+    return _pivot(specific, ["model", "method", "pruned_for", "sparsity", "pattern"], values, long)
 
 
 def _flat_label(column: tuple) -> str:
@@ -326,35 +321,63 @@ def _flat_label(column: tuple) -> str:
     return f"{domain}: {task} {METRIC_LABELS.get(metric, metric)}"
 
 
-def _display(value: float, metric: str, change: float | None = None) -> str:
-    if value is None or math.isnan(value):
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _formatted(value: float, metric: str) -> str:
+    return f"{value * 100:.1f}" if metric in PERCENT_METRICS else f"{value:.2f}"
+
+
+def _change(value: float, metric: str) -> str:
+    """A paired change against a reference: perplexity in percent, other metrics in points."""
+    return f"{value:+.1f}%" if metric == "ppl" else f"{value:+.1f} pt"
+
+
+def _value_cell(value, metric: str, bound) -> str:
+    """`value [low, high] (change*)`; * marks a change whose interval excludes no change."""
+    if not _finite(value):
         return "–"
-    text = f"{value * 100:.1f}" if metric in PERCENT_METRICS else f"{value:.2f}"
-    if change is not None and not math.isnan(change):
-        text += f" ({change:+.1f}%)"
+    text = _formatted(value, metric)
+    low, high = bound("low"), bound("high")
+    if _finite(low) and _finite(high):
+        text += f" [{_formatted(low, metric)}, {_formatted(high, metric)}]"
+    change = bound("change")
+    if _finite(change):
+        text += f" ({_change(change, metric)}{'*' if bound('significant') is True else ''})"
     return text
 
 
-def _display_change(value: float) -> str:
-    return "–" if math.isnan(value) else f"{value:+.1f}%"
+def _change_cell(value, metric: str, bound) -> str:
+    """`change [low, high]*` of a paired comparison."""
+    if not _finite(value):
+        return "–"
+    text = _change(value, metric)
+    low, high = bound("change_low"), bound("change_high")
+    if _finite(low) and _finite(high):
+        text += f" [{low:+.1f}, {high:+.1f}]"
+    return text + ("*" if bound("significant") is True else "")
 
 
 def _display_frame(
-    table: pd.DataFrame, changes: pd.DataFrame | None = None, is_change: bool = False
+    table: pd.DataFrame, bounds: dict[str, pd.DataFrame] | None = None, is_change: bool = False
 ) -> pd.DataFrame:
-    """Strings for Markdown and LaTeX: percent metrics x100, perplexity with two decimals;
-    `changes` appended in parentheses; `is_change` for a table of percent changes."""
+    """Strings for Markdown and LaTeX: percent metrics x100, perplexity with two decimals, each
+    with its interval and paired change from `bounds` (interval_tables); `is_change` for a table
+    of paired changes."""
+    bounds = bounds or {}
     shown = pd.DataFrame(index=table.index)
-    dense = table.index.get_level_values("method") == "dense"
+    cell = _change_cell if is_change else _value_cell
     for column in table.columns:
-        metric = column[2]
         shown[column] = [
-            _display_change(value)
-            if is_change
-            else _display(
-                value, metric, None if changes is None or is_dense else changes.at[row, column]
+            cell(
+                value,
+                column[2],
+                lambda name, row=row, column=column: (
+                    bounds[name].at[row, column] if name in bounds else None
+                ),
             )
-            for (row, value), is_dense in zip(table[column].items(), dense, strict=True)
+            for row, value in table[column].items()
         ]
     shown.columns = pd.MultiIndex.from_tuples(table.columns, names=table.columns.names)
     return shown
@@ -407,11 +430,11 @@ def _write_table(
     table: pd.DataFrame,
     out_dir: Path,
     stem: str,
-    changes: pd.DataFrame | None = None,
+    bounds: dict[str, pd.DataFrame] | None = None,
     is_change: bool = False,
     header: str = "",
 ) -> list[Path]:
-    shown = _display_frame(table, changes, is_change)
+    shown = _display_frame(table, bounds, is_change)
     with atomic_output(out_dir / f"{stem}.csv") as tmp:
         _csv_frame(table).to_csv(tmp, index=False, float_format="%.6g")
     return [
@@ -497,27 +520,88 @@ def provenance(config: dict | None) -> str:
     return line + ".\n\n"
 
 
+def interval_note(settings: dict) -> str:
+    return (
+        f"Brackets: {settings['level']:.0%} percentile bootstrap interval ({settings['resamples']} "
+        f"resamples, seed {settings['seed']}) over perplexity windows, items or summaries. In "
+        "parentheses: the paired change against the dense model on the same units (perplexity in "
+        "percent, other metrics in points); * marks a change whose interval excludes no change."
+        "\n\n"
+    )
+
+
+def best_baseline_markdown(best: pd.DataFrame) -> str:
+    """One row per model against its domain's best baseline, per domain, task and metric."""
+    if best.empty:
+        return "No baseline to compare with.\n"
+    rows = []
+    for record in best.to_dict("records"):
+        metric = record["metric"]
+        rows.append(
+            {
+                "domain": record["domain"],
+                "metric": _flat_label((record["domain"], record["task"], metric)).split(": ")[1],
+                "method": record["method"],
+                "value": _formatted(record["value"], metric),
+                "best baseline": f"{record['best_baseline']} "
+                f"({_formatted(record['best_value'], metric)})",
+                "change vs best baseline": _change_cell(
+                    record["change"], metric, lambda name, r=record: r.get(name)
+                ),
+            }
+        )
+    return (
+        "Every model of a domain's main columns against the best baseline of that domain (the "
+        "non-D-Pruner method with the best point estimate), paired on the same units.\n\n"
+        + pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+        + "\n"
+    )
+
+
 def aggregate(
     metrics_files: Iterable[str | Path],
     out_dir: str | Path,
     benchmark_files: Iterable[str | Path] = (),
     config: dict | None = None,
 ) -> list[Path]:
-    """Write the tables of out_dir: metrics_long.csv, main / main_change / cross_domain as CSV,
-    Markdown and LaTeX, and benchmarks.csv / benchmarks_by_rule.{csv,md}. Returns the paths."""
+    """Write the tables of out_dir: metrics_long.csv (every value with its interval and paired
+    change against dense), main / main_change / cross_domain / vs_best_baseline as CSV, Markdown
+    (and LaTeX), counts, and benchmarks.csv / benchmarks_by_rule.{csv,md}. Returns the paths."""
+    from dpruner.intervals import DEFAULTS, best_baseline_table, load_units, with_intervals
+
     out_dir = Path(out_dir)
     metrics_files = list(metrics_files)
-    long = collect(metrics_files)
-    header = provenance(config)
+    config = config or {}
+    settings = {**DEFAULTS, **(config.get("intervals") or {})}
+    kinds = {name: m["kind"] for name, m in (config.get("methods") or {}).items()}
+    long = collect(metrics_files)  # names an unreadable file first
+    units = load_units(metrics_files)
+    long = with_intervals(long, units, settings)
+    header = provenance(config) + interval_note(settings)
     written = []
     with atomic_output(out_dir / "metrics_long.csv") as tmp:
         long.to_csv(tmp, index=False, float_format="%.6g")
     written.append(out_dir / "metrics_long.csv")
     main = main_table(long)
-    changes = change_vs_dense(main)
-    written += _write_table(main, out_dir, "main", changes, header=header)
-    written += _write_table(changes, out_dir, "main_change", is_change=True, header=header)
-    written += _write_table(cross_domain_table(long), out_dir, "cross_domain", header=header)
+    bounds = interval_tables(long)
+    written += _write_table(main, out_dir, "main", bounds, header=header)
+    written += _write_table(
+        bounds["change"], out_dir, "main_change", bounds, is_change=True, header=header
+    )
+    written += _write_table(
+        cross_domain_table(long),
+        out_dir,
+        "cross_domain",
+        interval_tables(long, cross_domain_table),
+        header=header,
+    )
+    best = best_baseline_table(long, units, settings, kinds)
+    with atomic_output(out_dir / "vs_best_baseline.csv") as tmp:
+        best.to_csv(tmp, index=False, float_format="%.6g")
+    written += [
+        out_dir / "vs_best_baseline.csv",
+        _write_text(out_dir / "vs_best_baseline.md", header + best_baseline_markdown(best)),
+    ]
     counts = counts_table(metrics_files)
     with atomic_output(out_dir / "counts.csv") as tmp:
         counts.to_csv(tmp, index=False)
@@ -610,15 +694,33 @@ def _grid(count: int):
     return figure, list(axes.flat[:count])
 
 
-def bar_figure(table: pd.DataFrame, domain: str):
-    """One panel per metric of `domain`, one bar per row of the main table."""
+def _error_bars(table, bounds, column) -> list[list[float]] | None:
+    """matplotlib's yerr (distances below and above each value) from the interval tables."""
+    if not bounds or "low" not in bounds:
+        return None
+    values = _panel_values(table, column)
+    low = _panel_values(bounds["low"], column).astype(float)
+    high = _panel_values(bounds["high"], column).astype(float)
+    return [(values - low).fillna(0).clip(lower=0).tolist(), (high - values).fillna(0).tolist()]
+
+
+def bar_figure(table: pd.DataFrame, domain: str, bounds: dict | None = None):
+    """One panel per metric of `domain`, one bar per row of the main table, with its interval
+    as an error bar."""
     columns = [c for c in table.columns if c[0] == domain]
     figure, axes = _grid(len(columns))
     labels = _row_labels(table.index)
     colours = [f"C{i}" for i in range(len(labels))]
     for axis, column in zip(axes, columns, strict=True):
-        values = _panel_values(table, column)
-        axis.bar(range(len(labels)), values.fillna(0), color=colours)
+        values = _panel_values(table, column).astype(float)
+        axis.bar(
+            range(len(labels)),
+            values.fillna(0),
+            color=colours,
+            yerr=_error_bars(table, bounds, column),
+            capsize=3,
+            error_kw={"lw": 1},
+        )
         axis.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
         if column[2] == "ppl":
             _scale_axis(axis, values)
@@ -628,11 +730,14 @@ def bar_figure(table: pd.DataFrame, domain: str):
     return figure
 
 
-def sparsity_figure(table: pd.DataFrame, domain: str):
-    """Each metric of `domain` against sparsity, one line per method (unstructured rows)."""
+def sparsity_figure(table: pd.DataFrame, domain: str, bounds: dict | None = None):
+    """Each metric of `domain` against sparsity, one line per method (unstructured rows), with
+    its interval as a band."""
     columns = [c for c in table.columns if c[0] == domain]
     figure, axes = _grid(len(columns))
     rows = table.reset_index()
+    # Interval bounds by row position, as `rows` numbers them.
+    bands = {n: bounds[n].reset_index(drop=True) for n in ("low", "high") if n in (bounds or {})}
     curves = rows[rows["pattern"] == "unstructured"]
     dense = rows[rows["method"] == "dense"]
     for axis, column in zip(axes, columns, strict=True):
@@ -640,7 +745,15 @@ def sparsity_figure(table: pd.DataFrame, domain: str):
         for (model, method), points in curves.groupby(["model", "method"], sort=False):
             points = points.sort_values("sparsity")
             label = method if rows["model"].nunique() == 1 else f"{model}: {method}"
-            axis.plot(points["sparsity"], points[column] * scale, marker="o", label=label)
+            line = axis.plot(points["sparsity"], points[column] * scale, marker="o", label=label)
+            if bands:
+                axis.fill_between(
+                    points["sparsity"],
+                    bands["low"].loc[points.index, column].astype(float) * scale,
+                    bands["high"].loc[points.index, column].astype(float) * scale,
+                    color=line[0].get_color(),
+                    alpha=0.15,
+                )
         for _, reference in dense.iterrows():
             axis.axhline(reference[column] * scale, color="k", ls="--", lw=1)
         if column[2] == "ppl":
@@ -668,9 +781,9 @@ def benchmark_figure(by_rule: pd.DataFrame):
     return figure
 
 
-def _main_from_csv(tables_dir: Path) -> pd.DataFrame:
+def _main_from_csv(tables_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     long = pd.read_csv(tables_dir / "metrics_long.csv", keep_default_na=False, na_values=[""])
-    return main_table(long)
+    return main_table(long), interval_tables(long)
 
 
 def plot(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
@@ -680,14 +793,17 @@ def plot(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
 
     matplotlib.use("Agg")
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
-    table = _main_from_csv(tables_dir)
+    table, bounds = _main_from_csv(tables_dir)
     domains = list(dict.fromkeys(c[0] for c in table.columns))
-    written = [_save_figure(bar_figure(table, d), out_dir / f"bars_{d}.png") for d in domains]
+    written = [
+        _save_figure(bar_figure(table, d, bounds), out_dir / f"bars_{d}.png") for d in domains
+    ]
     pruned = table.reset_index()
     sparsities = pruned.loc[pruned["pattern"] == "unstructured", "sparsity"].unique()
     if len(sparsities) > 1:
         written += [
-            _save_figure(sparsity_figure(table, d), out_dir / f"sparsity_{d}.png") for d in domains
+            _save_figure(sparsity_figure(table, d, bounds), out_dir / f"sparsity_{d}.png")
+            for d in domains
         ]
     by_rule = pd.read_csv(tables_dir / "benchmarks_by_rule.csv")
     written.append(_save_figure(benchmark_figure(by_rule), out_dir / "benchmarks.png"))

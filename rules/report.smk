@@ -9,6 +9,8 @@ TABLES = [
     f"{TABLES_DIR}/metrics_long.csv",
     f"{TABLES_DIR}/counts.csv",
     f"{TABLES_DIR}/counts.md",
+    f"{TABLES_DIR}/vs_best_baseline.csv",
+    f"{TABLES_DIR}/vs_best_baseline.md",
     f"{TABLES_DIR}/benchmarks.csv",
     f"{TABLES_DIR}/benchmarks_by_rule.csv",
     f"{TABLES_DIR}/benchmarks_by_rule.md",
@@ -38,6 +40,7 @@ rule aggregate:
         # What the tables' provenance line says about the run.
         config=config_json(
             **{key: config[key] for key in ("models", "sparsities", "patterns", "methods")},
+            intervals=config.get("intervals"),
             calibration=config["calibration"],
             device=DEVICE,
         ),

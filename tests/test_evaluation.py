@@ -231,6 +231,11 @@ def test_evaluate_model_reports_every_metric_and_count(model, tokenizer, corpus)
     assert ppl["lm_eval_rolling"]["word_perplexity"] > 1
     mc = result["tasks"]["toy_mc"]
     assert mc["counts"]["items"] == 4 and set(mc["metrics"]) >= {"acc", "macro_f1"}
+    # Per-item scores for the report's intervals: the same accuracy, item by item.
+    items = mc["per_item"]
+    assert [set(item) for item in items] == [{"id", "gold", "predicted"}] * 4
+    assert sum(i["gold"] == i["predicted"] for i in items) / 4 == mc["metrics"]["acc"]
+    assert len(result["tasks"]["toy_sum"]["per_item"]) == 2
     assert mc["chance"]["uniform"] == pytest.approx(1 / 3)
     summary = result["tasks"]["toy_sum"]
     assert 0 <= summary["metrics"]["rougeL"] <= 1 and len(summary["examples"]) == 2

@@ -124,10 +124,54 @@ def test_main_table_uses_each_domains_own_model(metrics_files):
     domains = list(dict.fromkeys(table.columns.get_level_values("domain")))
     assert domains == ["general", "medical", "legal"]
 
-    change = report.change_vs_dense(table)
-    magnitude = change.xs("magnitude", level="method").iloc[0]
-    assert magnitude["medical", report.PERPLEXITY, "ppl"] == pytest.approx(100.0)
-    assert (change.xs("dense", level="method").fillna(0) == 0).all().all()
+
+def with_units(ppl_scale: float, predicted_shift: int, n: int = 200) -> dict:
+    """A metrics file with per-window NLL and per-item scores: `ppl_scale` multiplies the
+    perplexity of every window; `predicted_shift` items more are answered wrong."""
+    import math
+
+    tokens = [50 + i % 7 for i in range(n)]
+    nll = [t * (2.0 + (i % 5) * 0.1 + math.log(ppl_scale)) for i, t in enumerate(tokens)]
+    items = [
+        {"id": str(i), "gold": i % 3, "predicted": i % 3 if i % 2 and i >= predicted_shift else 0}
+        for i in range(n)
+    ]
+    acc = sum(item["gold"] == item["predicted"] for item in items) / n
+    return {
+        "perplexity": {
+            "domain": {
+                "ppl": math.exp(sum(nll) / sum(tokens)),
+                "window_nll": nll,
+                "window_tokens": tokens,
+            }
+        },
+        "tasks": {"mc": {"kind": "multiple_choice", "metrics": {"acc": acc}, "per_item": items}},
+    }
+
+
+def test_every_value_has_an_interval_and_a_paired_change_against_dense(tmp_path):
+    from dpruner.intervals import DEFAULTS, load_units, with_intervals
+
+    files = [
+        write(tmp_path, "dense", "medical", with_units(1.0, 0)),
+        write(tmp_path, "magnitude_none_s0.5_unstructured", "medical", with_units(1.05, 0)),
+        write(tmp_path, "wanda_general_s0.5_unstructured", "medical", with_units(1.0, 0)),
+    ]
+    long = with_intervals(report.collect(files), load_units(files), DEFAULTS)
+    rows = long.set_index(["method", "task", "metric"])
+    dense_ppl = rows.loc[("dense", report.PERPLEXITY, "ppl")]
+    assert dense_ppl["low"] < dense_ppl["value"] < dense_ppl["high"]
+    assert dense_ppl["units"] == 200 and pd.isna(dense_ppl["change"])
+    # Every window 5 % worse: the paired change finds exactly that, with a narrow interval.
+    magnitude = rows.loc[("magnitude", report.PERPLEXITY, "ppl")]
+    assert magnitude["change"] == pytest.approx(5.0)
+    assert magnitude["change_low"] == pytest.approx(5.0) and magnitude["significant"]
+    # The same answers as dense: no change, not significant.
+    same = rows.loc[("wanda", "mc", "accuracy")]
+    assert same["change"] == 0 and not same["significant"]
+    assert (
+        rows.loc[("dense", "mc", "accuracy"), "high"] > rows.loc[("dense", "mc", "accuracy"), "low"]
+    )
 
 
 def test_cross_domain_table(metrics_files):
@@ -151,7 +195,8 @@ def test_aggregate_plot_summary(metrics_files, tmp_path):
         for ext in ("csv", "md", "tex"):
             assert tables / f"{stem}.{ext}" in written
     main_md = (tables / "main.md").read_text()
-    assert "### medical" in main_md and "20.00" in main_md and "+100.0%" in main_md
+    assert "### medical" in main_md and "20.00" in main_md
+    assert "percentile bootstrap interval (2000 resamples, seed 0)" in main_md
     assert "50.0" in main_md  # accuracy in percent
     assert "\\begin{tabular}" in (tables / "main.tex").read_text()
     by_rule = pd.read_csv(tables / "benchmarks_by_rule.csv")

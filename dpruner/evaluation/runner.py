@@ -25,7 +25,7 @@ from dpruner.evaluation.items import (
     scaled,
     task_items,
 )
-from dpruner.evaluation.metrics import first_line, majority_rate
+from dpruner.evaluation.metrics import ROUGE_TYPES, first_line, majority_rate
 from dpruner.evaluation.perplexity import sliding_window_perplexity
 from dpruner.io import write_json
 
@@ -153,7 +153,12 @@ def evaluate_model(
     results = {}
     for task in tasks:
         lm_name = f"dpruner_{task.name}"
-        entry = {"kind": task.kind, "metrics": harness["metrics"][lm_name], "counts": task.counts}
+        entry = {
+            "kind": task.kind,
+            "metrics": harness["metrics"][lm_name],
+            "counts": task.counts,
+            "per_item": per_item_scores(task.kind, harness["samples"].get(lm_name, [])),
+        }
         if task.kind == "multiple_choice":
             entry["chance"] = _chance(task.items)
             if task.choices is not None:
@@ -162,6 +167,19 @@ def evaluate_model(
             entry["examples"] = _summary_examples(harness["samples"].get(lm_name, []))
         results[task.name] = entry
     return {"perplexity": {"domain": domain}, "tasks": results, "settings": settings}
+
+
+def per_item_scores(kind: str, samples: list[dict]) -> list[dict]:
+    """Each item's id and score, in item order, for the report's bootstrap intervals: gold and
+    predicted choice (multiple choice), ROUGE F-measures (summarization)."""
+    rows = []
+    for sample in sorted(samples, key=lambda s: s["doc_id"]):
+        if kind == "multiple_choice":
+            gold, predicted = sample["macro_f1"]
+            rows.append({"id": sample["doc"]["id"], "gold": gold, "predicted": predicted})
+        else:
+            rows.append({"id": sample["doc"]["id"], **{k: sample[k] for k in ROUGE_TYPES}})
+    return rows
 
 
 def _rolling_subset(documents: list[str], tokenizer, max_tokens: int | None) -> list[str]:
