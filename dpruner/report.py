@@ -33,7 +33,6 @@ METRIC_ALIASES = {
     "macro_f1": "macro_f1",
     "f1_macro": "macro_f1",
     "macro-f1": "macro_f1",
-    "f1": "macro_f1",
     "rouge1": "rouge1",
     "rouge-1": "rouge1",
     "rouge_1": "rouge1",

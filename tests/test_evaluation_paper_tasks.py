@@ -1,28 +1,34 @@
-"""The paper's task specs load and render on small local fixtures in each hub dataset's schema."""
+"""config/paper.yaml's data sections load and render on small local fixtures in each hub
+dataset's (or local release's) schema."""
 
 from pathlib import Path
 
 import pytest
+import yaml
 from tiny import tiny_tokenizer
 
 from dpruner.data import load_records, render
 from dpruner.evaluation.items import perplexity_documents, task_items
-from dpruner.evaluation.paper_tasks import paper_sections
 
+REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "hub"
-# spec source -> fixture file in the same schema
+# paper.yaml source -> fixture file in the same schema
 FIXTURE_OF = {
     "allenai/c4": "c4.jsonl",
     "Salesforce/wikitext": "wikitext.jsonl",
     "data/medqa/textbooks/en/InternalMed_Harrison.txt": "harrison.txt",
     "qiaojin/PubMedQA": "pubmedqa.jsonl",
+    "data/mednli/mli_train_v1.jsonl": "mednli.jsonl",
     "data/mednli/mli_test_v1.jsonl": "mednli.jsonl",
+    "data/hqs/train.jsonl": "hqs.jsonl",
     "data/hqs/hqs_test.jsonl": "hqs.jsonl",
     "json": "multi_legal_pile.jsonl",
+    "coastalcph/lex_glue": "lex_glue_case_hold.jsonl",
     "casehold/casehold": "casehold.jsonl",
     "FiscalNote/billsum": "billsum.jsonl",
 }
-SECTIONS = paper_sections()
+PAPER = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+SECTIONS = {"general": PAPER["general"], **PAPER["domains"]}
 TASKS = [task for section in SECTIONS.values() for task in section["tasks"]]
 
 

@@ -209,53 +209,11 @@ def test_a_task_can_raise_its_own_prompt_length(tmp_path, tokenizer):
 # ---------------------------------------------------------------- paper.yaml on fixtures
 
 
-def paper_fixture_records(source: dict) -> list[dict]:
-    """A few records per paper source, in the schema of its hub dataset or local release."""
-    name = source.get("hub") or source.get("path")
-    if name == "qiaojin/PubMedQA":
-        return [
-            {
-                "pubid": 100 + i,
-                "question": f"Does drug {i} work?",
-                "context": {"contexts": ["Background.", "Results."], "labels": ["B", "R"]},
-                "long_answer": "It does.",
-                "final_decision": ["yes", "no", "maybe"][i % 3],
-            }
-            for i in range(20)
-        ]
-    if name == "coastalcph/lex_glue":
-        return [
-            {
-                "context": f"Case {i} cites (<HOLDING>).",
-                "endings": [f"h{j}" for j in range(5)],
-                "label": i % 5,
-            }
-            for i in range(20)
-        ]
-    if name == "FiscalNote/billsum":
-        return [
-            {"text": f"Bill {i} text.", "summary": f"Bill {i}.", "title": "t"} for i in range(20)
-        ]
-    if name in ("cogbuji/medqa_corpus_en", "json", "allenai/c4", "Salesforce/wikitext"):
-        return [{"text": f"Document {i} " + "word " * 400} for i in range(40)]
-    if "mednli" in name:
-        return [
-            {
-                "sentence1": f"Premise {i}.",
-                "sentence2": f"Hypothesis {i}.",
-                "gold_label": ["entailment", "contradiction", "neutral"][i % 3],
-            }
-            for i in range(20)
-        ]
-    if "hqs" in name:
-        return [{"question": f"Long question {i}?", "summary": f"Q{i}?"} for i in range(20)]
-    raise AssertionError(f"no fixture for {source}")
-
-
 def paper_loader(source: dict) -> list[dict]:
-    from dpruner.data.sources import with_ids
+    """paper.yaml's sources read from the fixtures in their hub (or local release) schema."""
+    from test_evaluation_paper_tasks import local
 
-    return with_ids(paper_fixture_records(source))
+    return load_records(local(source))
 
 
 def paper_config() -> dict:
@@ -278,5 +236,5 @@ def test_casehold_without_labels_would_drop_every_item():
     casehold = next(t for t in config["domains"]["legal"]["tasks"] if t["name"] == "casehold")
     del casehold["labels"]
     message = problems(copy.deepcopy(config), load=paper_loader, check_hub=True)
-    assert "legal.tasks[0] 'casehold'.labels: 20 of 20 evaluation records" in message
-    assert "values found: '0' (4)" in message
+    assert "legal.tasks[0] 'casehold'.labels: 2 of 2 evaluation records" in message
+    assert "values found: '0' (1), '1' (1)" in message

@@ -116,20 +116,15 @@ def test_ablations_are_config_entries(tmp_path):
 
 
 def paper_local_data(workdir: Path) -> None:
-    """MedNLI and HQS, which paper.yaml reads from local files, as small files in their schema."""
-    from test_preflight import paper_fixture_records
+    """The files paper.yaml reads locally (MedNLI, HQS, the Harrison textbook), from the hub
+    fixtures in their schema, repeated to exceed the calibration counts."""
+    from test_evaluation_paper_tasks import FIXTURE_OF, FIXTURES
 
-    for path in ("data/mednli/mli_train_v1.jsonl", "data/mednli/mli_test_v1.jsonl"):
-        rows = [row for _ in range(13) for row in paper_fixture_records({"path": path})]
-        write_jsonl(workdir / path, rows)
-    for path in ("data/hqs/train.jsonl", "data/hqs/test.jsonl"):
-        rows = [row for _ in range(13) for row in paper_fixture_records({"path": path})]
-        write_jsonl(workdir / path, rows)
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for path, fixture in FIXTURE_OF.items():
+        if path.startswith("data/"):
+            target = workdir / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text((FIXTURES / fixture).read_text() * 300)
 
 
 def test_dry_run_paper_config_stops_on_missing_local_data(tmp_path):
