@@ -196,6 +196,22 @@ class _Checker:
                         f"({', '.join(k for k, w in widths.items() if w % m)})",
                     )
 
+    def matched_calibration(self) -> None:
+        """Baselines matched to D-Pruner's tokens need one D-Pruner instance length."""
+        if not self.config["calibration"].get("match_dpruner"):
+            return
+        lengths = {
+            name: options["max_length"]
+            for name, options in self.config["methods"].items()
+            if options["kind"] == "dpruner" and options.get("scores", "domain") == "domain"
+        }
+        if len(set(lengths.values())) > 1:
+            self.problem(
+                "calibration.match_dpruner",
+                f"the D-Pruner methods cut instances at different lengths {lengths}; "
+                "give them one max_length or set match_dpruner: false",
+            )
+
     def section(self, name: str, section: dict, parts=PARTS) -> None:
         if "calibration" in parts:
             self.calibration(name, section)
@@ -248,6 +264,7 @@ def check_config(
     for name, section in config["domains"].items():
         checker.section(name, section)
     checker.patterns()
+    checker.matched_calibration()
     checker.raise_if_any(source)
 
 

@@ -185,6 +185,22 @@ def config_json(wildcards=None, section=(), **top):
     return json.dumps(sliced, sort_keys=True)
 
 
+def calibration_settings(wildcards):
+    """The calibration settings a domain's data depends on: with `match_dpruner`, the length
+    D-Pruner cuts its instances at, so the domain-calibrated baselines calibrate on exactly the
+    tokens D-Pruner fine-tunes on (dpruner.data.tokens.instance_rows)."""
+    settings = dict(config["calibration"])
+    lengths = {
+        options["max_length"]
+        for options in METHODS.values()
+        if options["kind"] == "dpruner" and options.get("scores", "domain") == "domain"
+    }
+    if wildcards.domain != "general" and settings.get("match_dpruner") and lengths:
+        # The preflight allows one length only.
+        settings["instance_length"] = lengths.pop()
+    return settings
+
+
 def source_files(*parts):
     """Input function: the local data files the {domain} section's `parts` read."""
     return lambda wildcards: local_paths(section_parts(wildcards, *parts))

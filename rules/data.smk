@@ -36,7 +36,7 @@ rule prepare_data:
         summary=f"{DATA}/calibration.json",
     params:
         config=lambda w: config_json(
-            w, section=["calibration"], calibration=config["calibration"], seed=config["seed"]
+            w, section=["calibration"], calibration=calibration_settings(w), seed=config["seed"]
         ),
         out_dir=lambda w, output: os.path.dirname(output.summary),
     log:

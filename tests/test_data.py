@@ -303,6 +303,32 @@ def test_write_calibration_writes_three_files(two_sources, tokenizer, tmp_path):
     assert write_calibration(config, "general", tokenizer, out)["counts"] == [8]
 
 
+def test_matched_calibration_is_exactly_d_pruners_fine_tuning_tokens(
+    two_sources, tokenizer, tmp_path
+):
+    from dpruner.data.tokens import instance_rows, instance_tokens
+
+    config = {
+        "seed": 0,
+        "calibration": {"nsamples": 4, "seqlen": 5, "eval_fraction": 0.2, "instance_length": 4},
+        "general": {"calibration": two_sources[1:]},
+        "domains": {"notes": {"calibration": two_sources}},
+    }
+    summary = write_calibration(config, "notes", tokenizer, tmp_path)
+    tokens = torch.load(tmp_path / "calibration.pt", weights_only=True)
+    instances = domain_instances(two_sources, 0.2)
+    sequences, _ = instance_tokens(instances, tokenizer, 4)
+    # Every instance has at least 4 tokens (BOS first): one row each, the tokens D-Pruner sees.
+    assert tokens.tolist() == sequences and summary["matched_to_instances"]
+    assert summary["tokens"] == 4 * len(instances)
+    # A short instance runs on into the next row; an incomplete last row is dropped.
+    rows = instance_rows(["the heart", "the court read the contract"], tokenizer, 4)
+    heart = tokenizer("the heart", add_special_tokens=False).input_ids
+    assert rows.tolist() == [[1, *heart, 1]]
+    # General calibration keeps its random windows (the reference anchor's sampling).
+    assert not write_calibration(config, "general", tokenizer, tmp_path)["matched_to_instances"]
+
+
 # --- the real packaged corpora and the reference anchor ------------------------------------------
 # These read the corpora through the default parse cache ($DPRUNER_CACHE or ~/.cache/dpruner):
 # the first run parses the PubMed XML (about 8 s), later runs read the cache.

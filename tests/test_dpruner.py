@@ -88,9 +88,9 @@ def test_fused_step_equals_torch_sgd_with_the_same_clipping(clip):
     _, report = domain_scores(fused, Tokens(), texts, None, settings, progress=False)
     assert report["updates"] == 1
 
-    from dpruner.methods.dpruner import tokenize_instances
+    from dpruner.data.tokens import instance_tokens
 
-    sequences, _ = tokenize_instances(texts, Tokens(), 1024)
+    sequences, _ = instance_tokens(texts, Tokens(), 1024)
     order = torch.randperm(4, generator=torch.Generator().manual_seed(42)).tolist()
     batch = left_padded_batch([sequences[i] for i in order], pad_id=0)
     optimizer = torch.optim.SGD(reference.parameters(), lr=learning_rate(0, 1, 0.5, 0.0))
@@ -151,9 +151,9 @@ def test_dual_importance_equals_the_formula_for_one_step():
     probe = tiny_model("llama", layers=1)
     sgd = FusedSGD(probe, importance, settings)
     sgd.remove()
-    from dpruner.methods.dpruner import tokenize_instances
+    from dpruner.data.tokens import instance_tokens
 
-    sequences, _ = tokenize_instances(texts, Tokens(), 1024)
+    sequences, _ = instance_tokens(texts, Tokens(), 1024)
     order = torch.randperm(3, generator=torch.Generator().manual_seed(42)).tolist()
     batch = left_padded_batch([sequences[i] for i in order], pad_id=0)
     probe(**batch).loss.backward()

@@ -10,7 +10,7 @@ import torch
 
 from dpruner.config import domain_config
 from dpruner.data.instances import domain_instances, entry_texts
-from dpruner.data.tokens import calibration_tokens
+from dpruner.data.tokens import calibration_tokens, instance_rows
 from dpruner.io import atomic_output
 
 
@@ -25,7 +25,9 @@ def write_calibration(config: dict, domain: str, tokenizer, out_dir: str | Path)
     calibration.pt holds windows of the entries' texts (without `count`: every calibration-part
     record, in record order, which for `general` reproduces the anchor's sampling); the texts are
     shuffled with config seed, windows drawn with config seed. instances.jsonl holds the same
-    selection shuffled with seed 42: D-Pruner's fine-tuning instances.
+    selection shuffled with seed 42: D-Pruner's fine-tuning instances. For a domain whose
+    settings carry `instance_length` (data-matched baselines), calibration.pt holds instead
+    exactly the tokens D-Pruner fine-tunes on (tokens.instance_rows).
     """
     out_dir = Path(out_dir)
     entries = domain_config(config, domain)["calibration"]
@@ -34,16 +36,21 @@ def write_calibration(config: dict, domain: str, tokenizer, out_dir: str | Path)
     seed = config["seed"]
 
     per_entry = [entry_texts(entry, eval_fraction) for entry in entries]
-    tokens = calibration_tokens(
-        [text for texts in per_entry for text in texts],
-        tokenizer,
-        nsamples=settings["nsamples"],
-        seqlen=settings["seqlen"],
-        seed=seed,
-        shuffle_seed=seed,
-        bos=settings.get("bos", False),
-    )
     instances = domain_instances(entries, eval_fraction)
+    # Set by the workflow for a domain when the baselines are data-matched to D-Pruner.
+    instance_length = settings.get("instance_length") if domain != "general" else None
+    if instance_length:
+        tokens = instance_rows(instances, tokenizer, instance_length)
+    else:
+        tokens = calibration_tokens(
+            [text for texts in per_entry for text in texts],
+            tokenizer,
+            nsamples=settings["nsamples"],
+            seqlen=settings["seqlen"],
+            seed=seed,
+            shuffle_seed=seed,
+            bos=settings.get("bos", False),
+        )
     summary = {
         "domain": domain,
         "sources": [
@@ -53,8 +60,10 @@ def write_calibration(config: dict, domain: str, tokenizer, out_dir: str | Path)
         "counts": [len(texts) for texts in per_entry],
         "instances": len(instances),
         "eval_fraction": eval_fraction,
-        "nsamples": settings["nsamples"],
-        "seqlen": settings["seqlen"],
+        "rows": tokens.shape[0],
+        "row_length": tokens.shape[1],
+        "tokens": tokens.numel(),
+        "matched_to_instances": bool(instance_length),
         "seed": seed,
         "sha256": tokens_sha256(tokens),
     }

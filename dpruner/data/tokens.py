@@ -55,3 +55,31 @@ def calibration_tokens(
     if bos:
         samples[:, 0] = tokenizer.bos_token_id
     return samples
+
+
+def instance_tokens(texts: list[str], tokenizer, max_length: int) -> tuple[list[list[int]], int]:
+    """BOS + tokens per instance, cut at max_length, as D-Pruner fine-tunes on them; returns the
+    ids and how many were cut."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    sequences, truncated = [], 0
+    for text in texts:
+        ids = bos + tokenizer(text, add_special_tokens=False).input_ids
+        if len(ids) > max_length:
+            truncated += 1
+            ids = ids[:max_length]
+        sequences.append(ids)
+    return sequences, truncated
+
+
+def instance_rows(texts: list[str], tokenizer, length: int) -> torch.Tensor:
+    """LongTensor [rows, length]: exactly the tokens D-Pruner fine-tunes on (instance_tokens),
+    in instance order, cut into rows of `length`; an instance of `length` tokens or more is one
+    row, shorter ones run on into the next row, and an incomplete last row is dropped. The
+    data-matched calibration of the domain-calibrated baselines."""
+    stream = [token for ids in instance_tokens(texts, tokenizer, length)[0] for token in ids]
+    rows = len(stream) // length
+    if rows == 0:
+        raise DataError(
+            f"the domain instances give {len(stream)} tokens, fewer than one row of {length}"
+        )
+    return torch.tensor(stream[: rows * length], dtype=torch.long).view(rows, length)

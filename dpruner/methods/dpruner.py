@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dpruner.calibration import BlockSource, layer_sequential
+from dpruner.data.tokens import instance_tokens
 from dpruner.errors import DprunerError
 from dpruner.masks import SparsitySpec, prune_mask
 from dpruner.methods.base import Pruner, apply_mask, peak_rss_mb
@@ -168,19 +169,6 @@ def dual_importance_step(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tens
     """|g W + (g W)^2 / 2|: second-order loss change of removing each weight, Fisher Hessian."""
     gw = grad * weight
     return (gw + 0.5 * gw * gw).abs()
-
-
-def tokenize_instances(texts: list[str], tokenizer, max_length: int) -> tuple[list[list[int]], int]:
-    """BOS + tokens per instance, cut at max_length; returns the ids and how many were cut."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    sequences, truncated = [], 0
-    for text in texts:
-        ids = bos + tokenizer(text, add_special_tokens=False).input_ids
-        if len(ids) > max_length:
-            truncated += 1
-            ids = ids[:max_length]
-        sequences.append(ids)
-    return sequences, truncated
 
 
 def left_padded_batch(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -344,7 +332,7 @@ def domain_scores(
     """Fine-tune `model` in place on `texts`; return S per prunable weight and a run report."""
     if not texts:
         raise DprunerError("domain-scores needs at least one domain instance, got none")
-    sequences, truncated = tokenize_instances(texts, tokenizer, settings.max_length)
+    sequences, truncated = instance_tokens(texts, tokenizer, settings.max_length)
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
