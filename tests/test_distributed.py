@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from tiny import tiny_model, tiny_tokenizer
 
@@ -170,3 +171,64 @@ def test_a_failing_rank_stops_the_job_with_its_rank_and_error(inputs):
     assert "rank      : 1" in root_cause and "RuntimeError: injected fault" in root_cause
     assert not (inputs / "fail.safetensors").exists()
     assert elapsed < 60, f"the job took {elapsed:.0f} s to stop"
+
+
+# ------------------------------------------------------------------ the rule and the SLURM profile
+
+
+def test_the_rule_launches_one_process_with_python_and_several_with_torchrun(tmp_path):
+    from test_workflow import REPO, snakemake, write_config
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["methods"] = {
+        "dpruner": config["methods"]["dpruner"],
+        "dpruner-two": {**config["methods"]["dpruner"], "processes": 2},
+    }
+    config["domains"] = {"medical": config["domains"]["medical"]}
+    result = snakemake(
+        "-n", "-p", "--configfile", write_config(tmp_path / "c.yaml", config), workdir=tmp_path
+    )
+    commands = [
+        line.removeprefix("Shell command: ")
+        for line in result.stdout.splitlines()
+        if "dpruner domain-scores" in line
+    ]
+    one = [c for c in commands if "domain_scores_dpruner_s" in c]
+    two = [c for c in commands if "domain_scores_dpruner-two_s" in c]
+    assert len(one) == len(two) == 1, commands
+    assert one[0].startswith("python -m dpruner domain-scores ")
+    assert two[0].startswith("torchrun --standalone --nproc-per-node 2 -m dpruner domain-scores ")
+
+
+def test_slurm_profile_requests_a_gpu_per_process_on_one_node(tmp_path):
+    """The sbatch command line of one domain_scores job with `processes: 4` (a stub sbatch)."""
+    from test_workflow import REPO, snakemake, stub_slurm, write_config
+
+    env, record = stub_slurm(tmp_path)
+    workdir = tmp_path / "work"
+    config = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    config["methods"]["dpruner"]["processes"] = 4
+    # Inputs of one domain_scores job exist, so only that job is submitted.
+    results = workdir / "results" / "paper"
+    (results / "models" / "llama-2-7b" / "dense").mkdir(parents=True)
+    (results / "data" / "llama-2-7b" / "medical").mkdir(parents=True)
+    (results / "data" / "llama-2-7b" / "medical" / "instances.jsonl").write_text("")
+    scores = results / "scores" / "llama-2-7b"
+    scores.mkdir(parents=True)
+    (scores / "general_importance_s0.5_norm-mean.safetensors").write_text("")
+    result = snakemake(
+        "--configfile", write_config(tmp_path / "paper.yaml", config),
+        "--workflow-profile", REPO / "profiles" / "slurm",
+        "--slurm-init-seconds-before-status-checks", "1",
+        "results/paper/scores/llama-2-7b/medical/domain_scores_dpruner_s0.5.safetensors",
+        workdir=workdir, env=env, check=False, timeout=300,
+    )  # fmt: skip
+    assert record.is_file(), result.stdout + result.stderr
+    submitted = record.read_text()
+    assert "--comment rule_domain_scores" in submitted
+    for option in ("-p gpu", "--gpus=a100:4", "--nodes=1", "--cpus-per-gpu=8", "--mem 128000"):
+        assert option in submitted, submitted
+    # One task (torchrun) that starts the 4 processes: no task count per GPU, which would also
+    # bind each task to a single GPU.
+    assert "--ntasks" not in submitted
+    assert "torchrun --standalone --nproc-per-node 4 -m dpruner" in result.stdout + result.stderr
