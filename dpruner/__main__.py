@@ -1,3 +1,3 @@
-from dpruner.cli import main
+from dpruner.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

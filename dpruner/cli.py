@@ -280,13 +280,9 @@ def peak_memory() -> dict:
     return {"peak_rss_mb": peak_rss_mb(), "peak_cuda_mb": cuda}
 
 
-def cmd_domain_scores(args) -> dict:
-    from dpruner.methods.dpruner import (
-        FineTuneSettings,
-        domain_scores,
-        load_scores,
-        save_scores,
-    )
+def cmd_domain_scores(args) -> dict | None:
+    from dpruner.distributed import launched
+    from dpruner.methods.dpruner import FineTuneSettings, domain_scores, load_scores
 
     settings = FineTuneSettings(
         lam=args.lam,
@@ -302,9 +298,17 @@ def cmd_domain_scores(args) -> dict:
     if settings.lam > 0 and not args.general_importance:
         raise DprunerError("--lambda > 0 needs --general-importance FILE (or pass --lambda 0)")
     texts = _instance_texts(args.instances, args.max_instances)
+    if launched():
+        return _domain_scores_sharded(args, settings, texts)
     model, tokenizer = _load_model(args)
     importance = load_scores(args.general_importance, model) if settings.lam > 0 else None
     scores, report = domain_scores(model, tokenizer, texts, importance, settings)
+    return _write_domain_scores(args, scores, report)
+
+
+def _write_domain_scores(args, scores: dict, report: dict) -> dict:
+    from dpruner.methods.dpruner import save_scores
+
     save_scores(
         scores,
         args.out,
@@ -316,7 +320,40 @@ def cmd_domain_scores(args) -> dict:
         },
     )
     write_json(report, Path(args.out).with_suffix(".json"))
-    return {k: report[k] for k in ("instances", "updates", "wall_s", "peak_rss_mb", "peak_cuda_mb")}
+    keys = ("processes", "instances", "updates", "wall_s", "peak_rss_mb", "peak_cuda_mb")
+    return {k: report[k] for k in keys}
+
+
+def _domain_scores_sharded(args, settings, texts: list[str]) -> dict | None:
+    """One rank of `torchrun -m dpruner domain-scores`; rank 0 writes what one process would."""
+    from dpruner.distributed import (
+        load_one_rank_at_a_time,
+        load_score_rows,
+        process_group,
+        shard_model,
+    )
+    from dpruner.methods.dpruner import domain_scores, gather_scores, prepare_for_training
+    from dpruner.models import load_model, prunable_weights
+
+    with process_group(args.device, args.process_group_timeout) as shard:
+
+        def load():
+            model, tokenizer = load_model(args.model, args.dtype, "cpu")
+            prepare_for_training(model, settings)
+            shard_model(model, shard)  # keeps this rank's rows, on its device
+            return model, tokenizer
+
+        model, tokenizer = load_one_rank_at_a_time(shard, load)
+        importance = None
+        if settings.lam > 0:
+            shapes = {name: m.weight.shape for name, m in prunable_weights(model).items()}
+            importance = load_score_rows(args.general_importance, shapes, shard)
+        scores, report = domain_scores(
+            model, tokenizer, texts, importance, settings, progress=shard.rank == 0, shard=shard
+        )
+        full = gather_scores(scores, model, shard)
+        summary = _write_domain_scores(args, full, report) if shard.rank == 0 else None
+    return summary
 
 
 def _instance_texts(path: str, limit: int | None) -> list[str]:
@@ -428,6 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="off trades memory for about a quarter less compute (small models)",
     )
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--process-group-timeout",
+        type=float,
+        default=1800,
+        help="seconds a rank waits in a collective under torchrun before giving up",
+    )
     p.add_argument("--out", required=True, help="safetensors file")
     p.set_defaults(func=cmd_domain_scores)
 
@@ -474,10 +517,33 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
     )
+    from dpruner.distributed import launched, report_failure
+
     try:
         summary = args.func(args)
     except DprunerError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if launched():
+            report_failure(error)
+        else:
+            print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2, default=str))
+    except BaseException as error:
+        # Under torchrun, name the rank: torchrun then stops the other ranks and exits non-zero.
+        if launched():
+            report_failure(error)
+        raise
+    if summary is not None:
+        print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def entry(argv: list[str] | None = None) -> int:
+    """`python -m dpruner`. Under torchrun an uncaught exception also goes to torchrun's error
+    file, so torchrun's summary shows the failing rank's traceback."""
+    from dpruner.distributed import launched
+
+    if launched():
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        return record(main)(argv)
+    return main(argv)

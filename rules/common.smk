@@ -220,6 +220,19 @@ def domain_scores_options(wildcards):
     )
 
 
+def dpruner_processes(wildcards):
+    """Processes (one per GPU) of a D-Pruner method's fine-tuning."""
+    return METHODS[wildcards.method].get("processes", 1)
+
+
+def domain_scores_launcher(wildcards):
+    """`python -m dpruner` for one process; torchrun on one node for several (FSDP2 shards)."""
+    processes = dpruner_processes(wildcards)
+    if processes == 1:
+        return "python -m dpruner"
+    return f"torchrun --standalone --nproc-per-node {processes} -m dpruner"
+
+
 def prune_inputs(wildcards):
     kind = METHODS[wildcards.method]["kind"]
     inputs = {"model": DENSE_MODEL.format(model=wildcards.model)}

@@ -39,6 +39,7 @@ rule domain_scores:
     output:
         DOMAIN_SCORES,
     params:
+        launcher=domain_scores_launcher,
         options=domain_scores_options,
         device=DEVICE,
         dtype=model_dtype,
@@ -48,12 +49,14 @@ rule domain_scores:
         f"{BENCHMARKS}/domain_scores/{{model}}/{{domain}}_{{method}}_s{{sparsity}}.tsv"
     threads: 2
     resources:
-        gpu=1,
+        # One GPU per process; torchrun is one task on one node that starts the processes.
+        gpu=dpruner_processes,
+        nodes=1,
         mem_mb=8000,
         runtime=120,
     conda:
         "../envs/dpruner.yaml"
     shell:
-        "python -m dpruner domain-scores --model {input.model:q} --instances {input.instances:q}"
+        "{params.launcher} domain-scores --model {input.model:q} --instances {input.instances:q}"
         " --general-importance {input.general_importance:q} {params.options}"
         " --device {params.device:q} --dtype {params.dtype:q} --out {output:q} > {log:q} 2>&1"

@@ -167,9 +167,10 @@ def test_slurm_profile_dry_run(tmp_path):
     assert "gpu=1" not in prepare
 
 
-def test_slurm_profile_passes_gpu_options_to_sbatch(tmp_path):
-    """A stub sbatch records its command line; the job then fails (stub sacct), ending the run."""
-    bin_dir, workdir, record = tmp_path / "bin", tmp_path / "work", tmp_path / "sbatch.txt"
+def stub_slurm(tmp_path: Path) -> tuple[dict, Path]:
+    """(environment, record): a stub sbatch on PATH records its command line in `record`; the job
+    then fails (stub sacct), ending the run."""
+    bin_dir, record = tmp_path / "bin", tmp_path / "sbatch.txt"
     bin_dir.mkdir()
     stubs = {
         "sbatch": f'echo "$@" >> {record}\necho 4242',
@@ -181,6 +182,12 @@ def test_slurm_profile_passes_gpu_options_to_sbatch(tmp_path):
     for name, body in stubs.items():
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}, record
+
+
+def test_slurm_profile_passes_gpu_options_to_sbatch(tmp_path):
+    env, record = stub_slurm(tmp_path)
+    workdir = tmp_path / "work"
     paper_local_data(workdir)
     # Inputs of one GPU job exist, so only that job is submitted.
     results = workdir / "results" / "paper"
@@ -197,7 +204,7 @@ def test_slurm_profile_passes_gpu_options_to_sbatch(tmp_path):
         "1",
         target,
         workdir=workdir,
-        env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
+        env=env,
         check=False,
         timeout=300,
     )

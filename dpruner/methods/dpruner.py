@@ -7,6 +7,8 @@ by plain SGD fused into the backward pass (a post-accumulate-grad hook per param
 regularised gradient, does the pass's work and drops `.grad`: no optimiser state, never a full
 set of gradients), and accumulates S += |g W + (g W)^2 / 2| before every update.
 `DPrunerPruner` masks the ORIGINAL weights by S (or by G alone, the general-only ablation).
+With a `Shard` (dpruner.distributed) steps 2-3 run on N processes: FSDP2 splits every parameter
+by rows, the hooks fire on the sharded parameter and do the same work on the rank's rows.
 """
 
 from __future__ import annotations
@@ -155,12 +157,22 @@ def learning_rate(step: int, total: int, peak: float, warmup_fraction: float) ->
     return peak * (total - step) / (total - warmup)
 
 
-def stochastic_round_to_bf16(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Round fp32 to bf16 up or down with probability given by the remainder (unbiased)."""
+def stochastic_round_to_bf16(
+    x: torch.Tensor,
+    generator: torch.Generator,
+    full_shape: torch.Size | None = None,
+    first_row: int = 0,
+) -> torch.Tensor:
+    """Round fp32 to bf16 up or down with probability given by the remainder (unbiased).
+
+    `x` may be rows `first_row`... of a tensor of `full_shape`: the noise is drawn for the whole
+    tensor and cut, so a shard is rounded exactly as the same rows of the whole tensor would be.
+    """
     bits = x.contiguous().view(torch.int32)
     noise = torch.randint(
-        0, 1 << 16, bits.shape, generator=generator, device=x.device, dtype=torch.int32
-    )
+        0, 1 << 16, full_shape or bits.shape, generator=generator, device=x.device,
+        dtype=torch.int32,
+    )[first_row : first_row + bits.shape[0]]  # fmt: skip
     rounded = (bits + noise) & -65536
     return rounded.view(torch.float32).to(torch.bfloat16)
 
@@ -198,11 +210,19 @@ def left_padded_batch(sequences: list[list[int]], pad_id: int) -> dict[str, torc
     }
 
 
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of a parameter or gradient: a DTensor's local shard, else itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
 class FusedSGD:
     """Plain SGD applied inside backward through post-accumulate-grad hooks (LOMO-style).
 
     `mode` selects what a backward pass does: "norm" adds each regularised gradient's squared norm;
     "update" accumulates S for the prunable matrices and applies W <- W - lr * scale * g~.
+    With a `shard`, parameters and gradients are FSDP2 DTensors: FSDP2 calls the hooks on the
+    sharded parameter after the reduce-scatter, and all the hooks' work is on local rows; the
+    squared norm and the error flags are summed over ranks after each backward pass.
     """
 
     def __init__(
@@ -210,12 +230,13 @@ class FusedSGD:
         model: nn.Module,
         importance: dict[str, torch.Tensor] | None,
         settings: FineTuneSettings,
+        shard=None,
     ):
-        self.model, self.settings = model, settings
+        self.model, self.settings, self.shard = model, settings, shard
         self.prunable = {name: m.weight for name, m in prunable_weights(model).items()}
-        device = next(model.parameters()).device
+        device = local(next(model.parameters())).device
         self.scores = {
-            name: torch.zeros(w.shape, dtype=torch.float32, device=device)
+            name: torch.zeros(local(w).shape, dtype=torch.float32, device=device)
             for name, w in self.prunable.items()
         }
         self.regularised = settings.lam > 0
@@ -224,11 +245,19 @@ class FusedSGD:
             if importance is None:
                 raise DprunerError("lambda > 0 needs the general importance G (or set lambda: 0)")
             for name, weight in self.prunable.items():
-                self.importance[name] = importance[name].to(device=device, dtype=weight.dtype)
-                self.original[name] = weight.detach().clone()
-        self.generator = torch.Generator(device=device).manual_seed(settings.seed)
+                rows = importance[name]
+                if shard is not None and rows.shape == weight.shape != local(weight).shape:
+                    rows = shard.rows(rows)
+                self.importance[name] = rows.to(device=device, dtype=weight.dtype)
+                self.original[name] = local(weight).detach().clone()
+        # One generator per parameter for stochastic rounding, so its noise does not depend on the
+        # order in which hooks fire (autograd's order alone, FSDP2's group by group).
+        self.generators = {
+            name: torch.Generator(device=device).manual_seed(settings.seed + index)
+            for index, (name, _) in enumerate(model.named_parameters())
+        }
         self.mode, self.lr, self.scale, self.step = "norm", 0.0, 1.0, 0
-        self.sq_norm = 0.0
+        self.sq_norm, self.calls = 0.0, 0
         self.error: str | None = None
         self.changed = {
             name: torch.zeros((), dtype=torch.long, device=device) for name in self.prunable
@@ -241,9 +270,9 @@ class FusedSGD:
         ]
 
     def regularised_gradient(self, name: str, param: torch.Tensor) -> torch.Tensor:
-        grad = param.grad.float()
+        grad = local(param.grad).float()
         if self.regularised and name in self.prunable:
-            delta = param.detach().float() - self.original[name].float()
+            delta = local(param.detach()).float() - self.original[name].float()
             grad = torch.addcmul(
                 grad, self.importance[name].float(), delta, value=2 * self.settings.lam
             )
@@ -254,6 +283,7 @@ class FusedSGD:
         # non-negative scores, a gradient sum): an element-wise check of every gradient cost
         # about a sixth of an update on CPU.
         def hook(param: torch.Tensor) -> None:
+            self.calls += 1
             grad = self.regularised_gradient(name, param)
             param.grad = None
             if self.mode == "norm":
@@ -261,7 +291,7 @@ class FusedSGD:
                 self._check(math.isfinite(square), "gradient", name)
                 self.sq_norm += square
                 return
-            weight = param.detach()
+            weight = local(param.detach())
             if name in self.scores:
                 step = dual_importance_step(grad, weight.float())
                 self._check(math.isfinite(float(step.sum())), "dual importance", name)
@@ -270,7 +300,8 @@ class FusedSGD:
                 self._check(math.isfinite(float(grad.sum())), "gradient", name)
             updated = torch.add(weight.float(), grad, alpha=-(self.lr * self.scale))
             if weight.dtype == torch.bfloat16 and self.settings.update_rounding == "stochastic":
-                new = stochastic_round_to_bf16(updated, self.generator)
+                first = self.shard.row_range(param.shape[0])[0] if self.shard else 0
+                new = stochastic_round_to_bf16(updated, self.generators[name], param.shape, first)
             else:
                 new = updated.to(weight.dtype)
             if name in self.changed:
@@ -288,18 +319,50 @@ class FusedSGD:
             handle.remove()
 
     def backward(self, loss: torch.Tensor, mode: str) -> None:
-        self.mode = mode
+        self.mode, self.calls = mode, 0
         loss.backward()
+        if self.calls == 0:
+            raise DprunerError(
+                "no parameter hook ran in a backward pass: the update would be lost (a torch "
+                "whose FSDP2 does not call post-accumulate-grad hooks on the shards?)"
+            )
+        if self.shard is not None:
+            square, failed = self.shard.all_reduce_sum([self.sq_norm, float(bool(self.error))])
+            self.sq_norm = square if mode == "norm" else self.sq_norm
+            if failed and not self.error:
+                self.error = f"non-finite values on another rank at step {self.step}"
         if self.error:
             raise NonFiniteError(self.error)
 
 
-def _loss(model: nn.Module, batch: dict[str, torch.Tensor], step: int) -> torch.Tensor:
-    device = next(model.parameters()).device
-    out = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
-    if not bool(torch.isfinite(out.loss)):
-        raise NonFiniteError(f"non-finite loss {float(out.loss.detach())} at step {step}")
-    return out.loss
+def _loss(
+    model: nn.Module, batch: dict[str, torch.Tensor], step: int, shard=None
+) -> tuple[torch.Tensor, float]:
+    """(the loss to differentiate, the batch's mean token loss).
+
+    With a `shard`, the rank runs its rows of the global `batch` and its loss is the sum of its
+    token losses over the global batch's token count: the ranks' gradients sum to the gradient
+    of the single-process mean loss.
+    """
+    device = local(next(model.parameters())).device
+    if shard is None:
+        out = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
+        value = float(out.loss.detach())
+    else:
+        from dpruner.distributed import batch_rows
+
+        # Labels are shifted by one inside the model: the first position predicts nothing.
+        tokens = int((batch["labels"][:, 1:] != -100).sum())
+        rows = batch_rows(batch, shard)
+        out = model(
+            **{k: v.to(device) for k, v in rows.items()},
+            use_cache=False,
+            num_items_in_batch=torch.tensor(tokens, device=device),
+        )
+        (value,) = shard.all_reduce_sum([float(out.loss.detach())])
+    if not math.isfinite(value):
+        raise NonFiniteError(f"non-finite loss {value} at step {step}")
+    return out.loss, value
 
 
 def _disable_dropout(model: nn.Module) -> None:
@@ -310,6 +373,16 @@ def _disable_dropout(model: nn.Module) -> None:
     for key in ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "attn_pdrop"):
         if isinstance(getattr(model.config, key, None), float):
             setattr(model.config, key, 0.0)
+
+
+def prepare_for_training(model: nn.Module, settings: FineTuneSettings) -> None:
+    """Dropout off, train mode, every parameter trainable, checkpointing as `settings` say."""
+    _disable_dropout(model)
+    model.train()
+    for param in model.parameters():
+        param.requires_grad_(True)
+    if settings.gradient_checkpointing:
+        _enable_checkpointing(model)
 
 
 def _enable_checkpointing(model: nn.Module) -> None:
@@ -328,8 +401,15 @@ def domain_scores(
     importance: dict[str, torch.Tensor] | None,
     settings: FineTuneSettings,
     progress: bool = True,
+    shard=None,
 ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Fine-tune `model` in place on `texts`; return S per prunable weight and a run report."""
+    """Fine-tune `model` in place on `texts`; return S per prunable weight and a run report.
+
+    With a `shard` (one rank of several, dpruner.distributed) the model is sharded with FSDP2
+    unless it is already, every rank runs its rows of each global batch, and S holds the rank's
+    rows of each matrix (`gather_scores` assembles them); `importance` may hold whole matrices
+    or the rank's rows.
+    """
     if not texts:
         raise DprunerError("domain-scores needs at least one domain instance, got none")
     sequences, truncated = instance_tokens(texts, tokenizer, settings.max_length)
@@ -338,15 +418,17 @@ def domain_scores(
     )
     batches_per_epoch = math.ceil(len(sequences) / settings.batch_size)
     total = settings.epochs * batches_per_epoch
-    _disable_dropout(model)
-    model.train()
-    for param in model.parameters():
-        param.requires_grad_(True)
-    if settings.gradient_checkpointing:
-        _enable_checkpointing(model)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    sgd = FusedSGD(model, importance, settings)
+    if shard is None or not is_sharded(model):
+        prepare_for_training(model, settings)
+        if shard is not None:
+            from dpruner.distributed import shard_model
+
+            shard_model(model, shard)
+    # The device the model runs on (a rank's own GPU), not any GPU the machine has.
+    device = local(next(model.parameters())).device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sgd = FusedSGD(model, importance, settings, shard)
     order = torch.Generator().manual_seed(settings.seed)
     losses, scales = [], []
     start = time.perf_counter()
@@ -361,12 +443,12 @@ def domain_scores(
                 sgd.lr = learning_rate(sgd.step, total, settings.lr, settings.warmup_fraction)
                 if settings.clip == "two_pass":
                     sgd.sq_norm = 0.0
-                    sgd.backward(_loss(model, batch, sgd.step), "norm")
+                    sgd.backward(_loss(model, batch, sgd.step, shard)[0], "norm")
                     norm = math.sqrt(sgd.sq_norm)
                     sgd.scale = min(1.0, settings.max_grad_norm / (norm + 1e-6))
-                loss = _loss(model, batch, sgd.step)
+                loss, value = _loss(model, batch, sgd.step, shard)
                 sgd.backward(loss, "update")
-                losses.append(float(loss.detach()))
+                losses.append(value)
                 scales.append(sgd.scale)
                 sgd.step += 1
                 bar.update(1)
@@ -375,8 +457,12 @@ def domain_scores(
         bar.close()
         sgd.remove()
         model.eval()
+    changed = {name: float(count) for name, count in sgd.changed.items()}
+    if shard is not None:
+        changed = dict(zip(changed, shard.all_reduce_sum(list(changed.values())), strict=True))
     report = {
         "settings": asdict(settings),
+        "processes": shard.world if shard is not None else 1,
         "instances": len(sequences),
         "truncated_instances": truncated,
         "updates": total,
@@ -385,16 +471,26 @@ def domain_scores(
         # Mean over updates of the share of a matrix's weights that the update changed: with bf16
         # and round-to-nearest most updates would be lost (algorithms.md 5.2).
         "changed_fraction_per_update": {
-            name: int(count) / (sgd.prunable[name].numel() * total)
-            for name, count in sgd.changed.items()
+            name: count / (sgd.prunable[name].numel() * total) for name, count in changed.items()
         },
         "wall_s": time.perf_counter() - start,
         "peak_rss_mb": peak_rss_mb(),
-        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20
-        if torch.cuda.is_available()
+        "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
         else None,
     }
     return sgd.scores, report
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return any(hasattr(p, "to_local") for p in model.parameters())
+
+
+def gather_scores(scores: dict[str, torch.Tensor], model: nn.Module, shard) -> dict | None:
+    """Whole S matrices on rank 0 (None on the others) from every rank's rows, one at a time."""
+    shapes = {name: m.weight.shape for name, m in prunable_weights(model).items()}
+    full = {name: shard.gather_rows(rows, shapes[name][0]) for name, rows in scores.items()}
+    return full if shard.rank == 0 else None
 
 
 class DPrunerPruner(Pruner):
