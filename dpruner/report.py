@@ -333,14 +333,16 @@ def _change(value: float, metric: str) -> str:
     return f"{value:+.1f}%" if metric == "ppl" else f"{value:+.1f} pt"
 
 
+def _bracket(low, high, formatted) -> str:
+    return f" [{formatted(low)}, {formatted(high)}]" if _finite(low) and _finite(high) else ""
+
+
 def _value_cell(value, metric: str, bound) -> str:
     """`value [low, high] (change*)`; * marks a change whose interval excludes no change."""
     if not _finite(value):
         return "–"
     text = _formatted(value, metric)
-    low, high = bound("low"), bound("high")
-    if _finite(low) and _finite(high):
-        text += f" [{_formatted(low, metric)}, {_formatted(high, metric)}]"
+    text += _bracket(bound("low"), bound("high"), lambda x: _formatted(x, metric))
     change = bound("change")
     if _finite(change):
         text += f" ({_change(change, metric)}{'*' if bound('significant') is True else ''})"
@@ -352,9 +354,7 @@ def _change_cell(value, metric: str, bound) -> str:
     if not _finite(value):
         return "–"
     text = _change(value, metric)
-    low, high = bound("change_low"), bound("change_high")
-    if _finite(low) and _finite(high):
-        text += f" [{low:+.1f}, {high:+.1f}]"
+    text += _bracket(bound("change_low"), bound("change_high"), lambda x: f"{x:+.1f}")
     return text + ("*" if bound("significant") is True else "")
 
 
