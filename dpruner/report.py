@@ -765,6 +765,52 @@ def sparsity_figure(table: pd.DataFrame, domain: str, bounds: dict | None = None
     return figure
 
 
+def pareto_optimal(points: list[tuple[float, float]]) -> list[bool]:
+    """For (x, y) points where lower is better on both axes: True where no other point is at
+    least as good on both and better on one."""
+    return [
+        not any(
+            (u <= x and v <= y) and (u < x or v < y) for j, (u, v) in enumerate(points) if j != i
+        )
+        for i, (x, y) in enumerate(points)
+    ]
+
+
+def frontier_figure(table: pd.DataFrame, domain: str, bounds: dict | None = None):
+    """The paper's two-sided claim in one picture: general perplexity (x) against `domain`
+    perplexity (y) of every model in the domain's columns, with their intervals; the
+    Pareto-optimal models (no other is better on both) are ringed and named in bold."""
+    import matplotlib.pyplot as plt
+
+    x_column, y_column = (domain, GENERAL_PERPLEXITY, "ppl"), (domain, PERPLEXITY, "ppl")
+    rows = table[[x_column, y_column]].astype(float).dropna()
+    labels = _row_labels(rows.index)
+    points = list(zip(rows[x_column], rows[y_column], strict=True))
+    optimal = pareto_optimal(points)
+    figure, axis = plt.subplots(figsize=(6.4, 4.8))
+    for i, ((x, y), label, best) in enumerate(zip(points, labels, optimal, strict=True)):
+        error = {}
+        if bounds and "low" in bounds:
+            row = rows.index[i]
+            low_x, high_x = (float(bounds[k].at[row, x_column]) for k in ("low", "high"))
+            low_y, high_y = (float(bounds[k].at[row, y_column]) for k in ("low", "high"))
+            if all(map(math.isfinite, (low_x, high_x, low_y, high_y))):
+                error = {"xerr": [[x - low_x], [high_x - x]], "yerr": [[y - low_y], [high_y - y]]}
+        axis.errorbar(x, y, fmt="o", color=f"C{i}", capsize=3, lw=1, **error)
+        if best:
+            axis.plot(x, y, "o", ms=14, mfc="none", mec="k")
+        axis.annotate(
+            label, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=7,
+            fontweight="bold" if best else "normal",
+        )  # fmt: skip
+    _scale_axis(axis, rows[y_column])
+    axis.set_xlabel("general perplexity (lower is better)")
+    axis.set_ylabel(f"{domain} perplexity (lower is better)")
+    axis.set_title(f"{domain}: specificity vs generality (ringed: Pareto-optimal)", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
 def benchmark_figure(by_rule: pd.DataFrame):
     import matplotlib.pyplot as plt
 
@@ -786,8 +832,9 @@ def _main_from_csv(tables_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFra
 
 
 def plot(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write bars_<domain>.png for every domain, sparsity_<domain>.png when the tables hold
-    several sparsities, and benchmarks.png; return the paths."""
+    """Write bars_<domain>.png for every domain, frontier_<domain>.png for every domain but
+    general, sparsity_<domain>.png when the tables hold several sparsities, and benchmarks.png;
+    return the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -796,6 +843,11 @@ def plot(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
     domains = list(dict.fromkeys(c[0] for c in table.columns))
     written = [
         _save_figure(bar_figure(table, d, bounds), out_dir / f"bars_{d}.png") for d in domains
+    ]
+    written += [
+        _save_figure(frontier_figure(table, d, bounds), out_dir / f"frontier_{d}.png")
+        for d in domains
+        if d != "general"
     ]
     pruned = table.reset_index()
     sparsities = pruned.loc[pruned["pattern"] == "unstructured", "sparsity"].unique()
@@ -834,7 +886,7 @@ def summary(tables_dir: str | Path, plots_dir: str | Path, out_file: str | Path)
     ]
     # The plots of the domains in the tables (not stale files of an earlier config).
     domains = _domains(pd.read_csv(tables_dir / "metrics_long.csv"))
-    names = [f"{kind}_{d}.png" for kind in ("bars", "sparsity") for d in domains]
+    names = [f"{kind}_{d}.png" for kind in ("bars", "frontier", "sparsity") for d in domains]
     pngs = [plots_dir / name for name in [*names, "benchmarks.png"]]
     parts += [f"![{png.stem}]({rel(png)})\n" for png in pngs if png.is_file()]
     parts += [

@@ -20,6 +20,8 @@ UNSTRUCTURED_SPARSITIES = {s for s, pattern in sparsity_patterns() if pattern ==
 PLOT_KINDS = ["bars", "sparsity"] if len(UNSTRUCTURED_SPARSITIES) > 1 else ["bars"]
 PLOTS = [
     *expand(f"{PLOTS_DIR}/{{kind}}_{{domain}}.png", kind=PLOT_KINDS, domain=EVAL_DOMAINS),
+    # General against domain perplexity, Pareto-optimal models marked: one per domain.
+    *expand(f"{PLOTS_DIR}/frontier_{{domain}}.png", domain=DOMAINS),
     f"{PLOTS_DIR}/benchmarks.png",
 ]
 SUMMARY = f"{RESULTS}/summary.md"

@@ -174,6 +174,12 @@ def test_every_value_has_an_interval_and_a_paired_change_against_dense(tmp_path)
     )
 
 
+def test_pareto_optimal_points_are_those_no_other_point_beats_on_both_axes():
+    points = [(10, 30), (12, 20), (11, 25), (13, 21), (10, 30), (20, 5)]
+    # (13, 21) is beaten by (12, 20); the duplicate (10, 30) pair beat no one and tie each other.
+    assert report.pareto_optimal(points) == [True, True, True, False, True, True]
+
+
 def test_cross_domain_table(metrics_files):
     table = report.cross_domain_table(report.collect(metrics_files))
     rows = table.index.to_frame(index=False)
@@ -204,7 +210,14 @@ def test_aggregate_plot_summary(metrics_files, tmp_path):
 
     written = report.plot(tables, plots)
     names = sorted(p.name for p in written)
-    assert names == ["bars_general.png", "bars_legal.png", "bars_medical.png", "benchmarks.png"]
+    assert names == [
+        "bars_general.png",
+        "bars_legal.png",
+        "bars_medical.png",
+        "benchmarks.png",
+        "frontier_legal.png",
+        "frontier_medical.png",
+    ]
     assert all(p.stat().st_size > 1000 for p in written)
 
     page = report.summary(tables, plots, tmp_path / "summary.md").read_text()
