@@ -144,9 +144,8 @@ def read_rows(out: Path) -> tuple[list[dict], list[str]]:
     if not csv.is_file():
         return [], []
     with csv.open() as f:
-        commands = [
-            line[len("# command: ") :].strip() for line in f if line.startswith("# command: ")
-        ]
+        lines = [line[len("# command: ") :] for line in f if line.startswith("# command: ")]
+    commands = [c.strip() for line in lines for c in line.split("; ")]
     return pd.read_csv(csv, comment="#").to_dict("records"), commands
 
 
@@ -163,6 +162,7 @@ def merged(rows: list[dict], out: Path, resume: bool) -> tuple[list[dict], list[
 def order(rows: list[dict], catalogue: dict[str, dict[str, dict]], models: list[str]) -> list:
     """Rows in catalogue order, the models of this run first (as given), then earlier ones."""
     tasks = [name for tasks in catalogue.values() for name in tasks]
+    tasks += sorted({r["task"] for r in rows} - set(tasks))  # rows of tasks no longer catalogued
     ranked = [*models, *sorted({r["model"] for r in rows} - set(models))]
     return sorted(rows, key=lambda r: (tasks.index(r["task"]), ranked.index(r["model"])))
 
