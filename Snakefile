@@ -2,7 +2,7 @@
 # Rules are thin: each runs one `python -m dpruner <step>`; the stages live in rules/*.smk.
 from snakemake.utils import min_version
 
-from dpruner.config import read_yaml, schema_errors
+from dpruner.config import expand_tasks, read_yaml, schema_errors
 from dpruner.errors import DprunerError, exit_with
 from dpruner.preflight import check_config
 
@@ -28,6 +28,12 @@ else:
     configfile: DEFAULT_CONFIG
 
 
+# Tasks named `{use: NAME, ...}` get their config/tasks.yaml definition before the schema check,
+# so every job's --config-json slice (a params value) holds the full task.
+try:
+    expand_tasks(config, source=", ".join(CONFIG_FILES))
+except DprunerError as error:
+    exit_with(error)
 problems = schema_errors(config)
 if problems:
     exit_with(f"{', '.join(CONFIG_FILES)} is invalid:\n" + "\n".join(f"  {p}" for p in problems))

@@ -6,6 +6,7 @@ Snakefile and every CLI step print the same messages.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -13,7 +14,11 @@ import yaml
 
 from dpruner.errors import ConfigError
 
-SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+# The task catalogue: {domain: {task name: task definition}}; a config task `{use: NAME, ...}`
+# is expanded from it (expand_tasks).
+TASKS = REPO / "config" / "tasks.yaml"
 # Longest rendering of an offending value in a message.
 VALUE_CHARS = 80
 
@@ -37,8 +42,58 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load_config(path: str | Path) -> dict:
+    """The config at `path`, its `{use: NAME}` tasks expanded from the catalogue, validated."""
     config = read_yaml(path)
+    expand_tasks(config, source=str(path))
     validate_config(config, source=str(path))
+    return config
+
+
+def load_catalogue(path: str | Path = TASKS) -> dict[str, dict]:
+    """{task name: definition with its `name`} of the task catalogue, in file order."""
+    return {
+        name: task for tasks in catalogue_domains(path).values() for name, task in tasks.items()
+    }
+
+
+def catalogue_domains(path: str | Path = TASKS) -> dict[str, dict[str, dict]]:
+    """{domain: {task name: definition with its `name`}} of the task catalogue."""
+    data = read_yaml(path)
+    domains, seen = {}, set()
+    for domain, tasks in data.items():
+        if not isinstance(tasks, dict) or not all(isinstance(t, dict) for t in tasks.values()):
+            raise ConfigError(f"{path}: '{domain}' must map task names to task definitions")
+        if twice := seen & set(tasks):
+            raise ConfigError(f"{path}: task(s) {', '.join(sorted(twice))} defined twice")
+        seen |= set(tasks)
+        domains[domain] = {name: {"name": name, **task} for name, task in tasks.items()}
+    return domains
+
+
+def expand_tasks(config: dict, source: str = "config", catalogue: dict | None = None) -> dict:
+    """Replace, in place, every task `{use: NAME, **overrides}` of `general` and `domains` by the
+    catalogue's definition of NAME (named NAME) updated with the overrides; `use` stays as a
+    record of where the task came from. An unknown name is one line naming the key."""
+    sections = [("general", config.get("general"))]
+    domains = config.get("domains")
+    if isinstance(domains, dict):
+        sections += [(f"domains.{name}", section) for name, section in domains.items()]
+    for key, section in sections:
+        tasks = section.get("tasks") if isinstance(section, dict) else None
+        if not isinstance(tasks, list):
+            continue  # the schema reports it
+        for index, task in enumerate(tasks):
+            if not isinstance(task, dict) or "use" not in task:
+                continue
+            if catalogue is None:
+                catalogue = load_catalogue()
+            name = task["use"]
+            if not isinstance(name, str) or name not in catalogue:
+                raise ConfigError(
+                    f"{source}: {key}.tasks.{index}.use: unknown task {name!r}; the catalogue "
+                    f"({TASKS.relative_to(REPO)}) has: {', '.join(catalogue)}"
+                )
+            tasks[index] = copy.deepcopy({**catalogue[name], **task})
     return config
 
 

@@ -302,3 +302,11 @@ def paired_perplexity_ratio(
         seed=seed,
         level=level,
     )
+
+
+def chance_verdict(accuracy: Interval, uniform: float | None, majority: float) -> str:
+    """ "signal" when an accuracy exceeds the better chance level, max(uniform, majority), by more
+    than two of its bootstrap standard errors; "at chance" otherwise. `uniform` (1 / choices) is
+    None when the items have different numbers of choices."""
+    chance = max(c for c in (uniform, majority) if c is not None)
+    return "signal" if accuracy.estimate - chance > 2 * accuracy.se else "at chance"

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dpruner.config import domain_config, load_config, read_yaml, validate_config
+from dpruner.config import (
+    domain_config,
+    expand_tasks,
+    load_catalogue,
+    load_config,
+    read_yaml,
+    validate_config,
+)
 from dpruner.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -124,4 +131,40 @@ def test_invalid_yaml_names_file_line_and_column(tmp_path):
     # The workflow's default config (`snakemake` with no --configfile) reports the same line.
     output = snakemake_dry_run(tmp_path)
     assert "config/config.yaml:3:7: invalid YAML" in output
+    assert len(output.strip().splitlines()) <= 3, output
+
+
+def test_a_catalogue_task_is_expanded_with_its_overrides(tmp_path):
+    config = default_config()
+    config["general"]["tasks"] = [{"use": "piqa", "limit": 7}, {"use": "piqa", "name": "piqa2"}]
+    config["domains"]["legal"]["tasks"].append({"use": "mmlu_law", "holdout": True})
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(config))
+    loaded = load_config(path)
+    catalogue = load_catalogue()
+    first, second = loaded["general"]["tasks"]
+    assert first == {**catalogue["piqa"], "use": "piqa", "limit": 7}
+    assert first["name"] == "piqa" and first["source"] == {"corpus": "piqa"}
+    assert second["name"] == "piqa2" and "limit" not in second
+    law = loaded["domains"]["legal"]["tasks"][-1]
+    assert law["holdout"] is True and law["source"]["subjects"][0] == "professional_law"
+    # Full definitions: a task without `use` is left as it is, and no two tasks share a dict.
+    assert loaded["domains"]["legal"]["tasks"][0] == config["domains"]["legal"]["tasks"][0]
+    first["source"]["corpus"] = "changed"
+    assert second["source"] == {"corpus": "piqa"} and load_catalogue() == catalogue
+
+
+def test_an_unknown_catalogue_task_is_one_line_naming_the_key(tmp_path):
+    config = default_config()
+    config["domains"]["medical"]["tasks"].append({"use": "medmcq", "limit": 200})
+    with pytest.raises(ConfigError) as error:
+        expand_tasks(config, source="bad.yaml")
+    message = str(error.value)
+    assert message.startswith("bad.yaml: domains.medical.tasks.2.use: unknown task 'medmcq'; ")
+    assert "medmcqa" in message and "\n" not in message
+    # The workflow stops with the same line, before the schema check.
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    output = snakemake_dry_run(tmp_path, "--configfile", config_file)
+    assert f"{config_file}: domains.medical.tasks.2.use: unknown task 'medmcq'" in output
     assert len(output.strip().splitlines()) <= 3, output

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dpruner.config import catalogue_domains, expand_tasks, validate_config
 from dpruner.data import load_records, render
 from dpruner.errors import ConfigError, DataError
 from dpruner.evaluation.items import task_items
@@ -41,6 +42,20 @@ def problems(config: dict, **options) -> str:
 def test_the_fixture_config_and_the_default_config_pass(tmp_path):
     check_config(fixture_config(tmp_path))
     check_config(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
+
+
+def test_every_catalogue_task_passes_the_preflight():
+    """config/tasks.yaml: every task, named with `use` in the section of its domain, passes the
+    schema and the preflight on the installed packages' data."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for domain, tasks in catalogue_domains().items():
+        section = config["general"] if domain == "general" else config["domains"][domain]
+        section["tasks"] = [{"use": name} for name in tasks]
+    expand_tasks(config)
+    validate_config(config)
+    check_config(config)
+    names = [task["name"] for task in config["domains"]["legal"]["tasks"]]
+    assert "mmlu_law" in names and "multilexsum" in names
 
 
 def test_a_missing_file_names_domain_key_and_file(tmp_path):

