@@ -648,16 +648,18 @@ def _row_labels(index: pd.MultiIndex) -> list[str]:
     return labels
 
 
-def _scale_axis(axis, values: pd.Series) -> None:
+def _scale_axis(axis, values: pd.Series, which: str = "y") -> None:
     """Log scale for perplexities spanning more than 20x (pruned models can explode), with plain
     numbers as tick labels."""
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     positive = values.dropna()
     positive = positive[positive > 0]
     if len(positive) and positive.max() / positive.min() > 20:
-        axis.set_yscale("log")
-        axis.yaxis.set_major_formatter(ScalarFormatter())
+        getattr(axis, f"set_{which}scale")("log")
+        scale_axis = getattr(axis, f"{which}axis")
+        scale_axis.set_major_formatter(ScalarFormatter())
+        scale_axis.set_minor_formatter(NullFormatter())
 
 
 def _save_figure(figure, path: Path) -> Path:
@@ -779,14 +781,18 @@ def pareto_optimal(points: list[tuple[float, float]]) -> list[bool]:
 def frontier_figure(table: pd.DataFrame, domain: str, bounds: dict | None = None):
     """The paper's two-sided claim in one picture: general perplexity (x) against `domain`
     perplexity (y) of every model in the domain's columns, with their intervals; the
-    Pareto-optimal models (no other is better on both) are ringed and named in bold."""
+    Pareto-optimal pruned models (no other pruned model is better on both) are ringed and named
+    in bold; the dense model is the reference (a star), not a competitor."""
     import matplotlib.pyplot as plt
 
     x_column, y_column = (domain, GENERAL_PERPLEXITY, "ppl"), (domain, PERPLEXITY, "ppl")
     rows = table[[x_column, y_column]].astype(float).dropna()
     labels = _row_labels(rows.index)
     points = list(zip(rows[x_column], rows[y_column], strict=True))
-    optimal = pareto_optimal(points)
+    dense = list(rows.index.get_level_values("method") == "dense")
+    pruned = [p for p, is_dense in zip(points, dense, strict=True) if not is_dense]
+    front = iter(pareto_optimal(pruned))
+    optimal = [False if is_dense else next(front) for is_dense in dense]
     figure, axis = plt.subplots(figsize=(6.4, 4.8))
     for i, ((x, y), label, best) in enumerate(zip(points, labels, optimal, strict=True)):
         error = {}
@@ -796,7 +802,9 @@ def frontier_figure(table: pd.DataFrame, domain: str, bounds: dict | None = None
             low_y, high_y = (float(bounds[k].at[row, y_column]) for k in ("low", "high"))
             if all(map(math.isfinite, (low_x, high_x, low_y, high_y))):
                 error = {"xerr": [[x - low_x], [high_x - x]], "yerr": [[y - low_y], [high_y - y]]}
-        axis.errorbar(x, y, fmt="o", color=f"C{i}", capsize=3, lw=1, **error)
+        marker = "*" if dense[i] else "o"
+        axis.errorbar(x, y, fmt=marker, ms=10 if dense[i] else 6, color=f"C{i}", capsize=3, lw=1,
+                      **error)  # fmt: skip
         if best:
             axis.plot(x, y, "o", ms=14, mfc="none", mec="k")
         axis.annotate(
@@ -804,6 +812,7 @@ def frontier_figure(table: pd.DataFrame, domain: str, bounds: dict | None = None
             fontweight="bold" if best else "normal",
         )  # fmt: skip
     _scale_axis(axis, rows[y_column])
+    _scale_axis(axis, rows[x_column], "x")
     axis.set_xlabel("general perplexity (lower is better)")
     axis.set_ylabel(f"{domain} perplexity (lower is better)")
     axis.set_title(f"{domain}: specificity vs generality (ringed: Pareto-optimal)", fontsize=10)
