@@ -124,7 +124,7 @@ def cmd_prepare_data(args) -> dict:
 
     config = read_config(args)
     # The data is checked before the tokenizer (and any model file) is read.
-    check_section(config, args.domain)
+    check_section(config, args.domain, parts=("calibration",))
     return write_calibration(config, args.domain, load_tokenizer(args.model), args.out)
 
 

@@ -167,6 +167,15 @@ def _message(error) -> str:
     return f"{error.message.replace(json.dumps(error.instance), value)}"
 
 
+def fine_tuned_methods(methods: dict) -> dict:
+    """The D-Pruner methods that fine-tune per domain (not the general-only ablation)."""
+    return {
+        name: options
+        for name, options in methods.items()
+        if options["kind"] == "dpruner" and options.get("scores", "domain") == "domain"
+    }
+
+
 def domain_config(config: dict, name: str) -> dict:
     """The `general` section or one entry of `domains`; both have calibration, perplexity, tasks."""
     if name == "general":

@@ -59,6 +59,8 @@ def read_units(path: str | Path) -> dict[tuple[str, str], Units]:
     if isinstance(domain, dict) and domain.get("window_nll"):
         nll = np.asarray(domain["window_nll"], dtype=float)
         tokens = np.asarray(domain["window_tokens"], dtype=float)
+        # Windows have no names: their token counts stand in, so two evaluations pair only if
+        # they scored the same windows.
         units[PERPLEXITY, "ppl"] = Units("perplexity", tuple(tokens), (nll, tokens))
     for task, entry in (data.get("tasks") or {}).items():
         items = entry.get("per_item") if isinstance(entry, dict) else None

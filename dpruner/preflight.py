@@ -16,8 +16,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from dpruner.data import describe_source, load_records, split_records, template_fields
-from dpruner.data.templates import joined_fields
+from dpruner.config import domain_config, fine_tuned_methods
+from dpruner.data import describe_source, load_records, render, split_records, template_fields
+from dpruner.data.instances import counted
 from dpruner.errors import ConfigError, DataError
 from dpruner.evaluation.items import gold_label, max_dropped_fraction
 
@@ -107,9 +108,10 @@ class _Checker:
                 )
                 checked_all = False
                 continue
-            chosen = records if count is None else records[:count]
+            # The texts prepare-data will render: the same selection, the same template.
             text_bytes += sum(
-                len(entry["template"].format(**joined_fields(r)).encode()) for r in chosen
+                len(render(entry["template"], record, where).encode())
+                for record in counted(records, count, where)
             )
         needed = settings["nsamples"] * settings["seqlen"]
         # A token covers at least one byte of text, so fewer bytes than tokens needed means the
@@ -200,11 +202,8 @@ class _Checker:
         """Baselines matched to D-Pruner's tokens need one D-Pruner instance length."""
         if not self.config["calibration"].get("match_dpruner"):
             return
-        lengths = {
-            name: options["max_length"]
-            for name, options in self.config["methods"].items()
-            if options["kind"] == "dpruner" and options.get("scores", "domain") == "domain"
-        }
+        methods = fine_tuned_methods(self.config["methods"])
+        lengths = {name: options["max_length"] for name, options in methods.items()}
         if len(set(lengths.values())) > 1:
             self.problem(
                 "calibration.match_dpruner",
@@ -273,8 +272,6 @@ def check_section(
 ) -> None:
     """The preflight of `parts` of one section (hub sources included), as a job runs it before
     model work: `prepare-data` checks its calibration, `evaluate` its perplexity and tasks."""
-    from dpruner.config import domain_config
-
     checker = _Checker(config, load, check_hub=True)
     checker.section(domain, domain_config(config, domain), parts)
     checker.raise_if_any(f"domain '{domain}'")

@@ -5,6 +5,7 @@ import re
 import shlex
 import sys
 
+from dpruner.config import fine_tuned_methods
 from dpruner.lifecycle import WORKFLOW_PID_ENV
 from dpruner.preflight import local_paths
 
@@ -190,11 +191,7 @@ def calibration_settings(wildcards):
     D-Pruner cuts its instances at, so the domain-calibrated baselines calibrate on exactly the
     tokens D-Pruner fine-tunes on (dpruner.data.tokens.instance_rows)."""
     settings = dict(config["calibration"])
-    lengths = {
-        options["max_length"]
-        for options in METHODS.values()
-        if options["kind"] == "dpruner" and options.get("scores", "domain") == "domain"
-    }
+    lengths = {options["max_length"] for options in fine_tuned_methods(METHODS).values()}
     if wildcards.domain != "general" and settings.get("match_dpruner") and lengths:
         # The preflight allows one length only.
         settings["instance_length"] = lengths.pop()

@@ -35,16 +35,16 @@ def _shuffled(records: list[dict], count, seed: int, where: str) -> list[dict]:
     return shuffled
 
 
-def entry_texts(entry: dict, eval_fraction: float, seed: int = INSTANCE_SEED) -> list[str]:
-    """Rendered calibration-part records of one entry.
+def counted(records: list[dict], count, where: str, seed: int = INSTANCE_SEED) -> list[dict]:
+    """The records an entry's `count` selects from its calibration part: all of them in record
+    order without `count`, else the first `count` after a random.Random(seed) shuffle."""
+    return records if count is None else _shuffled(records, count, seed, where)[:count]
 
-    Without `count`, all of them in record order; with `count`, the first `count` after a
-    random.Random(seed) shuffle.
-    """
+
+def entry_texts(entry: dict, eval_fraction: float, seed: int = INSTANCE_SEED) -> list[str]:
+    """Rendered calibration-part records of one entry, as `counted` selects them."""
     records, where = _calibration_part(entry, eval_fraction)
-    count = entry.get("count")
-    if count is not None:
-        records = _shuffled(records, count, seed, where)[:count]
+    records = counted(records, entry.get("count"), where, seed)
     return [render(entry["template"], record, where) for record in records]
 
 
