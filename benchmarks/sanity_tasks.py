@@ -20,8 +20,6 @@ ones, so a second model or the missing tasks can be added by a later run.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
 import sys
 import time
@@ -35,6 +33,7 @@ from dpruner import stats
 from dpruner.config import catalogue_domains, load_config
 from dpruner.evaluation import evaluate_model
 from dpruner.intervals import DEFAULTS as INTERVAL_DEFAULTS
+from dpruner.machine import machine_description
 from dpruner.models import load_model
 
 OUT = Path("results/tables/task_sanity")
@@ -87,18 +86,6 @@ def task_row(domain: str, model: str, task: dict, result: dict, intervals: dict)
         "ci_high": score.high,
         "se": score.se,
     }
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
 
 
 def markdown(table: pd.DataFrame, header: list[str]) -> str:
@@ -204,7 +191,7 @@ def main() -> int:
     done = {(r["model"], r["task"]) for r in merged([], out, args.resume)[0]}
     rows = []
     header = [
-        f"machine: {machine()}",
+        f"machine: {machine_description()}",
         "command: {command}",
         "models (dense, fp32; python -m dpruner prepare-model --packaged NAME): {models}",
         f"items: at most {args.limit} per classification task and {args.summaries} per "

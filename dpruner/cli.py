@@ -129,10 +129,13 @@ def cmd_prepare_data(args) -> dict:
 
 
 def cmd_evaluate(args) -> dict:
-    from dpruner.evaluation.runner import evaluate_domain
+    from dpruner.evaluation.runner import evaluate_domains
 
-    result = evaluate_domain(args.model, args.domain, read_config(args), args.out)
-    return {"out": args.out, "perplexity": result["perplexity"], "wall_s": result["wall_s"]}
+    results = evaluate_domains(args.model, args.domain, read_config(args), args.out)
+    return {
+        domain: {"out": out, "perplexity": result["perplexity"], "wall_s": result["wall_s"]}
+        for (domain, result), out in zip(results.items(), args.out, strict=True)
+    }
 
 
 def _load_model(args):
@@ -407,11 +410,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for calibration.pt and instances.jsonl")
     p.set_defaults(func=cmd_prepare_data)
 
-    p = sub.add_parser("evaluate", help="every metric of a domain (and general perplexity)")
+    p = sub.add_parser("evaluate", help="every metric of one model on its domains")
     p.add_argument("--model", required=True)
-    p.add_argument("--domain", required=True)
+    p.add_argument(
+        "--domain", required=True, action="append", help="`general` or a domain; repeatable"
+    )
     config_args(p)
-    p.add_argument("--out", required=True, help="metrics JSON file")
+    p.add_argument(
+        "--out", required=True, action="append", help="metrics JSON file, one per --domain"
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("prune", help="prune a model and save it with prune.json")

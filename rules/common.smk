@@ -159,16 +159,16 @@ def cli_options(options):
     )
 
 
-def domain_section(wildcards):
-    """The config section of {domain}: `general` or one entry of `domains`."""
-    if wildcards.domain == "general":
+def domain_section(domain):
+    """The config section of `domain`: `general` or one entry of `domains`."""
+    if domain == "general":
         return config["general"]
-    return config["domains"][wildcards.domain]
+    return config["domains"][domain]
 
 
-def section_parts(wildcards, *parts):
-    """Only `parts` of the {domain} section."""
-    section = domain_section(wildcards)
+def section_parts(domain, *parts):
+    """Only `parts` of the section of `domain`."""
+    section = domain_section(domain)
     return {part: section[part] for part in parts if part in section}
 
 
@@ -178,7 +178,7 @@ def config_json(wildcards=None, section=(), **top):
     change reruns exactly the jobs that read it, and no step reads a file outside its inputs."""
     sliced = dict(top)
     if section:
-        parts = section_parts(wildcards, *section)
+        parts = section_parts(wildcards.domain, *section)
         if wildcards.domain == "general":
             sliced["general"] = parts
         else:
@@ -198,9 +198,54 @@ def calibration_settings(wildcards):
     return settings
 
 
+def specialised_domain(variant):
+    """The domain a model was pruned for (its calibration), None for dense and shared models."""
+    calibration = None if variant == "dense" else variant.split("_")[1]
+    return calibration if calibration in DOMAINS else None
+
+
+def evaluation_parts(wildcards):
+    """{domain: the section parts evaluated}: a model pruned for one domain is evaluated on the
+    other domains by perplexity only (the cross-domain table), its tasks only on its own domain
+    and on general; every other model on everything."""
+    own = specialised_domain(wildcards.variant)
+    every = ("perplexity", "tasks")
+    return {
+        domain: every if own is None or domain in ("general", own) else ("perplexity",)
+        for domain in EVAL_DOMAINS
+    }
+
+
+def evaluation_source_files(wildcards):
+    """The local data files of every evaluated section part."""
+    return sorted(
+        {
+            path
+            for domain, parts in evaluation_parts(wildcards).items()
+            for path in local_paths(section_parts(domain, *parts))
+        }
+    )
+
+
+def evaluation_config_json(wildcards):
+    """The config slice of an evaluation: the evaluated parts of every domain, the settings."""
+    sections = {
+        domain: section_parts(domain, *parts)
+        for domain, parts in evaluation_parts(wildcards).items()
+    }
+    general = sections.pop("general")
+    return config_json(
+        general=general,
+        domains=sections,
+        evaluation=config.get("evaluation"),
+        calibration={"eval_fraction": config["calibration"]["eval_fraction"]},
+        seed=config["seed"],
+    )
+
+
 def source_files(*parts):
     """Input function: the local data files the {domain} section's `parts` read."""
-    return lambda wildcards: local_paths(section_parts(wildcards, *parts))
+    return lambda wildcards: local_paths(section_parts(wildcards.domain, *parts))
 
 
 def domain_scores_options(wildcards):
@@ -293,5 +338,5 @@ def benchmark_files():
             for model in MODELS
             for job in pruned_jobs()
         ],
-        *expand(rules.evaluate.benchmark, model=MODELS, variant=VARIANTS, domain=EVAL_DOMAINS),
+        *expand(rules.evaluate.benchmark, model=MODELS, variant=VARIANTS),
     ]

@@ -1,31 +1,30 @@
-# Evaluation: the dense model and every pruned model on every domain and on general text
-# (perplexity and tasks). General perplexity is the `general` file's; the report copies it to
-# every domain of the same model.
+# Evaluation, one job per model: the dense model and every pruned model on general text and on
+# every domain (a model pruned for one domain: the other domains by perplexity only). General
+# perplexity is the `general` file's; the report copies it to every domain of the same model.
 
 
 rule evaluate:
     input:
         model=evaluated_model,
-        # Local data files of the domain's perplexity text and tasks.
-        sources=source_files("perplexity", "tasks"),
+        # Local data files of what is evaluated.
+        sources=evaluation_source_files,
     output:
-        METRICS,
+        # One job per model: loading it and importing lm-eval once, not once per domain.
+        expand(METRICS, domain=EVAL_DOMAINS, allow_missing=True),
     params:
         model_dir=lambda w, input: (
             input.model if w.variant == "dense" else os.path.dirname(input.model)
         ),
-        # The config slice a metrics file depends on.
-        config=lambda w: config_json(
-            w,
-            section=["perplexity", "tasks"],
-            evaluation=config.get("evaluation"),
-            calibration={"eval_fraction": config["calibration"]["eval_fraction"]},
-            seed=config["seed"],
+        domains_and_outputs=lambda w, output: " ".join(
+            f"--domain {shlex.quote(domain)} --out {shlex.quote(path)}"
+            for domain, path in zip(EVAL_DOMAINS, output, strict=True)
         ),
+        # The config slice the metrics files depend on.
+        config=evaluation_config_json,
     log:
-        f"{LOGS}/evaluate/{{model}}/{{variant}}/{{domain}}.log",
+        f"{LOGS}/evaluate/{{model}}/{{variant}}.log",
     benchmark:
-        f"{BENCHMARKS}/evaluate/{{model}}/{{variant}}/{{domain}}.tsv"
+        f"{BENCHMARKS}/evaluate/{{model}}/{{variant}}.tsv"
     threads: 2
     resources:
         gpu=1,
@@ -34,5 +33,5 @@ rule evaluate:
     conda:
         "../envs/dpruner.yaml"
     shell:
-        "python -m dpruner evaluate --model {params.model_dir:q} --domain {wildcards.domain:q}"
-        " --config-json {params.config:q} --out {output:q} > {log:q} 2>&1"
+        "python -m dpruner evaluate --model {params.model_dir:q} {params.domains_and_outputs}"
+        " --config-json {params.config:q} > {log:q} 2>&1"

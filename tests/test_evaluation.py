@@ -9,7 +9,7 @@ import torch
 from tiny import tiny_model, tiny_tokenizer
 
 from dpruner.errors import DataError
-from dpruner.evaluation import evaluate_domain, evaluate_model
+from dpruner.evaluation import evaluate_domains, evaluate_model
 from dpruner.evaluation.harness import continuation_tokens, multiple_choice_task, run_tasks
 from dpruner.evaluation.items import TaskItems, fit_prompt, task_items
 from dpruner.evaluation.perplexity import sliding_window_perplexity
@@ -172,6 +172,31 @@ def test_multiple_choice_picks_the_highest_per_token_loglikelihood(model, tokeni
     assert metrics["dpruner_hand"]["majority_prediction_share"] == 1.0
 
 
+def test_shared_prompt_scores_equal_lm_evals_per_choice_scores(model, tokenizer):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from dpruner.evaluation.shared_prompt import SharedPromptLM
+
+    pairs = [
+        ("the cat sat on", " a mat while dogs ran"),
+        ("the cat sat on", " parks"),
+        ("the cat sat on", " old trees and birds"),
+        ("birds sang near", " a"),
+        ("birds sang near", " old trees"),
+        ("dogs ran in", " the parks and the old trees sang"),  # a context of its own
+    ]
+    requests = [Instance("loglikelihood", {}, pair, index) for index, pair in enumerate(pairs)]
+    per_choice = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=2, device="cpu")
+    shared = SharedPromptLM(pretrained=model, tokenizer=tokenizer, batch_size=2, device="cpu")
+    expected = per_choice.loglikelihood(requests, disable_tqdm=True)
+    scores = shared.loglikelihood(requests, disable_tqdm=True)
+    assert [greedy for _, greedy in scores] == [greedy for _, greedy in expected]
+    assert [ll for ll, _ in scores] == pytest.approx([ll for ll, _ in expected], abs=1e-4)
+    direct = [loglikelihood(model, tokenizer, *pair)[0] for pair in pairs]
+    assert [ll for ll, _ in scores] == pytest.approx(direct, abs=1e-4)
+
+
 def test_task_items_drop_labels_outside_the_choices_and_shuffle_with_the_seed(corpus, tokenizer):
     task = mc_task(corpus, limit=None, skip_labels=None)
     with pytest.raises(DataError, match="1 of 11 records read were dropped"):
@@ -242,7 +267,7 @@ def test_evaluate_model_reports_every_metric_and_count(model, tokenizer, corpus)
     assert result["settings"]["perplexity"]["bos"] == "none"  # default filled in
 
 
-def test_evaluate_domain_writes_the_metrics_json(tmp_path, model, tokenizer, corpus):
+def test_evaluate_domains_writes_one_metrics_json_per_domain(tmp_path, model, tokenizer, corpus):
     model_dir = tmp_path / "model"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -261,12 +286,14 @@ def test_evaluate_domain_writes_the_metrics_json(tmp_path, model, tokenizer, cor
             "batch_size": 2,
         },
     }
-    out = tmp_path / "metrics" / "toy.json"
-    evaluate_domain(str(model_dir), "toy", config, str(out))
+    out, general_out = tmp_path / "metrics" / "toy.json", tmp_path / "metrics" / "general.json"
+    evaluate_domains(str(model_dir), ["toy", "general"], config, [str(out), str(general_out)])
+    assert json.loads(general_out.read_text())["domain"] == "general"
     written = json.loads(out.read_text())
     assert set(written["perplexity"]) == {"domain"}  # general: once, in general.json
     assert written["sparsity"]["sparsity_linear"] == 0.0
     assert written["tasks"]["toy_mc"]["counts"]["items"] == 4
     assert written["config"]["evaluation"]["perplexity"]["max_tokens"] == 64
     assert written["config"]["domain"]["tasks"][0]["name"] == "toy_mc"
-    assert list(out.parent.iterdir()) == [out]  # no temporary file left behind
+    # no temporary file left behind
+    assert sorted(out.parent.iterdir()) == sorted([out, general_out])

@@ -85,14 +85,14 @@ def test_dry_run_default_config(tmp_path):
     counts = dry_run(REPO / "config" / "config.yaml", tmp_path)
     # 1 model; magnitude, Wanda and SparseGPT pruned once; D-Pruner and the domain-calibrated
     # Wanda and SparseGPT per domain (3 x 2); every model (dense + 9 pruned) evaluated on general,
-    # medical and legal.
+    # medical and legal in one job per model.
     assert counts == {
         "prepare_model": 1,
         "prepare_data": 3,
         "general_importance": 1,
         "domain_scores": 2,
         "prune": 9,
-        "evaluate": 30,
+        "evaluate": 10,
         "aggregate": 1,
         "plot": 1,
         "report": 1,
@@ -112,7 +112,7 @@ def test_ablations_are_config_entries(tmp_path):
     assert counts["general_importance"] == 1
     assert counts["domain_scores"] == 2
     assert counts["prune"] == 1 + 2
-    assert counts["evaluate"] == (1 + 3) * 3
+    assert counts["evaluate"] == 1 + 3
 
 
 def paper_local_data(workdir: Path) -> None:
@@ -146,7 +146,7 @@ def test_dry_run_paper_config_plans_the_full_dag_offline(tmp_path):
     assert counts["prepare_data"] == 2 * 3
     assert counts["domain_scores"] == 2 * 2
     assert counts["prune"] == 2 * 5
-    assert counts["evaluate"] == 2 * 6 * 3
+    assert counts["evaluate"] == 2 * 6
 
 
 def test_slurm_profile_dry_run(tmp_path):
@@ -259,13 +259,13 @@ def test_rerun_does_nothing_and_a_new_domain_schedules_only_its_jobs(tmp_path):
     config["domains"].update(readme_domain())
     bigger = write_config(workdir / "bigger.yaml", config)
     # New: the domain's data, D-Pruner scores and its three domain-calibrated models (D-Pruner,
-    # Wanda, SparseGPT); every old model (dense + 9 pruned) on the new domain and the 3 new models
-    # on all 4 domains; then the tables, plots and summary.
+    # Wanda, SparseGPT); every model, the 10 old ones (dense + 9 pruned; the new domain is part of
+    # each one's evaluation job) and the 3 new ones; then the tables, plots and summary.
     assert dry_run(bigger, workdir) == {
         "prepare_data": 1,
         "domain_scores": 1,
         "prune": 3,
-        "evaluate": 10 + 3 * 4,
+        "evaluate": 10 + 3,
         "aggregate": 1,
         "plot": 1,
         "report": 1,
@@ -374,14 +374,14 @@ def test_an_edited_local_data_file_reruns_exactly_the_jobs_that_read_it(tmp_path
     with (data / "legal.jsonl").open("a") as f:
         f.write(json.dumps({"id": "l99", "text": "new clause", "label": "permissive"}) + "\n")
     # legal.jsonl feeds legal's calibration data, perplexity and task: its data, D-Pruner's
-    # scores and model for legal, and every evaluation on legal (dense, magnitude, wanda,
-    # sparsegpt, dpruner for medical and for legal) plus the new legal model on general and
-    # medical; nothing of the other domains.
+    # scores and model for legal, and the evaluation of every model (each one's job reads legal's
+    # tasks: dense, magnitude, wanda, sparsegpt, dpruner for medical and for legal); nothing else
+    # of the other domains.
     assert dry_run(config_file, workdir) == {
         "prepare_data": 1,
         "domain_scores": 1,
         "prune": 1,
-        "evaluate": 6 + 2,
+        "evaluate": 6,
         "aggregate": 1,
         "plot": 1,
         "report": 1,
@@ -528,5 +528,11 @@ def test_tiny_end_to_end_run_of_the_whole_dag(tmp_path):
     main = (results / "tables" / "main.csv").read_text()
     for method in ("dense", "magnitude", "wanda", "sparsegpt", "dpruner"):
         assert method in main
+    # A model pruned for medical: its tasks on medical and general, legal by perplexity only.
+    metrics = workdir / "results" / "metrics"
+    specialised = next(metrics.glob("*/dpruner_medical_*"))
+    tasks = {p.stem: json.loads(p.read_text())["tasks"] for p in specialised.glob("*.json")}
+    assert tasks["legal"] == {} and tasks["medical"] and tasks["general"]
+    assert all(json.loads(p.read_text())["tasks"] for p in metrics.glob("*/dense/*.json"))
     assert dry_run(config_file, workdir) == {}
     shutil.rmtree(workdir / "results" / "models")  # the largest files; tmp_path is kept a while

@@ -1,7 +1,7 @@
 """Evaluation: perplexity, multiple choice (accuracy, macro-F1) and summarization (ROUGE),
 built as lm-eval tasks from config (algorithms.md section 6)."""
 
-__all__ = ["evaluate_domain", "evaluate_model"]
+__all__ = ["evaluate_domains", "evaluate_model"]
 
 
 def __getattr__(name: str):

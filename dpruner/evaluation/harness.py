@@ -12,7 +12,6 @@ import logging
 
 import datasets
 from lm_eval import simple_evaluate
-from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
 from dpruner.evaluation.items import TaskItems
@@ -23,6 +22,7 @@ from dpruner.evaluation.metrics import (
     normalised_argmax,
     rouge_scores,
 )
+from dpruner.evaluation.shared_prompt import SharedPromptLM
 
 TARGET_DELIMITER = " "
 # generation keys of config `evaluation.generation` and their names in lm-eval / transformers
@@ -161,7 +161,7 @@ def run_tasks(model, tokenizer, task_configs: list[dict], *, batch_size: int, se
     """{lm-eval task name: {metric: value}} plus `samples` (lm-eval's logged samples)."""
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     device = str(next(model.parameters()).device)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+    lm = SharedPromptLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
     output = simple_evaluate(
         model=lm,
         tasks=task_configs,

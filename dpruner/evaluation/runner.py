@@ -1,4 +1,4 @@
-"""Evaluate one model on one domain: its perplexity and every configured task.
+"""Evaluate one model on its domains: each one's perplexity and every configured task.
 
 General perplexity is the perplexity of the `general` section's evaluation of the same model;
 the report copies it next to every domain (report.collect), so it is computed once per model.
@@ -196,41 +196,53 @@ def _rolling_subset(documents: list[str], tokenizer, max_tokens: int | None) -> 
     return chosen
 
 
-def evaluate_domain(model_dir: str, domain: str, config: dict, out: str) -> dict:
-    """`python -m dpruner evaluate`: load the model, evaluate it on `domain` (its perplexity and
-    tasks), write every metric, count and config value used to `out`."""
+def evaluate_domains(model_dir: str, domains: list[str], config: dict, outs: list[str]) -> dict:
+    """`python -m dpruner evaluate`: load the model once, evaluate it on each of `domains` (its
+    perplexity and tasks) and write every metric, count and config value used to the matching
+    file of `outs`. Every domain's data is checked before the model loads.
+
+    Returns {domain: metrics}."""
     from dpruner.config import domain_config
+    from dpruner.errors import ConfigError
     from dpruner.models import load_model, measured_sparsity
     from dpruner.preflight import check_section
 
-    started = time.perf_counter()
-    section = domain_config(config, domain)
+    if len(domains) != len(outs) or not domains:
+        raise ConfigError(
+            f"evaluate needs one --out per --domain, got {len(domains)} domains, {len(outs)} outs"
+        )
+    sections = {domain: domain_config(config, domain) for domain in domains}
+    for domain in domains:
+        check_section(config, domain, parts=("perplexity", "tasks"))
     settings = evaluation_settings(config.get("evaluation"))
-    check_section(config, domain, parts=("perplexity", "tasks"))
     model, tokenizer = load_model(model_dir, settings.get("dtype", "float32"))
+    sparsity = measured_sparsity(model)
     eval_fraction = config.get("calibration", {}).get("eval_fraction", 0.2)
     seed = config.get("seed", 0)
-    metrics = evaluate_model(
-        model,
-        tokenizer,
-        section,
-        settings,
-        seed=seed,
-        eval_fraction=eval_fraction,
-    )
-    used = metrics.pop("settings")
-    result = {
-        "model": str(model_dir),
-        "domain": domain,
-        "sparsity": measured_sparsity(model),
-        **metrics,
-        "config": {
-            "seed": seed,
-            "eval_fraction": eval_fraction,
-            "evaluation": used,
-            "domain": section,
-        },
-        "wall_s": round(time.perf_counter() - started, 1),
-    }
-    write_json(result, out)
-    return result
+    results = {}
+    for domain, out in zip(domains, outs, strict=True):
+        started = time.perf_counter()
+        metrics = evaluate_model(
+            model,
+            tokenizer,
+            sections[domain],
+            settings,
+            seed=seed,
+            eval_fraction=eval_fraction,
+        )
+        used = metrics.pop("settings")
+        results[domain] = {
+            "model": str(model_dir),
+            "domain": domain,
+            "sparsity": sparsity,
+            **metrics,
+            "config": {
+                "seed": seed,
+                "eval_fraction": eval_fraction,
+                "evaluation": used,
+                "domain": sections[domain],
+            },
+            "wall_s": round(time.perf_counter() - started, 1),
+        }
+        write_json(results[domain], out)
+    return results
