@@ -63,3 +63,4 @@ rule all:
         TABLES,
         PLOTS,
         SUMMARY,
+        STORED_SIZE_TABLES,

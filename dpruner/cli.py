@@ -495,10 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.set_defaults(func=cmd_perplexity)
 
-    from dpruner import published, report
+    from dpruner import published, report, stored_size
 
     report.register(sub)
     published.register(sub)
+    stored_size.register(sub)
     p = sub.add_parser("check-config", help="schema and preflight of a config file, no model work")
     p.add_argument("config", help="a config file")
     p.add_argument("--hub", action="store_true", help="also load hub sources (downloads data)")

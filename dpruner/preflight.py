@@ -19,7 +19,7 @@ from pathlib import Path
 from dpruner.config import domain_config, fine_tuned_methods
 from dpruner.data import describe_source, load_records, render, split_records, template_fields
 from dpruner.data.instances import counted
-from dpruner.errors import ConfigError, DataError
+from dpruner.errors import ConfigError, DataError, DprunerError
 from dpruner.evaluation.items import gold_label, max_dropped_fraction
 
 Loader = Callable[[dict], list[dict]]
@@ -211,6 +211,23 @@ class _Checker:
                 "give them one max_length or set match_dpruner: false",
             )
 
+    def quantization(self) -> None:
+        """A quantize option the prune step would refuse, named before any job runs: SparseGPT
+        quantizes inside its column blocks, and its pruner says which group sizes fit them."""
+        for name, options in self.config["methods"].items():
+            if options["kind"] != "sparsegpt" or "quantize" not in options:
+                continue
+            from dpruner.methods import get_pruner
+            from dpruner.quantize import QuantSpec
+
+            quantize = options["quantize"]
+            try:
+                get_pruner(
+                    "sparsegpt", quantize=QuantSpec(quantize["bits"], quantize.get("group_size"))
+                )
+            except DprunerError as error:
+                self.problem(f"methods.{name}.quantize", str(error))
+
     def section(self, name: str, section: dict, parts=PARTS) -> None:
         if "calibration" in parts:
             self.calibration(name, section)
@@ -264,6 +281,7 @@ def check_config(
         checker.section(name, section)
     checker.patterns()
     checker.matched_calibration()
+    checker.quantization()
     checker.raise_if_any(source)
 
 

@@ -161,7 +161,7 @@ def fake_quantize(weight: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
 def stored_bytes(
     d_out: int,
     d_in: int,
-    spec: QuantSpec,
+    spec: QuantSpec | None,
     storage: str = "dense_codes",
     nonzeros: int | None = None,
 ) -> int:
@@ -174,24 +174,30 @@ def stored_bytes(
       No sparse format, so sparsity saves nothing: the size of the dense quantized matrix.
     - `bitmap`: a 1-bit-per-weight occupancy bitmap plus the codes of the `nonzeros` non-zero
       weights only (a simple sparse format; 50 % sparse 4-bit costs 1 + 2 = 3 bits per weight).
+    `spec=None` is an unquantized matrix: 16-bit values in place of codes, no scales (50 % sparse
+    in the bitmap format: 1 + 8 bits per weight).
     Biases are not counted (they stay dense, with the other unquantized parameters).
     """
     if storage not in FORMATS:
         raise DprunerError(f"storage format must be one of {FORMATS}, got '{storage}'")
-    groups = d_out * len(group_bounds(d_in, spec.group_size))
-    per_group = SCALE_BYTES * (1 if spec.symmetric else 2)
+    bits = spec.bits if spec is not None else DENSE_BYTES * 8
+    scales = 0
+    if spec is not None:
+        groups = d_out * len(group_bounds(d_in, spec.group_size))
+        scales = groups * SCALE_BYTES * (1 if spec.symmetric else 2)
     numel = d_out * d_in
     if storage == "dense_codes":
-        return math.ceil(numel * spec.bits / 8) + groups * per_group
+        return math.ceil(numel * bits / 8) + scales
     if nonzeros is None:
         raise DprunerError("the bitmap format needs the number of non-zero weights")
-    return math.ceil(numel / 8) + math.ceil(nonzeros * spec.bits / 8) + groups * per_group
+    return math.ceil(numel / 8) + math.ceil(nonzeros * bits / 8) + scales
 
 
 def model_storage(
-    matrices: dict[str, torch.Tensor], total_parameters: int, spec: QuantSpec
+    matrices: dict[str, torch.Tensor], total_parameters: int, spec: QuantSpec | None
 ) -> dict:
-    """Stored size of a model whose prunable `matrices` (d_out x d_in) are quantized by `spec`.
+    """Stored size of a model whose prunable `matrices` (d_out x d_in) are quantized by `spec`
+    (`None`: kept at 16 bits), in both formats of `stored_bytes`.
 
     The other parameters (embeddings, norms, biases, an untied `lm_head`; a tied embedding once)
     count at 16 bits. `dense_16bit_bytes` is the unpruned, unquantized 16-bit model.
@@ -202,10 +208,13 @@ def model_storage(
     bitmap = sum(
         stored_bytes(*w.shape, spec, "bitmap", int((w != 0).sum())) for w in matrices.values()
     )
+    if spec is None:
+        values = "16-bit values"
+    else:
+        zero_point = "" if spec.symmetric else " and zero point"
+        values = f"{spec.bits}-bit codes packed, fp16 scale{zero_point} per group"
     return {
-        "format": f"{spec.bits}-bit codes packed, fp16 scale"
-        + ("" if spec.symmetric else " and zero point")
-        + " per group; other parameters 16-bit",
+        "format": f"{values}; other parameters 16-bit",
         "prunable_bytes_dense_codes": dense,
         "prunable_bytes_bitmap": bitmap,
         "other_bytes_16bit": rest,

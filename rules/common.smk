@@ -303,20 +303,27 @@ def prune_inputs(wildcards):
 def prune_options(wildcards, input):
     options = METHODS[wildcards.method]
     calibrated = "calibration" in input.keys()
-    return cli_options(
-        {
-            "method": options["kind"],
-            "sparsity": wildcards.sparsity,
-            "pattern": pattern_option(wildcards.pattern),
-            "group": options.get("group"),
-            "scores": input.get("scores"),
-            "calibration": input.get("calibration"),
-            "nsamples": config["calibration"]["nsamples"] if calibrated else None,
-            "seqlen": config["calibration"]["seqlen"] if calibrated else None,
-            "seed": config["seed"] if calibrated else None,
-            "device": DEVICE,
-            "dtype": config["models"][wildcards.model].get("dtype", "float32"),
-        }
+    quantize = options.get("quantize", {})
+    flags = " --symmetric" if quantize.get("symmetric") else ""
+    return (
+        cli_options(
+            {
+                "method": options["kind"],
+                "sparsity": wildcards.sparsity,
+                "pattern": pattern_option(wildcards.pattern),
+                "group": options.get("group"),
+                "scores": input.get("scores"),
+                "calibration": input.get("calibration"),
+                "nsamples": config["calibration"]["nsamples"] if calibrated else None,
+                "seqlen": config["calibration"]["seqlen"] if calibrated else None,
+                "seed": config["seed"] if calibrated else None,
+                "quantize_bits": quantize.get("bits"),
+                "group_size": quantize.get("group_size"),
+                "device": DEVICE,
+                "dtype": config["models"][wildcards.model].get("dtype", "float32"),
+            }
+        )
+        + flags
     )
 
 

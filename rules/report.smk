@@ -25,6 +25,11 @@ PLOTS = [
     f"{PLOTS_DIR}/benchmarks.png",
 ]
 SUMMARY = f"{RESULTS}/summary.md"
+# Stored sizes only where they differ by more than sparsity: when some method quantizes.
+QUANTIZED = any("quantize" in options for options in METHODS.values())
+STORED_SIZE_TABLES = (
+    expand(f"{TABLES_DIR}/stored_size.{{ext}}", ext=["csv", "md"]) if QUANTIZED else []
+)
 
 
 rule aggregate:
@@ -111,3 +116,31 @@ rule report:
     shell:
         "python -m dpruner summary --tables {params.tables_dir:q} --plots {params.plots_dir:q}"
         " --out {output:q} > {log:q} 2>&1"
+
+
+if QUANTIZED:
+
+    rule stored_size:
+        input:
+            [PRUNE_REPORT.format(model=model, **job) for model in MODELS for job in pruned_jobs()],
+        output:
+            tables=report(
+                STORED_SIZE_TABLES,
+                caption="../workflow/report/stored_size.rst",
+                category="Tables",
+            ),
+        params:
+            tables_dir=lambda w, output: os.path.dirname(output.tables[0]),
+        log:
+            f"{LOGS}/stored_size.log",
+        benchmark:
+            f"{BENCHMARKS}/report/stored_size.tsv"
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=5,
+        conda:
+            "../envs/dpruner.yaml"
+        shell:
+            "python -m dpruner stored-size --reports {input:q} --out {params.tables_dir:q}"
+            " > {log:q} 2>&1"

@@ -6,7 +6,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from dpruner.cli import main
-from dpruner.models import load_model, save_model
+from dpruner.models import load_model, prunable_weights, save_model
+from dpruner.stored_size import stored_size_table
 
 WORDS = ["the", "a", "cell", "gene", "licence", "party", "shall", "patient", "study"]
 WORDS += ["results", "of", "and", "to", "in"]
@@ -61,10 +62,34 @@ def test_prune_with_quantization_records_the_quantizer_and_size(
          "--calibration", str(text_file), "--nsamples", "4", "--seqlen", "16", "--out", str(out)]
     )  # fmt: skip
     assert code == 0
-    quantization = json.loads((out / "prune.json").read_text())["quantization"]
+    report = json.loads((out / "prune.json").read_text())
+    quantization = report["quantization"]
     assert quantization["quantizer"] == quantizer and quantization["label"] == "w4-g16-asym"
-    stored = quantization["stored"]
+    assert quantization["mask_sparsity_linear"] == pytest.approx(0.5)
+    stored = report["stored"]
     assert 0 < stored["total_bytes_dense_codes"] < stored["dense_16bit_bytes"]
+    # The mask is kept: every weight an unquantized prune of the same method zeroes stays zero
+    # (magnitude's mask does not depend on the quantizer; SparseGPT's joint sweep picks its own).
+    unquantized = tmp_path / f"{method}-16bit"
+    assert main(["prune", "--model", str(model_dir), "--method", method, "--sparsity", "0.5",
+                 "--calibration", str(text_file), "--nsamples", "4", "--seqlen", "16",
+                 "--out", str(unquantized)]) == 0  # fmt: skip
+    plain = json.loads((unquantized / "prune.json").read_text())
+    assert plain["quantization"] is None
+    # 16-bit values in the bitmap format: 1 + 16 bits per kept weight against 1 + 4.
+    assert stored["total_bytes_bitmap"] < plain["stored"]["total_bytes_bitmap"]
+    if method == "magnitude":
+        quantized_model, _ = load_model(out)
+        plain_model, _ = load_model(unquantized)
+        for name, module in prunable_weights(plain_model).items():
+            zeros = module.weight == 0
+            assert bool((prunable_weights(quantized_model)[name].weight[zeros] == 0).all()), name
+    table = stored_size_table([out / "prune.json", unquantized / "prune.json"])
+    assert list(table["quantization"]) == [f"w4-g16-asym ({quantizer})", "16-bit"]
+    assert list(table["bytes_bitmap"]) == [
+        stored["total_bytes_bitmap"],
+        plain["stored"]["total_bytes_bitmap"],
+    ]
 
 
 def test_perplexity_command(tmp_path, model_dir, text_file, capsys):

@@ -168,6 +168,15 @@ EXPECTED = {
            subject="jurisprudence"),
         mc("What is 7 times 8?", ["54", "56", "58", "64"], "B", subject="elementary_mathematics"),
     ],
+    "fiqa": [  # two answers to one question: one document
+        {"question": "Should I pay off my car loan early?",
+         "answer": "If the loan rate is higher than what your savings earn, paying it off early "
+         "saves interest."},
+        {"question": "Should I pay off my car loan early?",
+         "answer": "Check the contract for a prepayment penalty first."},
+        {"question": "What is an index fund?",
+         "answer": "A fund that holds every stock of an index, such as the S&P 500, at low cost."},
+    ],
 }  # fmt: skip
 
 
@@ -178,6 +187,8 @@ def id_text(corpus: str, record: dict) -> str:
             return record[field]
     if corpus == "legal_support":
         return record["claim"]
+    if corpus == "fiqa":
+        return record["question"]
     return record["question"] + "\n" + record["options"]
 
 
@@ -374,6 +385,7 @@ REAL_COUNTS = {
     "legal_support": 100,
     "multilexsum": 868,
     "mmlu": 14_044 - 2,  # two repeated header rows
+    "fiqa": 648,
 }
 
 

@@ -74,6 +74,9 @@ def test_stored_size_of_the_stated_format():
     assert stored_bytes(24, 64, QuantSpec(3, 16)) == math.ceil(24 * 64 * 3 / 8) + 96 * 4
     # Bitmap: one bit per weight, then the codes of the non-zeros only.
     assert stored_bytes(24, 64, asym, "bitmap", nonzeros=768) == 192 + 384 + 96 * 4
+    # Unquantized: 16-bit values, no scales.
+    assert stored_bytes(24, 64, None) == 24 * 64 * 2
+    assert stored_bytes(24, 64, None, "bitmap", nonzeros=768) == 192 + 768 * 2
     with pytest.raises(DprunerError, match="non-zero"):
         stored_bytes(24, 64, asym, "bitmap")
 
@@ -190,7 +193,7 @@ def test_sparsegpt_pruner_quantizes_in_its_sweep_and_reports_the_stored_size():
         groups = module.weight.detach().reshape(module.weight.shape[0], -1, 16)
         distinct = [len(group.unique()) for row in groups for group in row]
         assert max(distinct) <= 16  # 2^4 grid points per row and group
-    stored = q["stored"]
+    stored = result.stored
     # 4-bit codes, two per byte, and an fp16 scale and zero point per 16 weights.
     assert stored["prunable_bytes_dense_codes"] == linear // 2 + linear // 16 * 4
     assert stored["dense_16bit_bytes"] == 2 * total

@@ -100,6 +100,45 @@ def test_dry_run_default_config(tmp_path):
     }
 
 
+STUDIES = sorted((REPO / "config" / "studies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("study", STUDIES, ids=[path.stem for path in STUDIES])
+def test_dry_run_study_configs(tmp_path, study):
+    # Each study plans its whole DAG offline, into results/studies/<name> (git-ignored).
+    counts = dry_run(study, tmp_path)
+    config = yaml.safe_load(study.read_text())
+    assert config["results"] == f"results/studies/{study.stem}"
+    assert counts["prune"] >= 12 and counts["report"] == 1 and counts["all"] == 1
+    assert counts.get("stored_size") == (1 if study.stem == "quantization" else None)
+
+
+def test_quantized_methods_pass_their_quantizer_options_to_prune(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["methods"] = {
+        "sparsegpt-q4": {"kind": "sparsegpt", "quantize": {"bits": 4, "group_size": 128}},
+        "magnitude-q3": {"kind": "magnitude", "quantize": {"bits": 3, "symmetric": True}},
+    }
+    config_file = write_config(tmp_path / "quantized.yaml", config)
+    result = snakemake(
+        "-n", "-p", "--until", "prune", "--configfile", config_file, workdir=tmp_path
+    )
+    commands = [line for line in result.stdout.splitlines() if "dpruner prune" in line]
+    assert len(commands) == 2
+    sparsegpt = next(c for c in commands if "--method sparsegpt" in c)
+    magnitude = next(c for c in commands if "--method magnitude" in c)
+    assert "--quantize-bits 4 --group-size 128" in sparsegpt and "--symmetric" not in sparsegpt
+    assert "--quantize-bits 3" in magnitude and "--symmetric" in magnitude
+    assert "--group-size" not in magnitude
+    # A group size SparseGPT's column blocks cannot hold stops the plan, naming the key.
+    config["methods"]["sparsegpt-q4"]["quantize"]["group_size"] = 96
+    result = snakemake(
+        "-n", "--configfile", write_config(config_file, config), workdir=tmp_path, check=False
+    )
+    assert result.returncode != 0
+    assert "methods.sparsegpt-q4.quantize: quantization group size 96" in result.stderr
+
+
 def test_ablations_are_config_entries(tmp_path):
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     dpruner = config["methods"]["dpruner"]

