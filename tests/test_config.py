@@ -26,7 +26,8 @@ SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 
 
 def default_config() -> dict:
-    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    """config/config.yaml as the workflow sees it: its `{use: NAME}` tasks expanded."""
+    return expand_tasks(yaml.safe_load((REPO / "config" / "config.yaml").read_text()))
 
 
 def misspelt_key(config):
@@ -138,6 +139,7 @@ def test_a_catalogue_task_is_expanded_with_its_overrides(tmp_path):
     config = default_config()
     config["general"]["tasks"] = [{"use": "piqa", "limit": 7}, {"use": "piqa", "name": "piqa2"}]
     config["domains"]["legal"]["tasks"].append({"use": "mmlu_law", "holdout": True})
+    config["domains"]["legal"]["tasks"][0] = {**load_catalogue()["licences_cloze"], "limit": 9}
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(config))
     loaded = load_config(path)

@@ -126,9 +126,13 @@ def evaluate_model(
             )
     # `generation.seed` seeds sampling (the paper's settings); the run's seed otherwise.
     sampling_seed = settings["generation"].get("seed", seed)
-    harness = run_tasks(
-        model, tokenizer, lm_configs, batch_size=settings["batch_size"], seed=sampling_seed
-    )
+    # lm-eval refuses an empty task list: a perplexity-only section (another domain's model,
+    # rolling perplexity off) never calls it.
+    harness = {"metrics": {}, "samples": {}}
+    if lm_configs:
+        harness = run_tasks(
+            model, tokenizer, lm_configs, batch_size=settings["batch_size"], seed=sampling_seed
+        )
 
     ids = torch.tensor(tokenizer(joined, add_special_tokens=False)["input_ids"])
     if max_tokens is not None:
