@@ -167,6 +167,7 @@ def test_a_failing_rank_stops_the_job_with_its_rank_and_error(inputs):
     assert result.returncode != 0, output
     assert "rank 1 failed: RuntimeError: injected fault" in output
     # torchrun's summary: rank 1 is the root cause, with its traceback from the error file.
+    assert "Root Cause" in output, output
     root_cause = output.split("Root Cause")[1]
     assert "rank      : 1" in root_cause and "RuntimeError: injected fault" in root_cause
     assert not (inputs / "fail.safetensors").exists()
