@@ -495,9 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.set_defaults(func=cmd_perplexity)
 
-    from dpruner import published, report, stored_size
+    from dpruner import published, stored_size
+    from dpruner.report import commands as report_commands
 
-    report.register(sub)
+    report_commands.register(sub)
     published.register(sub)
     stored_size.register(sub)
     p = sub.add_parser("check-config", help="schema and preflight of a config file, no model work")

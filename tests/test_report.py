@@ -6,8 +6,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dpruner import report
+from dpruner.cli import main
 from dpruner.errors import DprunerError
+from dpruner.report.aggregate import aggregate
+from dpruner.report.collect import (
+    GENERAL_PERPLEXITY,
+    PERPLEXITY,
+    collect,
+    parse_variant,
+    read_metrics,
+)
+from dpruner.report.plots import pareto_optimal, plot
+from dpruner.report.summary import summary
+from dpruner.report.tables import cross_domain_table, main_table
 
 FIXTURES = Path(__file__).parent / "fixtures" / "workflow"
 
@@ -63,33 +74,31 @@ def metrics_files(tmp_path):
 
 
 def test_parse_variant():
-    assert report.parse_variant("dpruner_medical_s0.52_2of4") == {
+    assert parse_variant("dpruner_medical_s0.52_2of4") == {
         "method": "dpruner",
         "calibration": "medical",
         "sparsity": 0.52,
         "pattern": "2:4",
     }
-    assert report.parse_variant("dense")["method"] == "dense"
+    assert parse_variant("dense")["method"] == "dense"
     with pytest.raises(DprunerError, match="no_such"):
-        report.parse_variant("no_such")
+        parse_variant("no_such")
 
 
 def test_read_metrics_nested_and_flat(tmp_path):
-    rows = report.read_metrics(write(tmp_path, "dense", "medical", NESTED))
+    rows = read_metrics(write(tmp_path, "dense", "medical", NESTED))
     values = {(r["task"], r["metric"]): r["value"] for r in rows}
-    assert values[report.PERPLEXITY, "ppl"] == 20.0
-    assert values[report.GENERAL_PERPLEXITY, "ppl"] == 10.0
+    assert values[PERPLEXITY, "ppl"] == 20.0
+    assert values[GENERAL_PERPLEXITY, "ppl"] == 10.0
     assert values["med_mc", "accuracy"] == 0.5
     assert values["med_sum", "rougeL"] == 0.2
     assert ("med_mc", "kind") not in values
 
-    rows = report.read_metrics(
-        write(tmp_path, "wanda_general_s0.5_unstructured", "x", flat(1, 2, 0.7))
-    )
+    rows = read_metrics(write(tmp_path, "wanda_general_s0.5_unstructured", "x", flat(1, 2, 0.7)))
     values = {(r["task"], r["metric"]): r["value"] for r in rows}
     assert values == {
-        (report.PERPLEXITY, "ppl"): 1.0,
-        (report.GENERAL_PERPLEXITY, "ppl"): 2.0,
+        (PERPLEXITY, "ppl"): 1.0,
+        (GENERAL_PERPLEXITY, "ppl"): 2.0,
         ("med_mc", "accuracy"): 0.7,
         ("med_mc", "macro_f1"): pytest.approx(0.6),
     }
@@ -99,28 +108,28 @@ def test_read_metrics_nested_and_flat(tmp_path):
 def test_reads_the_evaluators_output(tmp_path):
     """A metrics file written by `python -m dpruner evaluate` (SmolLM2, dense, medical)."""
     real = json.loads((FIXTURES / "metrics_from_evaluator.json").read_text())
-    long = report.collect([write(tmp_path, "dense", "medical", real)])
+    long = collect([write(tmp_path, "dense", "medical", real)])
     values = {(r.task, r.metric): r.value for r in long.itertuples()}
-    assert values[report.PERPLEXITY, "ppl"] == real["perplexity"]["domain"]["ppl"]
-    assert values[report.GENERAL_PERPLEXITY, "ppl"] == real["perplexity"]["general"]["ppl"]
+    assert values[PERPLEXITY, "ppl"] == real["perplexity"]["domain"]["ppl"]
+    assert values[GENERAL_PERPLEXITY, "ppl"] == real["perplexity"]["general"]["ppl"]
     assert (
         values["medical_section", "macro_f1"]
         == real["tasks"]["medical_section"]["metrics"]["macro_f1"]
     )
     assert ("medical_title", "rougeL") in values
-    columns = {(task, metric) for _, task, metric in report.main_table(long).columns}
+    columns = {(task, metric) for _, task, metric in main_table(long).columns}
     assert ("medical_section", "majority_prediction_share") not in columns
 
 
 def test_main_table_uses_each_domains_own_model(metrics_files):
-    table = report.main_table(report.collect(metrics_files))
+    table = main_table(collect(metrics_files))
     assert list(table.index.get_level_values("method")) == ["dense", "magnitude", "dpruner"]
     dpruner = table.xs("dpruner", level="method").iloc[0]
     # The model pruned for medical in the medical columns, the one for legal in the legal ones.
-    assert dpruner["medical", report.PERPLEXITY, "ppl"] == 20.0
-    assert dpruner["legal", report.PERPLEXITY, "ppl"] == 30.0
+    assert dpruner["medical", PERPLEXITY, "ppl"] == 20.0
+    assert dpruner["legal", PERPLEXITY, "ppl"] == 30.0
     # A domain-specific model has no single general-domain row.
-    assert pd.isna(dpruner["general", report.PERPLEXITY, "ppl"])
+    assert pd.isna(dpruner["general", PERPLEXITY, "ppl"])
     domains = list(dict.fromkeys(table.columns.get_level_values("domain")))
     assert domains == ["general", "medical", "legal"]
 
@@ -157,13 +166,13 @@ def test_every_value_has_an_interval_and_a_paired_change_against_dense(tmp_path)
         write(tmp_path, "magnitude_none_s0.5_unstructured", "medical", with_units(1.05, 0)),
         write(tmp_path, "wanda_general_s0.5_unstructured", "medical", with_units(1.0, 0)),
     ]
-    long = with_intervals(report.collect(files), load_units(files), DEFAULTS)
+    long = with_intervals(collect(files), load_units(files), DEFAULTS)
     rows = long.set_index(["method", "task", "metric"])
-    dense_ppl = rows.loc[("dense", report.PERPLEXITY, "ppl")]
+    dense_ppl = rows.loc[("dense", PERPLEXITY, "ppl")]
     assert dense_ppl["low"] < dense_ppl["value"] < dense_ppl["high"]
     assert dense_ppl["units"] == 200 and pd.isna(dense_ppl["change"])
     # Every window 5 % worse: the paired change finds exactly that, with a narrow interval.
-    magnitude = rows.loc[("magnitude", report.PERPLEXITY, "ppl")]
+    magnitude = rows.loc[("magnitude", PERPLEXITY, "ppl")]
     assert magnitude["change"] == pytest.approx(5.0)
     assert magnitude["change_low"] == pytest.approx(5.0) and magnitude["significant"]
     # The same answers as dense: no change, not significant.
@@ -177,17 +186,17 @@ def test_every_value_has_an_interval_and_a_paired_change_against_dense(tmp_path)
 def test_pareto_optimal_points_are_those_no_other_point_beats_on_both_axes():
     points = [(10, 30), (12, 20), (11, 25), (13, 21), (10, 30), (20, 5)]
     # (13, 21) is beaten by (12, 20); the duplicate (10, 30) pair beat no one and tie each other.
-    assert report.pareto_optimal(points) == [True, True, True, False, True, True]
+    assert pareto_optimal(points) == [True, True, True, False, True, True]
 
 
 def test_cross_domain_table(metrics_files):
-    table = report.cross_domain_table(report.collect(metrics_files))
+    table = cross_domain_table(collect(metrics_files))
     rows = table.index.to_frame(index=False)
     assert list(rows["pruned_for"]) == ["-", "medical", "legal"]
     assert "magnitude" not in set(rows["method"])
     medical_model = table.xs("medical", level="pruned_for").iloc[0]
-    assert medical_model["medical", report.PERPLEXITY, "ppl"] == 20.0
-    assert medical_model["legal", report.PERPLEXITY, "ppl"] == 35.0
+    assert medical_model["medical", PERPLEXITY, "ppl"] == 20.0
+    assert medical_model["legal", PERPLEXITY, "ppl"] == 35.0
 
 
 def test_aggregate_plot_summary(metrics_files, tmp_path):
@@ -196,7 +205,7 @@ def test_aggregate_plot_summary(metrics_files, tmp_path):
     bench.write_text("s\th:m:s\tmax_rss\tcpu_time\n12.5\t0:00:12\t900.1\t20.0\n")
     tables, plots = tmp_path / "tables", tmp_path / "plots"
 
-    written = report.aggregate(metrics_files, tables, [bench])
+    written = aggregate(metrics_files, tables, [bench])
     for stem in ("main", "main_change", "cross_domain"):
         for ext in ("csv", "md", "tex"):
             assert tables / f"{stem}.{ext}" in written
@@ -208,7 +217,7 @@ def test_aggregate_plot_summary(metrics_files, tmp_path):
     by_rule = pd.read_csv(tables / "benchmarks_by_rule.csv")
     assert by_rule.loc[by_rule["rule"] == "prune", "total_s"].item() == 12.5
 
-    written = report.plot(tables, plots)
+    written = plot(tables, plots)
     names = sorted(p.name for p in written)
     assert names == [
         "bars_general.png",
@@ -220,7 +229,7 @@ def test_aggregate_plot_summary(metrics_files, tmp_path):
     ]
     assert all(p.stat().st_size > 1000 for p in written)
 
-    page = report.summary(tables, plots, tmp_path / "summary.md").read_text()
+    page = summary(tables, plots, tmp_path / "summary.md").read_text()
     assert "## Main comparison" in page and "](plots/bars_medical.png)" in page
 
 
@@ -229,22 +238,20 @@ def test_sparsity_curves_when_several_sparsities(metrics_files, tmp_path):
         write(tmp_path, "magnitude_none_s0.7_unstructured", domain, flat(90.0, 50.0, 0.2))
         for domain in ("medical", "legal", "general")
     ]
-    report.aggregate(metrics_files + extra, tmp_path / "tables")
-    names = {p.name for p in report.plot(tmp_path / "tables", tmp_path / "plots")}
+    aggregate(metrics_files + extra, tmp_path / "tables")
+    names = {p.name for p in plot(tmp_path / "tables", tmp_path / "plots")}
     assert {"sparsity_medical.png", "sparsity_general.png"} <= names
 
 
 def test_cli_entry_point(metrics_files, tmp_path, capsys):
     assert (
-        report.main(
-            ["aggregate", "--metrics", *map(str, metrics_files), "--out", str(tmp_path / "t")]
-        )
+        main(["aggregate", "--metrics", *map(str, metrics_files), "--out", str(tmp_path / "t")])
         == 0
     )
     assert (tmp_path / "t" / "main.csv").is_file()
     bad = write(tmp_path, "dense", "broken", {})
     bad.write_text("{not json")
-    assert report.main(["aggregate", "--metrics", str(bad), "--out", str(tmp_path / "u")]) == 2
+    assert main(["aggregate", "--metrics", str(bad), "--out", str(tmp_path / "u")]) == 2
     assert "broken.json" in capsys.readouterr().err
 
 
@@ -256,7 +263,7 @@ def test_general_perplexity_comes_from_the_variants_general_evaluation(tmp_path)
         return write(tmp_path, variant, domain, {"perplexity": perplexity, "tasks": {}})
 
     pruned = "dpruner_medical_s0.5_unstructured"
-    long = report.collect(
+    long = collect(
         [
             file("dense", "general", 10.0),
             file("dense", "medical", 20.0),
@@ -265,7 +272,7 @@ def test_general_perplexity_comes_from_the_variants_general_evaluation(tmp_path)
             file(pruned, "legal", 40.0, general=99.0),
         ]
     )
-    general = long[long["task"] == report.GENERAL_PERPLEXITY].set_index(["variant", "domain"])
+    general = long[long["task"] == GENERAL_PERPLEXITY].set_index(["variant", "domain"])
     assert general["value"].to_dict() == {
         ("dense", "general"): 10.0,
         ("dense", "medical"): 10.0,

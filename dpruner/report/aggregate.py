@@ -1,0 +1,124 @@
+"""The `aggregate` step: every table of a run from its metrics and benchmark files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from dpruner.io import atomic_output
+from dpruner.report.benchmarks import benchmarks_by_rule, read_benchmarks
+from dpruner.report.collect import collect, counts_table
+from dpruner.report.formatting import best_baseline_markdown, write_table, write_text
+from dpruner.report.tables import cross_domain_table, interval_tables, main_table
+
+
+def provenance(config: dict | None) -> str:
+    """A line saying what machine aggregated the run and which config settings produced it."""
+    import platform
+
+    import torch
+
+    line = (
+        f"Aggregated on {platform.machine()} with {os.cpu_count()} CPU threads "
+        f"(torch {torch.__version__})"
+    )
+    if config:
+        models = ", ".join(
+            f"{name} ({'; '.join(f'{k} {v}' for k, v in entry.items())})"
+            for name, entry in config["models"].items()
+        )
+        calibration = config["calibration"]
+        line += (
+            f"; jobs ran on device `{config.get('device', 'cpu')}`. Config: models {models}; "
+            f"sparsities {config['sparsities']}; patterns {config['patterns']}; "
+            f"calibration {calibration['nsamples']} x {calibration['seqlen']} tokens; "
+            f"methods {', '.join(config['methods'])}"
+        )
+    return line + ".\n\n"
+
+
+def interval_note(settings: dict) -> str:
+    return (
+        f"Brackets: {settings['level']:.0%} percentile bootstrap interval ({settings['resamples']} "
+        f"resamples, seed {settings['seed']}) over perplexity windows, items or summaries. In "
+        "parentheses: the paired change against the dense model on the same units (perplexity in "
+        "percent, other metrics in points); * marks a change whose interval excludes no change."
+        "\n\n"
+    )
+
+
+def aggregate(
+    metrics_files: Iterable[str | Path],
+    out_dir: str | Path,
+    benchmark_files: Iterable[str | Path] = (),
+    config: dict | None = None,
+) -> list[Path]:
+    """Write the tables of out_dir: metrics_long.csv (every value with its interval and paired
+    change against dense), main / main_change / cross_domain / vs_best_baseline as CSV, Markdown
+    (and LaTeX), counts, and benchmarks.csv / benchmarks_by_rule.{csv,md}. Returns the paths."""
+    from dpruner.intervals import DEFAULTS, best_baseline_table, load_units, with_intervals
+
+    out_dir = Path(out_dir)
+    metrics_files = list(metrics_files)
+    config = config or {}
+    settings = {**DEFAULTS, **(config.get("intervals") or {})}
+    kinds = {name: m["kind"] for name, m in (config.get("methods") or {}).items()}
+    long = collect(metrics_files)  # names an unreadable file first
+    units = load_units(metrics_files)
+    long = with_intervals(long, units, settings)
+    header = provenance(config) + interval_note(settings)
+    written = []
+    with atomic_output(out_dir / "metrics_long.csv") as tmp:
+        long.to_csv(tmp, index=False, float_format="%.6g")
+    written.append(out_dir / "metrics_long.csv")
+    main = main_table(long)
+    bounds = interval_tables(long)
+    written += write_table(main, out_dir, "main", bounds, header=header)
+    written += write_table(
+        bounds["change"], out_dir, "main_change", bounds, is_change=True, header=header
+    )
+    written += write_table(
+        cross_domain_table(long),
+        out_dir,
+        "cross_domain",
+        interval_tables(long, cross_domain_table),
+        header=header,
+    )
+    best = best_baseline_table(long, units, settings, kinds)
+    with atomic_output(out_dir / "vs_best_baseline.csv") as tmp:
+        best.to_csv(tmp, index=False, float_format="%.6g")
+    written += [
+        out_dir / "vs_best_baseline.csv",
+        write_text(out_dir / "vs_best_baseline.md", header + best_baseline_markdown(best)),
+    ]
+    counts = counts_table(metrics_files)
+    with atomic_output(out_dir / "counts.csv") as tmp:
+        counts.to_csv(tmp, index=False)
+    written += [
+        out_dir / "counts.csv",
+        write_text(
+            out_dir / "counts.md",
+            header
+            + "What every metric rests on: items scored per task (records left out: dropped, "
+            "a label in no choice or an empty target; skipped, a label listed in skip_labels), "
+            "scored tokens and documents per perplexity.\n\n"
+            + counts.to_markdown(index=False)
+            + "\n",
+        ),
+    ]
+
+    jobs = read_benchmarks(benchmark_files)
+    with atomic_output(out_dir / "benchmarks.csv") as tmp:
+        jobs.to_csv(tmp, index=False)
+    by_rule = benchmarks_by_rule(jobs)
+    with atomic_output(out_dir / "benchmarks_by_rule.csv") as tmp:
+        by_rule.to_csv(tmp, index=False)
+    written += [
+        out_dir / "benchmarks.csv",
+        out_dir / "benchmarks_by_rule.csv",
+        write_text(
+            out_dir / "benchmarks_by_rule.md", header + by_rule.to_markdown(index=False) + "\n"
+        ),
+    ]
+    return written

@@ -1,0 +1,34 @@
+"""The `aggregate`, `plot` and `summary` subcommands of `python -m dpruner`."""
+
+from __future__ import annotations
+
+import json
+
+from dpruner.report.aggregate import aggregate
+from dpruner.report.plots import plot
+from dpruner.report.summary import summary
+
+
+def register(subparsers) -> None:
+    """Add the `aggregate`, `plot` and `summary` subcommands to an argparse subparsers object."""
+    p = subparsers.add_parser("aggregate", help="tables from metrics JSON files")
+    p.add_argument("--metrics", nargs="+", required=True, help="metrics JSON files")
+    p.add_argument("--benchmarks", nargs="*", default=[], help="Snakemake benchmark files")
+    p.add_argument("--config-json", help="the run's config settings, for the provenance line")
+    p.add_argument("--out", required=True, help="tables folder")
+    p.set_defaults(
+        func=lambda a: aggregate(
+            a.metrics, a.out, a.benchmarks, json.loads(a.config_json) if a.config_json else None
+        )
+    )
+
+    p = subparsers.add_parser("plot", help="plots from the tables folder")
+    p.add_argument("--tables", required=True)
+    p.add_argument("--out", required=True, help="plots folder")
+    p.set_defaults(func=lambda a: plot(a.tables, a.out))
+
+    p = subparsers.add_parser("summary", help="one Markdown page with every table and plot")
+    p.add_argument("--tables", required=True)
+    p.add_argument("--plots", required=True)
+    p.add_argument("--out", required=True, help="Markdown file")
+    p.set_defaults(func=lambda a: [summary(a.tables, a.plots, a.out)])

@@ -1,0 +1,184 @@
+"""Table cells as text (values with their intervals and paired changes), and tables written
+as CSV, Markdown and LaTeX."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from dpruner.io import atomic_output
+from dpruner.report.collect import GENERAL_PERPLEXITY, PERPLEXITY
+
+# Labels for Markdown, LaTeX and plots.
+METRIC_LABELS = {
+    "ppl": "PPL",
+    "accuracy": "Acc",
+    "macro_f1": "F1",
+    "rouge1": "R-1",
+    "rouge2": "R-2",
+    "rougeL": "R-L",
+}
+# Task-level metrics shown in percent in Markdown and LaTeX (CSV keeps fractions).
+PERCENT_METRICS = {"accuracy", "macro_f1", "rouge1", "rouge2", "rougeL"}
+
+
+def _flat_label(column: tuple) -> str:
+    domain, task, metric = column
+    if task == PERPLEXITY:
+        return f"{domain}: PPL"
+    if task == GENERAL_PERPLEXITY:
+        return f"{domain}: general PPL"
+    return f"{domain}: {task} {METRIC_LABELS.get(metric, metric)}"
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _formatted(value: float, metric: str) -> str:
+    return f"{value * 100:.1f}" if metric in PERCENT_METRICS else f"{value:.2f}"
+
+
+def _change(value: float, metric: str) -> str:
+    """A paired change against a reference: perplexity in percent, other metrics in points."""
+    return f"{value:+.1f}%" if metric == "ppl" else f"{value:+.1f} pt"
+
+
+def _bracket(low, high, formatted) -> str:
+    return f" [{formatted(low)}, {formatted(high)}]" if _finite(low) and _finite(high) else ""
+
+
+def _value_cell(value, metric: str, bound) -> str:
+    """`value [low, high] (change*)`; * marks a change whose interval excludes no change."""
+    if not _finite(value):
+        return "–"
+    text = _formatted(value, metric)
+    text += _bracket(bound("low"), bound("high"), lambda x: _formatted(x, metric))
+    change = bound("change")
+    if _finite(change):
+        text += f" ({_change(change, metric)}{'*' if bound('significant') is True else ''})"
+    return text
+
+
+def _change_cell(value, metric: str, bound) -> str:
+    """`change [low, high]*` of a paired comparison."""
+    if not _finite(value):
+        return "–"
+    text = _change(value, metric)
+    text += _bracket(bound("change_low"), bound("change_high"), lambda x: f"{x:+.1f}")
+    return text + ("*" if bound("significant") is True else "")
+
+
+def _display_frame(
+    table: pd.DataFrame, bounds: dict[str, pd.DataFrame] | None = None, is_change: bool = False
+) -> pd.DataFrame:
+    """Strings for Markdown and LaTeX: percent metrics x100, perplexity with two decimals, each
+    with its interval and paired change from `bounds` (interval_tables); `is_change` for a table
+    of paired changes."""
+    bounds = bounds or {}
+    shown = pd.DataFrame(index=table.index)
+    cell = _change_cell if is_change else _value_cell
+    for column in table.columns:
+        shown[column] = [
+            cell(
+                value,
+                column[2],
+                lambda name, row=row, column=column: (
+                    bounds[name].at[row, column] if name in bounds else None
+                ),
+            )
+            for row, value in table[column].items()
+        ]
+    shown.columns = pd.MultiIndex.from_tuples(table.columns, names=table.columns.names)
+    return shown
+
+
+def _markdown(shown: pd.DataFrame) -> str:
+    """One Markdown table per domain: the paper's layout, readable without horizontal scrolling.
+    The model column only when there are several models."""
+    if shown.index.get_level_values("model").nunique() == 1:
+        shown = shown.droplevel("model")
+    sections = []
+    for domain in dict.fromkeys(shown.columns.get_level_values("domain")):
+        part = shown.xs(domain, axis=1, level="domain", drop_level=False)
+        part.columns = [_flat_label(c).removeprefix(f"{domain}: ") for c in part.columns]
+        part = part.reset_index()
+        # disable_numparse: keep the strings as formatted (tabulate would re-format numbers).
+        table = part.to_markdown(index=False, disable_numparse=True)
+        sections.append(f"### {domain}\n\n{table}\n")
+    return "\n".join(sections)
+
+
+def _latex(shown: pd.DataFrame) -> str:
+    shown = shown.copy()
+    shown.columns = pd.MultiIndex.from_tuples(
+        [
+            (
+                d,
+                "PPL" if t == PERPLEXITY else "gen. PPL" if t == GENERAL_PERPLEXITY else t,
+                METRIC_LABELS.get(m, m),
+            )
+            for d, t, m in shown.columns
+        ]
+    )
+    return shown.to_latex(multicolumn=True, multicolumn_format="c", escape=True)
+
+
+def _csv_frame(table: pd.DataFrame) -> pd.DataFrame:
+    flat = table.copy()
+    flat.columns = [_flat_label(c) for c in flat.columns]
+    return flat.reset_index()
+
+
+def write_text(path: Path, text: str) -> Path:
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def write_table(
+    table: pd.DataFrame,
+    out_dir: Path,
+    stem: str,
+    bounds: dict[str, pd.DataFrame] | None = None,
+    is_change: bool = False,
+    header: str = "",
+) -> list[Path]:
+    shown = _display_frame(table, bounds, is_change)
+    with atomic_output(out_dir / f"{stem}.csv") as tmp:
+        _csv_frame(table).to_csv(tmp, index=False, float_format="%.6g")
+    return [
+        out_dir / f"{stem}.csv",
+        write_text(out_dir / f"{stem}.md", header + _markdown(shown)),
+        write_text(out_dir / f"{stem}.tex", _latex(shown)),
+    ]
+
+
+def best_baseline_markdown(best: pd.DataFrame) -> str:
+    """One row per model against its domain's best baseline, per domain, task and metric."""
+    if best.empty:
+        return "No baseline to compare with.\n"
+    rows = []
+    for record in best.to_dict("records"):
+        metric = record["metric"]
+        rows.append(
+            {
+                "domain": record["domain"],
+                "metric": _flat_label((record["domain"], record["task"], metric)).split(": ")[1],
+                "method": record["method"],
+                "value": _formatted(record["value"], metric),
+                "best baseline": f"{record['best_baseline']} "
+                f"({_formatted(record['best_value'], metric)})",
+                "change vs best baseline": _change_cell(
+                    record["change"], metric, lambda name, r=record: r.get(name)
+                ),
+            }
+        )
+    return (
+        "Every model of a domain's main columns against the best baseline of that domain (the "
+        "non-D-Pruner method with the best point estimate), paired on the same units.\n\n"
+        + pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+        + "\n"
+    )
