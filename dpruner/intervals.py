@@ -25,6 +25,7 @@ from dpruner import stats
 
 # Used when the config has no `intervals` section (the default config states them).
 DEFAULTS = {"resamples": 2000, "seed": 0, "level": 0.95}
+# Pseudo-task names of the two perplexities every evaluation reports.
 PERPLEXITY = "perplexity"
 GENERAL_PERPLEXITY = "general perplexity"
 KEY = ["model", "variant", "domain", "task", "metric"]

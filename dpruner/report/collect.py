@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from dpruner.errors import DprunerError
+from dpruner.intervals import GENERAL_PERPLEXITY, PERPLEXITY
 
 VARIANT = re.compile(
     r"^(?P<method>[^_]+)_(?P<calibration>[^_]+)_s(?P<sparsity>[0-9.]+)_(?P<pattern>[^_]+)$"
@@ -39,9 +40,6 @@ METRIC_ALIASES = {
     "ppl": "ppl",
     "perplexity": "ppl",
 }
-# Pseudo-task names of the two perplexities every evaluation reports.
-PERPLEXITY = "perplexity"
-GENERAL_PERPLEXITY = "general perplexity"
 
 
 def parse_variant(variant: str) -> dict:

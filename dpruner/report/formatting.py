@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from dpruner.intervals import GENERAL_PERPLEXITY, PERPLEXITY
 from dpruner.io import atomic_output
-from dpruner.report.collect import GENERAL_PERPLEXITY, PERPLEXITY
 
 # Labels for Markdown, LaTeX and plots.
 METRIC_LABELS = {

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from dpruner.intervals import GENERAL_PERPLEXITY, PERPLEXITY
 from dpruner.io import atomic_output
-from dpruner.report.collect import GENERAL_PERPLEXITY, PERPLEXITY
 from dpruner.report.formatting import METRIC_LABELS, PERCENT_METRICS
 from dpruner.report.tables import interval_tables, main_table
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from dpruner.report.collect import GENERAL_PERPLEXITY, PERPLEXITY
+from dpruner.intervals import GENERAL_PERPLEXITY, PERPLEXITY
 
 # Column order within a domain.
 METRIC_ORDER = ["ppl", "accuracy", "macro_f1", "rouge1", "rouge2", "rougeL"]
