@@ -168,23 +168,26 @@ def cmd_prune(args) -> dict:
         raise DprunerError("--group-size and --symmetric need --quantize-bits")
     if args.quantize_bits is not None and args.stream_blocks:
         raise DprunerError("--quantize-bits does not work with --stream-blocks yet")
-    if args.method in ("wanda", "sparsegpt"):
+    if args.method in ("wanda", "sparsegpt", "dpruner"):
         options["batch_size"] = args.batch_size
     if args.method == "dpruner":
         if not args.scores:
             raise DprunerError("--method dpruner needs --scores FILE (from `domain-scores`)")
         options["scores_path"] = args.scores
+        options["reconstruct"] = args.reconstruct
+    elif args.reconstruct:
+        raise DprunerError("--reconstruct repairs a D-Pruner mask: it needs --method dpruner")
     pruner = get_pruner(args.method, **options)
     if pruner.needs_calibration and not args.calibration:
         raise DprunerError(f"--method {args.method} needs --calibration SOURCE")
+    _check_mix_args(args, pruner.needs_calibration)
     start = time.perf_counter()
     model, tokenizer = _load_model(args)
-    calibration = None
+    calibration, mix = None, None
     if pruner.needs_calibration:
-        calibration = calibration_from_source(
-            args.calibration, tokenizer, args.nsamples, args.seqlen, args.seed, args.template
-        )
-    inputs = tuple(p for p in (args.model, args.scores, args.calibration) if p and Path(p).exists())
+        calibration, mix = _prune_calibration(args, tokenizer)
+    sources = (args.model, args.scores, args.calibration, args.general_calibration)
+    inputs = tuple(p for p in sources if p and Path(p).exists())
     if args.stream_blocks:
         from dpruner.io import output_folder
         from dpruner.streaming import CheckpointBlocks
@@ -203,6 +206,7 @@ def cmd_prune(args) -> dict:
         "model": args.model,
         "calibration": args.calibration,
         "calibration_shape": list(calibration.shape) if calibration is not None else None,
+        "calibration_mix": mix,
         "measured": measured,
         "stream_blocks": args.stream_blocks,
         "total_wall_s": time.perf_counter() - start,
@@ -212,6 +216,40 @@ def cmd_prune(args) -> dict:
         k: report[k]
         for k in ("method", "sparsity_linear", "sparsity_total", "wall_s", "peak_rss_mb")
     }
+
+
+def _check_mix_args(args, calibrated: bool) -> None:
+    """Mixing flags that go together, before the model loads."""
+    if (args.general_calibration is None) != (args.domain_share is None):
+        raise DprunerError("--general-calibration and --domain-share go together")
+    if args.general_calibration and not calibrated:
+        method = f"{args.method} without --reconstruct" if args.method == "dpruner" else args.method
+        raise DprunerError(
+            f"--general-calibration mixes into the calibration rows, but --method {method} "
+            "calibrates on none"
+        )
+
+
+def _prune_calibration(args, tokenizer) -> tuple[torch.Tensor, dict | None]:
+    """The calibration rows of `prune`, and what the mix holds when general rows are mixed in."""
+    from dpruner.data.mixing import mix_calibration
+
+    def rows(source: str) -> torch.Tensor:
+        return calibration_from_source(
+            source, tokenizer, args.nsamples, args.seqlen, args.seed, args.template
+        )
+
+    calibration = rows(args.calibration)
+    if not args.general_calibration:
+        return calibration, None
+    mix = mix_calibration(rows(args.general_calibration), calibration, args.domain_share, args.seed)
+    summary = {
+        "general_calibration": args.general_calibration,
+        "domain_share": args.domain_share,
+        "seed": args.seed,
+        **mix.summary(),
+    }
+    return mix.tokens, summary
 
 
 def cmd_perplexity(args) -> dict:
@@ -428,6 +466,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4 or 4:8")
     p.add_argument("--group", choices=["matrix", "row", "block"], help="default: the method's")
     p.add_argument("--scores", help="D-Pruner importance scores (safetensors)")
+    p.add_argument(
+        "--reconstruct",
+        action="store_true",
+        help="dpruner: keep the mask from --scores and repair the kept weights with SparseGPT's "
+        "OBS sweep on --calibration",
+    )
+    p.add_argument(
+        "--general-calibration",
+        help="general calibration rows mixed into --calibration's domain rows (same forms)",
+    )
+    p.add_argument(
+        "--domain-share",
+        type=float,
+        help="with --general-calibration: the share of domain rows in the mixed set",
+    )
     p.add_argument(
         "--quantize-bits",
         type=int,

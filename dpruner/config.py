@@ -7,6 +7,7 @@ Snakefile and every CLI step print the same messages.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from pathlib import Path
 
@@ -112,9 +113,7 @@ def schema_errors(config: dict) -> list[str]:
     """One line per schema violation: `key.path: message (value: ...)`."""
     import jsonschema
 
-    with SCHEMA.open() as f:
-        schema = yaml.safe_load(f)
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft202012Validator(_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
     lines = dict.fromkeys(_line(error) for error in errors)
     return list(lines)
@@ -165,6 +164,38 @@ def _message(error) -> str:
     if error.validator == "required":
         return error.message
     return f"{error.message.replace(json.dumps(error.instance), value)}"
+
+
+@functools.cache
+def _schema() -> dict:
+    with SCHEMA.open() as f:
+        return yaml.safe_load(f)
+
+
+def schema_default(name: str):
+    """The default of the schema's `$defs.<name>`: an option's default is written there only."""
+    return _schema()["$defs"][name]["default"]
+
+
+# What a D-Pruner method's fine-tuning, and so its scores S, depends on (with the sparsity).
+FINE_TUNING_OPTIONS = (
+    "lambda", "lr", "epochs", "batch_size", "max_length", "clip", "normalize",
+    "gradient_checkpointing", "seed", "processes",
+)  # fmt: skip
+
+
+def scores_method(methods: dict, name: str) -> str:
+    """The fine-tuned D-Pruner method whose scores `name` masks by: the first one with its
+    fine-tuning options, so variants that differ only in how they mask (group, quantize,
+    reconstruct) share one fine-tuning."""
+
+    def settings(options: dict) -> dict:
+        return {key: options.get(key) for key in FINE_TUNING_OPTIONS}
+
+    own = settings(methods[name])
+    return next(
+        other for other, options in fine_tuned_methods(methods).items() if settings(options) == own
+    )
 
 
 def fine_tuned_methods(methods: dict) -> dict:

@@ -5,7 +5,7 @@ import re
 import shlex
 import sys
 
-from dpruner.config import fine_tuned_methods
+from dpruner.config import fine_tuned_methods, schema_default, scores_method
 from dpruner.lifecycle import WORKFLOW_PID_ENV
 from dpruner.preflight import local_paths
 
@@ -94,9 +94,14 @@ def calibrations(method):
         return ["none"]
     if options["kind"] == "dpruner" and options.get("scores") == "general":
         return ["general"]
-    if options["kind"] == "dpruner" or options.get("calibration") == "domain":
+    if options["kind"] == "dpruner" or options.get("calibration") in ("domain", "mixed"):
         return DOMAINS
     return ["general"]
+
+
+def mixes_general(options):
+    """Whether a method calibrates on mixed rows: the domain's with the general set's."""
+    return "mixed" in (options.get("calibration"), options.get("reconstruct"))
 
 
 def pruned_jobs():
@@ -110,12 +115,16 @@ def pruned_jobs():
 
 
 def dpruner_jobs(with_general_only=False):
-    """(method, sparsity) of every D-Pruner method and sparsity to prune at."""
+    """(method, sparsity) of every D-Pruner method and sparsity to prune at (the fine-tuned ones
+    only once per set of fine-tuning settings: the others reuse their scores)."""
     return [
         (method, sparsity)
         for method, options in METHODS.items()
         if options["kind"] == "dpruner"
-        and (with_general_only or options.get("scores", "domain") == "domain")
+        and (
+            with_general_only
+            or (method in fine_tuned_methods(METHODS) and scores_method(METHODS, method) == method)
+        )
         for sparsity in dict.fromkeys(s for s, _ in sparsity_patterns())
     ]
 
@@ -290,12 +299,17 @@ def prune_inputs(wildcards):
         inputs["scores"] = DOMAIN_SCORES.format(
             model=wildcards.model,
             domain=wildcards.calib,
-            method=wildcards.method,
+            method=scores_method(METHODS, wildcards.method),
             sparsity=wildcards.sparsity,
         )
-    elif kind != "magnitude":
+    options = METHODS[wildcards.method]
+    if kind in ("wanda", "sparsegpt") or "reconstruct" in options:
         inputs["calibration"] = f"{DATA}/calibration.pt".format(
             model=wildcards.model, domain=wildcards.calib
+        )
+    if mixes_general(options):
+        inputs["general_calibration"] = f"{DATA}/calibration.pt".format(
+            model=wildcards.model, domain="general"
         )
     return inputs
 
@@ -305,6 +319,8 @@ def prune_options(wildcards, input):
     calibrated = "calibration" in input.keys()
     quantize = options.get("quantize", {})
     flags = " --symmetric" if quantize.get("symmetric") else ""
+    flags += " --reconstruct" if "reconstruct" in options else ""
+    mixed = mixes_general(options)
     return (
         cli_options(
             {
@@ -314,6 +330,10 @@ def prune_options(wildcards, input):
                 "group": options.get("group"),
                 "scores": input.get("scores"),
                 "calibration": input.get("calibration"),
+                "general_calibration": input.get("general_calibration"),
+                "domain_share": (
+                    options.get("domain_share", schema_default("domain_share")) if mixed else None
+                ),
                 "nsamples": config["calibration"]["nsamples"] if calibrated else None,
                 "seqlen": config["calibration"]["seqlen"] if calibrated else None,
                 "seed": config["seed"] if calibrated else None,

@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from tiny import tiny_model
+from tiny import random_scores, tiny_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -92,6 +92,62 @@ def test_prune_with_quantization_records_the_quantizer_and_size(
     ]
 
 
+@pytest.fixture()
+def general_file(tmp_path):
+    path = tmp_path / "general.txt"
+    path.write_text("\n\n".join(" ".join(WORDS[::-1] * 3) for _ in range(20)))
+    return path
+
+
+def test_prune_mixes_general_rows_into_the_domain_calibration(
+    tmp_path, model_dir, text_file, general_file
+):
+    out = tmp_path / "mixed"
+    code = main(
+        ["prune", "--model", str(model_dir), "--method", "wanda", "--sparsity", "0.5",
+         "--calibration", str(text_file), "--general-calibration", str(general_file),
+         "--domain-share", "0.25", "--nsamples", "8", "--seqlen", "16", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "prune.json").read_text())
+    assert report["calibration_shape"] == [8, 16]
+    assert report["calibration_mix"] == {
+        "general_calibration": str(general_file), "domain_share": 0.25, "seed": 0,
+        "rows": 8, "row_length": 16, "domain_rows": 2, "general_rows": 6,
+    }  # fmt: skip
+
+
+def test_prune_reconstructs_a_dpruner_mask_on_mixed_rows(
+    tmp_path, model_dir, text_file, general_file, capsys
+):
+    import torch
+
+    from dpruner.methods.dpruner import save_scores
+
+    save_scores(random_scores(load_model(model_dir)[0]), tmp_path / "s.safetensors", {})
+    base = ["prune", "--model", str(model_dir), "--method", "dpruner", "--sparsity", "0.5",
+            "--scores", str(tmp_path / "s.safetensors")]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "plain")]) == 0
+    code = main(
+        [*base, "--reconstruct", "--calibration", str(text_file),
+         "--general-calibration", str(general_file), "--domain-share", "0.5",
+         "--nsamples", "4", "--seqlen", "16", "--out", str(tmp_path / "repaired")]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "repaired" / "prune.json").read_text())
+    assert report["details"]["reconstruction"] == "sparsegpt-fixed-mask"
+    assert report["calibration_mix"]["domain_rows"] == report["calibration_mix"]["general_rows"]
+    plain, _ = load_model(tmp_path / "plain")
+    repaired, _ = load_model(tmp_path / "repaired")
+    for name, module in prunable_weights(repaired).items():
+        assert torch.equal(module.weight == 0, prunable_weights(plain)[name].weight == 0), name
+    # Without --reconstruct, D-Pruner takes no calibration rows to mix into.
+    code = main([*base, "--general-calibration", str(general_file), "--domain-share", "0.5",
+                 "--out", str(tmp_path / "o")])  # fmt: skip
+    assert code == 2 and not (tmp_path / "o").exists()
+    assert "--method dpruner without --reconstruct calibrates on none" in capsys.readouterr().err
+
+
 def test_perplexity_command(tmp_path, model_dir, text_file, capsys):
     out = tmp_path / "ppl.json"
     args = ["perplexity", "--model", str(model_dir), "--data", str(text_file)]
@@ -109,6 +165,8 @@ def test_perplexity_command(tmp_path, model_dir, text_file, capsys):
         (["--sparsity", "0.5", "--method", "obs"], "unknown method 'obs'"),
         (["--sparsity", "0.5", "--group-size", "16"], "need --quantize-bits"),
         (["--sparsity", "0.5", "--quantize-bits", "9"], "bits must lie in 2..8"),
+        (["--sparsity", "0.5", "--reconstruct"], "--reconstruct repairs a D-Pruner mask"),
+        (["--sparsity", "0.5", "--domain-share", "0.5"], "--domain-share go together"),
     ],
 )
 def test_bad_arguments_give_one_clear_error(tmp_path, model_dir, text_file, capsys, extra, message):

@@ -3,6 +3,7 @@ both in the package (dpruner.config) and in the workflow (Snakefile): the file, 
 the value in a few lines, without a dump of the schema."""
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -54,6 +55,14 @@ def underscore_in_domain_name(config):
     config["domains"]["legal_eu"] = config["domains"].pop("legal")
 
 
+def domain_share_without_mixing(config):
+    config["methods"]["wanda"]["domain_share"] = 0.3
+
+
+def reconstructing_the_general_only_ablation(config):
+    config["methods"]["dpruner"].update(scores="general", reconstruct="domain")
+
+
 # (change, what the message must name)
 BAD_CONFIGS = [
     (misspelt_key, ["sparsites"]),
@@ -62,6 +71,8 @@ BAD_CONFIGS = [
     (misspelt_method_option, ["methods.dpruner", "lamda"]),
     (misspelt_source_option, ["domains.legal.perplexity.source", "category"]),
     (underscore_in_domain_name, ["domains", "legal_eu"]),
+    (domain_share_without_mixing, ["methods.wanda.calibration", "\"general\" expected 'mixed'"]),
+    (reconstructing_the_general_only_ablation, ["methods.dpruner.scores", "expected 'domain'"]),
 ]
 
 
@@ -76,6 +87,18 @@ def test_readme_domain_example_is_valid():
     block = text.split("## Adding a domain")[1].split("```yaml\n")[1].split("```")[0]
     config = default_config()
     config["domains"].update(yaml.safe_load(block))
+    validate_config(config)
+
+
+def test_readme_methods_beyond_the_paper_example_is_valid():
+    text = (REPO / "config" / "README.md").read_text()
+    block = text.split("### Methods beyond the paper")[1].split("```yaml\n")[1].split("```")[0]
+    config = default_config()
+    # The example copies the default config's `dpruner` entry through a YAML anchor.
+    anchor = f"dpruner-entry: &dpruner {json.dumps(config['methods']['dpruner'])}\n"
+    methods = yaml.safe_load(anchor + block)["methods"]
+    assert {"sparsegpt-mixed", "wanda-mixed", "dpruner-rec"} <= set(methods)
+    config["methods"].update(methods)
     validate_config(config)
 
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from tiny import random_tokens, tiny_model
+from tiny import random_scores, random_tokens, tiny_model
 
 from dpruner.calibration import layer_sequential
 from dpruner.masks import SparsitySpec
@@ -205,6 +205,61 @@ def test_mask_keeps_original_weights_bit_identical(tmp_path):
         assert torch.equal(module.weight[kept], dense[name][kept])
         lowest = scores[name].reshape(-1).sort(stable=True).indices[: scores[name].numel() // 2]
         assert bool((module.weight.reshape(-1)[lowest] == 0).all())
+
+
+def block_inputs(model, tokens, block: str) -> dict[str, torch.Tensor]:
+    """Tokens x d_in inputs of every prunable linear of one block, from the model as it is."""
+    inputs, handles = {}, []
+    for name, module in prunable_weights(model).items():
+        if f".layers.{block}." in name:
+
+            def keep(m, i, o, name=name):
+                inputs[name] = i[0].reshape(-1, i[0].shape[-1]).detach().clone()
+
+            handles.append(module.register_forward_hook(keep))
+    with torch.no_grad():
+        model(input_ids=tokens)
+    for handle in handles:
+        handle.remove()
+    return inputs
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_reconstruction_keeps_the_dpruner_mask_and_lowers_the_layer_error(tmp_path, pattern):
+    tokens = random_tokens(4, 16)
+    dense = tiny_model("llama")
+    scores = random_scores(dense, seed=7)
+    save_scores(scores, tmp_path / "s.safetensors", {"kind": "test"})
+    # Block 0's linears see the dense model's activations in the repairing walk too.
+    inputs = block_inputs(dense, tokens, "0")
+    spec = SparsitySpec.parse(0.5, pattern, "matrix")
+    plain, repaired = tiny_model("llama"), tiny_model("llama")
+    DPrunerPruner(str(tmp_path / "s.safetensors")).prune(plain, None, spec)
+    result = DPrunerPruner(str(tmp_path / "s.safetensors"), reconstruct=True, batch_size=2).prune(
+        repaired, tokens, spec
+    )
+    assert set(result.details["reconstruction_proxy"]) == set(scores)
+    for name, module in prunable_weights(repaired).items():
+        assert torch.equal(module.weight == 0, prunable_weights(plain)[name].weight == 0), name
+    models = {"dense": dense, "plain": plain, "repaired": repaired}
+    for name, x in inputs.items():
+        weights = {k: prunable_weights(m)[name].weight.detach() for k, m in models.items()}
+        errors = {
+            kind: float(torch.linalg.norm(x @ weights["dense"].t() - x @ weights[kind].t()))
+            for kind in ("plain", "repaired")
+        }
+        assert errors["repaired"] < errors["plain"], (name, errors)
+
+
+def test_reconstruction_needs_calibration_data(tmp_path):
+    from dpruner.errors import DprunerError
+
+    model = tiny_model("llama")
+    save_scores(unit_importance(model), tmp_path / "s.safetensors", {})
+    with pytest.raises(DprunerError, match="needs calibration data"):
+        DPrunerPruner(str(tmp_path / "s.safetensors"), reconstruct=True).prune(
+            model, None, SparsitySpec(0.5)
+        )
 
 
 @pytest.mark.parametrize(

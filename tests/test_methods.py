@@ -136,3 +136,39 @@ def test_calibrated_methods_need_calibration_data():
 
     with pytest.raises(DprunerError, match="needs calibration data"):
         get_pruner("wanda").prune(tiny_model("llama"), None, SparsitySpec(0.5, "row"))
+
+
+def test_sweep_with_a_prefix_mask_is_the_per_row_least_squares_repair():
+    # In every row the pruned columns come first: the OBS sweep then passes each pruned weight's
+    # error to all kept weights, so W' is argmin ||XW^T - XW'^T|| per row with the mask fixed.
+    # The column blocks of 5 (d_in 12) exercise the lazy update across blocks.
+    g = torch.Generator().manual_seed(1)
+    d_out, d_in, tokens = 6, 12, 200
+    inputs = torch.randn(tokens, d_in, generator=g, dtype=torch.float64)
+    weight = torch.randn(d_out, d_in, generator=g, dtype=torch.float64)
+    pruned_prefix = [6, 3, 9, 6, 5, 7]  # 36 of 72 weights
+    mask = torch.arange(d_in).unsqueeze(0) < torch.tensor(pruned_prefix).unsqueeze(1)
+    hessian = (2 * inputs.t() @ inputs / tokens).float()
+    result = sparsegpt_sweep(
+        weight, hessian, SparsitySpec(0.5), percdamp=1e-9, block_size=5, mask=mask
+    )
+    assert torch.equal(result.mask, mask)
+    for row, k in enumerate(pruned_prefix):
+        kept = torch.linalg.lstsq(inputs[:, k:], inputs @ weight[row]).solution
+        torch.testing.assert_close(result.weight[row, k:].double(), kept, rtol=1e-3, atol=1e-4)
+        assert bool((result.weight[row, :k] == 0).all())
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_sweep_keeps_a_given_mask_and_repairs_below_plain_masking(pattern):
+    weight, inputs = correlated_layer()
+    hessian = 2 * inputs.t() @ inputs / inputs.shape[0]
+    spec = SparsitySpec.parse(0.5, pattern, "matrix")
+    scores = torch.rand(weight.shape, generator=torch.Generator().manual_seed(3))
+    mask = prune_mask(scores, spec)
+    result = sparsegpt_sweep(weight, hessian, spec, block_size=16, mask=mask)
+    assert torch.equal(result.mask, mask)
+    assert bool((result.weight[mask] == 0).all()) and bool((result.weight[~mask] != 0).all())
+    repaired = reconstruction_error(weight, result.weight, inputs)
+    plain = reconstruction_error(weight, weight.masked_fill(mask, 0), inputs)
+    assert repaired < 0.9 * plain, (repaired, plain)

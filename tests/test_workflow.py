@@ -111,6 +111,9 @@ def test_dry_run_study_configs(tmp_path, study):
     assert config["results"] == f"results/studies/{study.stem}"
     assert counts["prune"] >= 12 and counts["report"] == 1 and counts["all"] == 1
     assert counts.get("stored_size") == (1 if study.stem == "quantization" else None)
+    if study.stem == "beyond":
+        # D-Pruner with reconstruction masks by `dpruner`'s scores: one fine-tuning per domain.
+        assert counts["prune"] == 12 and counts["domain_scores"] == 2
 
 
 def test_quantized_methods_pass_their_quantizer_options_to_prune(tmp_path):
@@ -152,6 +155,51 @@ def test_ablations_are_config_entries(tmp_path):
     assert counts["domain_scores"] == 2
     assert counts["prune"] == 1 + 2
     assert counts["evaluate"] == 1 + 3
+
+
+def test_mixed_and_reconstructing_methods_pass_their_calibration_to_prune(tmp_path):
+    from dpruner.config import schema_default
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    dpruner = config["methods"]["dpruner"]
+    config["methods"] = {
+        "dpruner": dpruner,
+        "wanda-mixed": {"kind": "wanda", "calibration": "mixed"},
+        "sparsegpt-mixed": {"kind": "sparsegpt", "calibration": "mixed", "domain_share": 0.25},
+        "dpruner-rec": {**dpruner, "reconstruct": "domain"},
+        "dpruner-recmix": {**dpruner, "reconstruct": "mixed", "domain_share": 0.75},
+    }
+    config_file = write_config(tmp_path / "beyond.yaml", config)
+    result = snakemake(
+        "-n", "-p", "--until", "prune", "--configfile", config_file, workdir=tmp_path
+    )
+    output = result.stdout + result.stderr
+    # The reconstructing variants mask by the scores of `dpruner`: one fine-tuning per domain.
+    assert job_counts(output)["domain_scores"] == 2
+    commands = {}
+    for line in output.splitlines():
+        if "dpruner prune" in line:
+            variant = re.search(r"--out \S+/pruned/(\S+)", line).group(1)
+            commands[variant] = line
+    data = "results/run/data/smollm2-135m"
+    for domain in ("medical", "legal"):
+        both = f"--calibration {data}/{domain}/calibration.pt"
+        both += f" --general-calibration {data}/general/calibration.pt --domain-share"
+        scores = f"scores/smollm2-135m/{domain}/domain_scores_dpruner_s0.5.safetensors"
+
+        def command(method, domain=domain):
+            return commands[f"{method}_{domain}_s0.5_unstructured"]
+
+        assert f"{both} {schema_default('domain_share')} " in command("wanda-mixed")
+        assert f"{both} 0.25 " in command("sparsegpt-mixed")
+        assert f"{both} 0.75 " in command("dpruner-recmix")
+        rec = command("dpruner-rec")
+        assert f"--calibration {data}/{domain}/calibration.pt" in rec and "--reconstruct" in rec
+        assert "--general-calibration" not in rec
+        for method in ("dpruner", "dpruner-rec", "dpruner-recmix"):
+            assert scores in command(method)
+        assert not {"--calibration", "--reconstruct"} & set(command("dpruner").split())
+    assert len(commands) == 10
 
 
 def paper_local_data(workdir: Path) -> None:

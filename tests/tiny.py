@@ -53,6 +53,17 @@ def random_tokens(n: int, length: int, vocab_size: int = 96, seed: int = 0) -> t
     return torch.randint(0, vocab_size, (n, length), generator=generator)
 
 
+def random_scores(model, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A uniform random score per prunable weight (a D-Pruner score file's content)."""
+    from dpruner.models import prunable_weights
+
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        name: torch.rand(module.weight.shape, generator=generator)
+        for name, module in prunable_weights(model).items()
+    }
+
+
 def tiny_tokenizer(texts: list[str], vocab_size: int, special_tokens=(), **roles):
     """A byte-level BPE tokenizer trained on `texts`; `roles` name its special tokens
     (eos_token="<eos>", ...)."""

@@ -494,27 +494,51 @@ def gather_scores(scores: dict[str, torch.Tensor], model: nn.Module, shard) -> d
 
 
 class DPrunerPruner(Pruner):
-    """Step 3's mask: zero the lowest-scored fraction of the original weights per group."""
+    """Step 3's mask: zero the lowest-scored fraction of the original weights per group.
+
+    With `reconstruct`, the same mask is kept and the kept weights are repaired as SparseGPT
+    repairs them: its OBS sweep with the mask fixed, on Hessians of the calibration data
+    (domain or mixed), block by block in the shared engine, so each block sees the inputs of the
+    repaired blocks before it. Quantization stays round-to-nearest after the repair.
+    """
 
     name = "dpruner"
     default_group = "matrix"
     needs_calibration = False
 
-    def __init__(self, scores_path: str, quantize: QuantSpec | None = None):
+    def __init__(
+        self,
+        scores_path: str,
+        reconstruct: bool = False,
+        batch_size: int = 1,
+        quantize: QuantSpec | None = None,
+    ):
         super().__init__(quantize)
         self.scores_path = scores_path
+        self.reconstruct = reconstruct
+        self.needs_calibration = reconstruct
+        self.batch_size = batch_size
 
     def _prune(self, model, calibration, spec: SparsitySpec, blocks=None) -> dict[str, dict]:
-        reports = {}
         # Scores are read matrix by matrix from the memory-mapped file, as the blocks come.
         with safe_open(_score_file(self.scores_path), framework="pt") as scores:
             shapes = {k: tuple(scores.get_slice(k).get_shape()) for k in scores.keys()}  # noqa: SIM118
             _check_score_shapes(self.scores_path, shapes, model)
 
+            def mask_of(name: str) -> torch.Tensor:
+                return prune_mask(scores.get_tensor(name).float(), spec)
+
+            if self.reconstruct:
+                repair = SparseGPTPruner(batch_size=self.batch_size, fixed_mask=mask_of)
+                reports = repair._prune(model, calibration, spec, blocks)
+                self.warnings += repair.warnings
+                self.details = {"reconstruction": "sparsegpt-fixed-mask", **repair.details}
+                return reports
+            reports = {}
+
             def prune_block(index, linears, stats):
                 for name, module in linears.items():
-                    mask = prune_mask(scores.get_tensor(name).float(), spec)
-                    reports[name] = apply_mask(name, module, mask, spec)
+                    reports[name] = apply_mask(name, module, mask_of(name), spec)
 
             layer_sequential(model, None, lambda name, module: None, prune_block, blocks=blocks)
         return reports

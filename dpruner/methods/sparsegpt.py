@@ -3,7 +3,9 @@
 `sparsegpt_sweep` is the pure per-matrix solver; `SparseGPTPruner` feeds it Hessians from the
 shared layer-sequential engine. D-Pruner's general importance is the saliency this sweep records
 at the start of every column block (`saliency=` argument). With `quant=` the sweep is SparseGPT's
-joint sparse + quantized one (SparseGPT paper, Algorithm 1 with GPTQ-style quantization).
+joint sparse + quantized one (SparseGPT paper, Algorithm 1 with GPTQ-style quantization). With
+`mask=` the sweep keeps a mask chosen elsewhere and only repairs the kept weights (D-Pruner with
+reconstruction: `SparseGPTPruner(fixed_mask=...)`).
 """
 
 from __future__ import annotations
@@ -85,8 +87,15 @@ def sparsegpt_sweep(
     where: str = "layer",
     saliency: torch.Tensor | None = None,
     quant: QuantSpec | None = None,
+    mask: torch.Tensor | None = None,
 ) -> SweepResult:
     """Prune `weight` (d_out x d_in) to `spec`, updating the kept weights to compensate.
+
+    If `mask` (d_out x d_in, True = pruned) is given, it replaces the sweep's own choice: the
+    same OBS updates then spread each pruned weight's error over the later columns of its row.
+    When every row's pruned columns come before its kept ones this is the least-squares optimum
+    of ||WX - W'X|| for that mask (with H damped); otherwise later pruned columns cannot pass
+    their error back to earlier kept ones, as in SparseGPT itself.
 
     If `saliency` (d_out x d_in) is given, it receives W~^2 / diag(U)^2 of the running weights at
     the start of each column block, before that block's mask is chosen (D-Pruner's G).
@@ -107,6 +116,7 @@ def sparsegpt_sweep(
     H[dead, dead] = 1
     W[:, dead] = 0
     U, damp = inverse_hessian_factor(H, percdamp, max_damp, where)
+    fixed = mask
     mask = torch.zeros_like(W, dtype=torch.bool)
     if quant is not None:
         groups = _quant_groups(d_in, quant, block_size, where)
@@ -124,12 +134,14 @@ def sparsegpt_sweep(
         block_scores = W1.pow(2) / diag1.pow(2).unsqueeze(0)
         if saliency is not None:
             saliency[:, b0:b1] = block_scores
-        if spec.is_nm:
+        if fixed is not None:
+            mask1 = fixed[:, b0:b1].to(W.device)
+        elif spec.is_nm:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
         else:
             mask1 = lowest_k(block_scores, math.floor(spec.sparsity * W1.numel()))
         for t in range(b1 - b0):
-            if spec.is_nm and t % spec.m == 0:
+            if fixed is None and spec.is_nm and t % spec.m == 0:
                 group = W1[:, t : t + spec.m].pow(2) / diag1[t : t + spec.m].pow(2).unsqueeze(0)
                 mask1[:, t : t + spec.m] = nm_mask(group, spec.n, spec.m)
             w = W1[:, t]
@@ -191,6 +203,7 @@ class SparseGPTPruner(Pruner):
         record_saliency: bool = False,
         quantize: QuantSpec | None = None,
         saliency_sink: Callable[[str, torch.Tensor], None] | None = None,
+        fixed_mask: Callable[[str], torch.Tensor] | None = None,
     ):
         super().__init__(quantize)
         group = quantize.group_size if quantize is not None else None
@@ -205,6 +218,9 @@ class SparseGPTPruner(Pruner):
         self.saliency: dict[str, torch.Tensor] = {}
         # Where each matrix's saliency goes as its block finishes (default: kept in `saliency`).
         self.saliency_sink = saliency_sink or self.saliency.__setitem__
+        # Weight name -> the mask to keep (True = pruned): the sweep then only repairs the kept
+        # weights, and each mask is checked against the caller's spec instead of SparseGPT's.
+        self.fixed_mask = fixed_mask
 
     def _prune(self, model, calibration, spec: SparsitySpec, blocks=None) -> dict[str, dict]:
         reports, losses, dampings = {}, {}, {}
@@ -230,6 +246,7 @@ class SparseGPTPruner(Pruner):
                     where=f"{name} (N={n_sequences}, L={seqlen})",
                     saliency=sink,
                     quant=self.quantize,
+                    mask=self.fixed_mask(name) if self.fixed_mask else None,
                 )
                 if sink is not None:
                     self.saliency_sink(name, sink.cpu())
@@ -238,8 +255,9 @@ class SparseGPTPruner(Pruner):
                     log.warning(message)
                     self.warnings.append(message)
                 weight.data.copy_(result.weight.to(weight.dtype))
+                own_blocks = not (spec.is_nm or self.fixed_mask)
                 check_spec = (
-                    spec if spec.is_nm else SparsitySpec(spec.sparsity, "block", self.block_size)
+                    SparsitySpec(spec.sparsity, "block", self.block_size) if own_blocks else spec
                 )
                 reports[name] = check_mask(name, weight.data, result.mask, check_spec)
                 losses[name] = result.loss
