@@ -73,6 +73,12 @@ def parse_variant(text: str) -> dict:
     return variant
 
 
+def config_settings(method: dict) -> dict:
+    """The FineTuneSettings keys of a config D-Pruner method (`lambda` is `lam` there)."""
+    renamed = {"lam" if key == "lambda" else key: value for key, value in method.items()}
+    return {key: value for key, value in renamed.items() if key in SETTING_FIELDS}
+
+
 def with_count(entries: list[dict], count: int | None) -> list[dict]:
     return [{**entry, "count": count or entry["count"]} for entry in entries]
 
@@ -168,7 +174,11 @@ def run_variant(args, variant: dict, texts: list[str], ids, config) -> list[dict
 
 def run(args) -> None:
     config = load_config(args.config)
-    args.defaults = parse_variant(args.defaults_text)
+    args.defaults = (
+        parse_variant(args.defaults_text)
+        if args.defaults_text is not None
+        else config_settings(config["methods"]["dpruner"])
+    )
     _, tokenizer = load_model(args.model, "float32", "cpu")
     entries = with_count(config["domains"][args.domain]["calibration"], args.instance_count)
     ids = validation_tokens(entries, config, args.domain, tokenizer, args.max_tokens)
@@ -257,8 +267,8 @@ def main() -> None:
     p.add_argument(
         "--defaults",
         dest="defaults_text",
-        default="epochs=1,batch_size=4,max_length=128",
-        help="settings every variant starts from (FineTuneSettings keys)",
+        help="settings every variant starts from (FineTuneSettings keys); default: the config's "
+        "`methods.dpruner` fine-tuning options",
     )
     p.add_argument("--variant", action="append", default=[])
     p.add_argument("--reference", action="append", default=[], help="a pruned model folder")
