@@ -56,7 +56,8 @@ def _add_stream_arg(parser: argparse.ArgumentParser) -> None:
         "--stream-blocks",
         action="store_true",
         help="never load the whole model: bring one decoder block at a time from the safetensors"
-        " files and write results as each block finishes (docs/streaming.md)",
+        " files and free it (a pruned block is written) when the walk is done with it"
+        " (docs/streaming.md)",
     )
 
 
@@ -131,7 +132,7 @@ def cmd_prepare_data(args) -> dict:
 def cmd_evaluate(args) -> dict:
     from dpruner.evaluation.runner import evaluate_domains
 
-    results = evaluate_domains(args.model, args.domain, read_config(args), args.out)
+    results = evaluate_domains(args.model, args.domain, read_config(args), args.out, args.device)
     return {
         domain: {"out": out, "perplexity": result["perplexity"], "wall_s": result["wall_s"]}
         for (domain, result), out in zip(results.items(), args.out, strict=True)
@@ -265,10 +266,22 @@ def cmd_perplexity(args) -> dict:
         ids = text_tokens(text, tokenizer)
     if args.max_tokens:
         ids = ids[: args.max_tokens]
+    blocks = None
+    if args.stream_blocks:
+        from dpruner.streaming import CheckpointBlocks
+
+        blocks = CheckpointBlocks(model, args.model, args.device)
     result = sliding_window_perplexity(
-        model, ids, args.window, args.stride, tokenizer.bos_token_id, args.bos, args.batch_size
+        model,
+        ids,
+        args.window,
+        args.stride,
+        tokenizer.bos_token_id,
+        args.bos,
+        args.batch_size,
+        blocks=blocks,
     )
-    result.update(model=args.model, data=args.data)
+    result.update(model=args.model, data=args.data, stream_blocks=args.stream_blocks)
     if args.out:
         write_json(result, args.out)
     return result
@@ -457,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, action="append", help="metrics JSON file, one per --domain"
     )
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("prune", help="prune a model and save it with prune.json")
@@ -545,6 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--bos", default="none", choices=["none", "once", "window"])
     p.add_argument("--batch-size", type=int, default=4)
+    _add_stream_arg(p)
     p.add_argument("--out")
     p.set_defaults(func=cmd_perplexity)
 

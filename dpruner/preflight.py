@@ -228,6 +228,19 @@ class _Checker:
             except DprunerError as error:
                 self.problem(f"methods.{name}.quantize", str(error))
 
+    def streaming(self) -> None:
+        """`prune --stream-blocks` refuses to quantize; say so before any job runs."""
+        quantized = [
+            name for name, options in self.config["methods"].items() if "quantize" in options
+        ]
+        for model, entry in self.config["models"].items():
+            if entry.get("stream_blocks") and quantized:
+                self.problem(
+                    f"models.{model}.stream_blocks",
+                    f"method(s) {', '.join(quantized)} quantize, which streamed pruning does not "
+                    "do yet; set stream_blocks: false for this model or drop their quantize",
+                )
+
     def section(self, name: str, section: dict, parts=PARTS) -> None:
         if "calibration" in parts:
             self.calibration(name, section)
@@ -282,6 +295,7 @@ def check_config(
     checker.patterns()
     checker.matched_calibration()
     checker.quantization()
+    checker.streaming()
     checker.raise_if_any(source)
 
 

@@ -100,8 +100,12 @@ def _assign(model: nn.Module, name: str, value: torch.Tensor) -> None:
 
 
 def materialised_bytes(model: nn.Module) -> int:
-    """Bytes of the model's parameters that are not on the meta device (a tied one counted once)."""
-    return sum(p.numel() * p.element_size() for p in model.parameters() if not p.is_meta)
+    """Bytes of the model's parameters that are not on the meta device (a tied one counted once,
+    also where `CheckpointBlocks` gave the tied names two parameters over one tensor)."""
+    tensors = {
+        (p.data_ptr(), p.numel() * p.element_size()) for p in model.parameters() if not p.is_meta
+    }
+    return sum(size for _, size in tensors)
 
 
 class CheckpointBlocks(BlockSource):

@@ -159,6 +159,17 @@ def model_dtype(wildcards):
     return config["models"][wildcards.model].get("dtype", "float32")
 
 
+def model_source(model):
+    """A model's entry without `stream_blocks`, which says how later steps read the model, not
+    what it is: switching it does not rebuild the dense model."""
+    return {key: value for key, value in config["models"][model].items() if key != "stream_blocks"}
+
+
+def stream_option(wildcards):
+    """`--stream-blocks` for a model with `stream_blocks: true` (docs/streaming.md)."""
+    return "--stream-blocks" if config["models"][wildcards.model].get("stream_blocks") else ""
+
+
 def cli_options(options):
     """`--key value` for every option that is not None, keys with "-" for "_", values quoted."""
     return " ".join(
@@ -321,6 +332,8 @@ def prune_options(wildcards, input):
     flags = " --symmetric" if quantize.get("symmetric") else ""
     flags += " --reconstruct" if "reconstruct" in options else ""
     mixed = mixes_general(options)
+    if stream_option(wildcards):
+        flags += f" {stream_option(wildcards)}"
     return (
         cli_options(
             {

@@ -8,7 +8,7 @@ rule prepare_model:
         directory(DENSE_MODEL),
     params:
         # The config slice this output depends on: a change here reruns it, nothing else does.
-        config=lambda w: config_json(models={w.model: config["models"][w.model]}),
+        config=lambda w: config_json(models={w.model: model_source(w.model)}),
     log:
         f"{LOGS}/prepare_model/{{model}}.log",
     benchmark:

@@ -21,6 +21,7 @@ rule evaluate:
         ),
         # The config slice the metrics files depend on.
         config=evaluation_config_json,
+        device=DEVICE,
     log:
         f"{LOGS}/evaluate/{{model}}/{{variant}}.log",
     benchmark:
@@ -34,4 +35,4 @@ rule evaluate:
         "../envs/dpruner.yaml"
     shell:
         "python -m dpruner evaluate --model {params.model_dir:q} {params.domains_and_outputs}"
-        " --config-json {params.config:q} > {log:q} 2>&1"
+        " --device {params.device:q} --config-json {params.config:q} > {log:q} 2>&1"

@@ -11,6 +11,7 @@ rule general_importance:
     params:
         device=DEVICE,
         dtype=model_dtype,
+        stream=stream_option,
     log:
         f"{LOGS}/general_importance/{{model}}_s{{sparsity}}_norm-{{normalize}}.log",
     benchmark:
@@ -26,7 +27,7 @@ rule general_importance:
         "python -m dpruner general-importance --model {input.model:q}"
         " --calibration {input.calibration:q} --sparsity {wildcards.sparsity:q}"
         " --normalize {wildcards.normalize:q} --device {params.device:q} --dtype {params.dtype:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " {params.stream} --out {output:q} > {log:q} 2>&1"
 
 
 rule domain_scores:

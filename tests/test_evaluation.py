@@ -290,6 +290,7 @@ def test_evaluate_domains_writes_one_metrics_json_per_domain(tmp_path, model, to
     evaluate_domains(str(model_dir), ["toy", "general"], config, [str(out), str(general_out)])
     assert json.loads(general_out.read_text())["domain"] == "general"
     written = json.loads(out.read_text())
+    assert written["device"] == "cpu"
     assert set(written["perplexity"]) == {"domain"}  # general: once, in general.json
     assert written["sparsity"]["sparsity_linear"] == 0.0
     assert written["tasks"]["toy_mc"]["counts"]["items"] == 4

@@ -136,6 +136,18 @@ def test_an_n_m_pattern_must_divide_every_width(tmp_path):
     assert "N must be smaller than M" in problems(config)
 
 
+def test_streamed_models_cannot_be_quantized_yet(tmp_path):
+    config = fixture_config(tmp_path)
+    model = next(iter(config["models"]))
+    config["models"][model]["stream_blocks"] = True
+    check_config(config)
+    config["methods"]["magnitude-q4"] = {"kind": "magnitude", "quantize": {"bits": 4}}
+    assert (
+        f"models.{model}.stream_blocks: method(s) magnitude-q4 quantize, which streamed pruning"
+        in problems(config)
+    )
+
+
 def test_every_problem_is_reported_at_once(tmp_path):
     config = fixture_config(tmp_path)
     (tmp_path / "legal.jsonl").unlink()

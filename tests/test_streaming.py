@@ -13,6 +13,7 @@ from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
 from dpruner.cli import main
+from dpruner.evaluation.perplexity import sliding_window_perplexity
 from dpruner.masks import SparsitySpec
 from dpruner.methods import get_pruner
 from dpruner.methods.dpruner import general_importance, save_scores
@@ -199,6 +200,42 @@ def test_cli_stream_blocks_equals_in_memory(tmp_path, checkpoint):
     got, want = (load_file(tmp_path / f"{n}.safetensors") for n in ("streamed", "memory"))
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary left behind"
+
+
+@pytest.mark.parametrize(
+    ("layout", "bos"),
+    [("llama", "none"), ("gemma3_text", "window"), ("gpt2", "once"), ("opt", "none")],
+)
+def test_streamed_perplexity_equals_in_memory(tmp_path, layout, bos):
+    """Every window through the walk, then the model's own head: gemma's scaled embeddings and
+    per-layer-type masks, gpt2's and opt's own final norms; BOS per window or once."""
+    path = save_checkpoint(tmp_path / "dense", layout, sharded=True, layers=3)
+    ids, options = random_tokens(1, 70)[0], dict(bos_id=1, bos=bos, batch_size=3, progress=False)
+    dense, _ = load_model(path)
+    want = sliding_window_perplexity(dense, ids, 16, 8, **options)
+    model, _ = load_skeleton(path)
+    blocks = Measured(model, path)
+    got = sliding_window_perplexity(model, ids, 16, 8, **options, blocks=blocks)
+    assert got["windows"] == want["windows"] > 3  # several batches of windows
+    assert got["window_tokens"] == want["window_tokens"]
+    assert got["window_nll"] == pytest.approx(want["window_nll"], rel=1e-6)
+    assert got["ppl"] == pytest.approx(want["ppl"], rel=1e-6)
+    one_block, outside = block_and_outside_bytes(dense)
+    assert one_block <= blocks.peak <= one_block + outside
+
+
+def test_cli_perplexity_stream_blocks_equals_in_memory(tmp_path, checkpoint):
+    torch.save(random_tokens(1, 80), tmp_path / "tokens.pt")
+    args = ["perplexity", "--model", str(checkpoint), "--data", str(tmp_path / "tokens.pt")]
+    args += ["--window", "16", "--stride", "8", "--batch-size", "2"]
+    for name, extra in [("memory", []), ("streamed", ["--stream-blocks"])]:
+        assert main([*args, *extra, "--out", str(tmp_path / f"{name}.json")]) == 0
+    memory, streamed = (
+        json.loads((tmp_path / f"{n}.json").read_text()) for n in ("memory", "streamed")
+    )
+    assert streamed["stream_blocks"] and not memory["stream_blocks"]
+    assert streamed["window_nll"] == pytest.approx(memory["window_nll"], rel=1e-6)
+    assert streamed["ppl"] == pytest.approx(memory["ppl"], rel=1e-6)
 
 
 def test_stream_blocks_needs_safetensors_weights(tmp_path):

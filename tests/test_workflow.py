@@ -116,6 +116,43 @@ def test_dry_run_study_configs(tmp_path, study):
         assert counts["prune"] == 12 and counts["domain_scores"] == 2
 
 
+GPU_CONFIG = REPO / "config" / "gpu.yaml"
+
+
+def test_dry_run_gpu_config(tmp_path):
+    # Plans offline on a machine without a GPU; the jobs run on the configured device, and only
+    # the model with `stream_blocks: true` streams, in the steps that can.
+    result = snakemake("-n", "-p", "--configfile", GPU_CONFIG, workdir=tmp_path)
+    assert yaml.safe_load(GPU_CONFIG.read_text())["results"] == "results/gpu/run"
+    # 2 models x (dense + 3 shared + 3 pruned per domain x 2 domains).
+    assert job_counts(result.stdout) == {
+        "prepare_model": 2,
+        "prepare_data": 2 * 3,
+        "general_importance": 2,
+        "domain_scores": 2 * 2,
+        "prune": 2 * 9,
+        "evaluate": 2 * 10,
+        "aggregate": 1,
+        "plot": 1,
+        "report": 1,
+        "all": 1,
+    }
+    commands = [line for line in result.stdout.splitlines() if "python -m dpruner " in line]
+
+    def step(name):
+        return [command for command in commands if f"python -m dpruner {name} " in command]
+
+    assert len(step("evaluate")) == 20
+    assert all("--device cuda" in command for command in step("evaluate"))
+    streamed = step("general-importance") + step("prune")
+    assert len(streamed) == 2 + 2 * 9
+    for command in streamed:
+        assert "--device cuda" in command
+        assert ("--stream-blocks" in command) == ("models/gemma3-270m/dense" in command)
+    unstreamed = step("domain-scores") + step("evaluate") + step("prepare-model")
+    assert not any("--stream-blocks" in c or "stream_blocks" in c for c in unstreamed)
+
+
 def test_quantized_methods_pass_their_quantizer_options_to_prune(tmp_path):
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config["methods"] = {
@@ -236,20 +273,22 @@ def test_dry_run_paper_config_plans_the_full_dag_offline(tmp_path):
     assert counts["evaluate"] == 2 * 6
 
 
-def test_slurm_profile_dry_run(tmp_path):
+@pytest.mark.parametrize("config", ["paper", "gpu"])
+def test_slurm_profile_dry_run(tmp_path, config):
     paper_local_data(tmp_path)
     result = snakemake(
         "-n",
         "--configfile",
-        REPO / "config" / "paper.yaml",
+        REPO / "config" / f"{config}.yaml",
         "--workflow-profile",
         REPO / "profiles" / "slurm",
         workdir=tmp_path,
     )
     jobs = result.stdout.split("\nrule ")[1:]
-    prune = next(job for job in jobs if job.startswith("prune:"))
-    for resource in ("slurm_partition=gpu", "gpu=1", "gpu_model=", "cpus_per_gpu=", "mem_mb="):
-        assert resource in prune
+    for rule in ("prune:", "evaluate:"):
+        job = next(job for job in jobs if job.startswith(rule))
+        for resource in ("slurm_partition=gpu", "gpu=1", "gpu_model=", "cpus_per_gpu=", "mem_mb="):
+            assert resource in job, (rule, resource)
     prepare = next(job for job in jobs if job.startswith("prepare_data:"))
     assert "gpu=1" not in prepare
 
@@ -599,7 +638,10 @@ def tiny_config(model_dir: Path) -> dict:
 
 @pytest.mark.slow
 def test_tiny_end_to_end_run_of_the_whole_dag(tmp_path):
-    config_file = write_config(tmp_path / "tiny.yaml", tiny_config(tiny_model_dir(tmp_path)))
+    config = tiny_config(tiny_model_dir(tmp_path))
+    # General importance and pruning stream the blocks (the real --stream-blocks steps).
+    config["models"]["tiny"]["stream_blocks"] = True
+    config_file = write_config(tmp_path / "tiny.yaml", config)
     workdir = tmp_path / "work"
     result = snakemake("--configfile", config_file, "--cores", "2", workdir=workdir, check=False)
     if result.returncode != 0:
@@ -621,5 +663,8 @@ def test_tiny_end_to_end_run_of_the_whole_dag(tmp_path):
     tasks = {p.stem: json.loads(p.read_text())["tasks"] for p in specialised.glob("*.json")}
     assert tasks["legal"] == {} and tasks["medical"] and tasks["general"]
     assert all(json.loads(p.read_text())["tasks"] for p in metrics.glob("*/dense/*.json"))
+    reports = [json.loads(p.read_text()) for p in (results / "models").rglob("prune.json")]
+    # magnitude, Wanda, SparseGPT and D-Pruner for each domain
+    assert len(reports) == 5 and all(report["stream_blocks"] for report in reports)
     assert dry_run(config_file, workdir) == {}
     shutil.rmtree(workdir / "results" / "models")  # the largest files; tmp_path is kept a while

@@ -200,10 +200,12 @@ def _rolling_subset(documents: list[str], tokenizer, max_tokens: int | None) -> 
     return chosen
 
 
-def evaluate_domains(model_dir: str, domains: list[str], config: dict, outs: list[str]) -> dict:
-    """`python -m dpruner evaluate`: load the model once, evaluate it on each of `domains` (its
-    perplexity and tasks) and write every metric, count and config value used to the matching
-    file of `outs`. Every domain's data is checked before the model loads.
+def evaluate_domains(
+    model_dir: str, domains: list[str], config: dict, outs: list[str], device: str = "cpu"
+) -> dict:
+    """`python -m dpruner evaluate`: load the model once onto `device`, evaluate it on each of
+    `domains` (its perplexity and tasks) and write every metric, count and config value used to
+    the matching file of `outs`. Every domain's data is checked before the model loads.
 
     Returns {domain: metrics}."""
     from dpruner.config import domain_config
@@ -219,7 +221,7 @@ def evaluate_domains(model_dir: str, domains: list[str], config: dict, outs: lis
     for domain in domains:
         check_section(config, domain, parts=("perplexity", "tasks"))
     settings = evaluation_settings(config.get("evaluation"))
-    model, tokenizer = load_model(model_dir, settings.get("dtype", "float32"))
+    model, tokenizer = load_model(model_dir, settings.get("dtype", "float32"), device)
     sparsity = measured_sparsity(model)
     eval_fraction = config.get("calibration", {}).get("eval_fraction", 0.2)
     seed = config.get("seed", 0)
@@ -237,6 +239,7 @@ def evaluate_domains(model_dir: str, domains: list[str], config: dict, outs: lis
         used = metrics.pop("settings")
         results[domain] = {
             "model": str(model_dir),
+            "device": str(next(model.parameters()).device),
             "domain": domain,
             "sparsity": sparsity,
             **metrics,
