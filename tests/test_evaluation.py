@@ -172,11 +172,24 @@ def test_multiple_choice_picks_the_highest_per_token_loglikelihood(model, tokeni
     assert metrics["dpruner_hand"]["majority_prediction_share"] == 1.0
 
 
-def test_shared_prompt_scores_equal_lm_evals_per_choice_scores(model, tokenizer):
+@pytest.mark.parametrize("layout", ["llama", "gemma3_text"])
+def test_shared_prompt_scores_equal_lm_evals_per_choice_scores(layout, tokenizer):
+    """Batched shared prompts (contexts of different lengths left-padded in one batch, items
+    with different numbers of choices) against lm-eval's per-choice scores and a direct pass."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
     from dpruner.evaluation.shared_prompt import SharedPromptLM
+
+    model = tiny_model(
+        layout,
+        vocab_size=len(tokenizer),
+        layers=3,
+        max_position_embeddings=512,
+        eos_token_id=0,
+        pad_token_id=0,
+        bos_token_id=None,
+    )
 
     pairs = [
         ("the cat sat on", " a mat while dogs ran"),
@@ -195,6 +208,27 @@ def test_shared_prompt_scores_equal_lm_evals_per_choice_scores(model, tokenizer)
     assert [ll for ll, _ in scores] == pytest.approx([ll for ll, _ in expected], abs=1e-4)
     direct = [loglikelihood(model, tokenizer, *pair)[0] for pair in pairs]
     assert [ll for ll, _ in scores] == pytest.approx(direct, abs=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["llama", "gpt2", "opt"])
+def test_batched_shared_prompts_equal_each_item_alone(layout):
+    """Contexts of different lengths left-padded into one batch, items with different numbers of
+    choices: each score equals the item scored alone (absolute-position models included, whose
+    scores move if a padded row's positions do not start at 0)."""
+    from dpruner.evaluation.shared_prompt import shared_context_loglikelihoods
+
+    model = tiny_model(layout, vocab_size=96, layers=3, max_position_embeddings=512)
+    items = [
+        ([5, 6, 7, 8, 9, 10], [[11, 12], [13]]),
+        ([20, 21], [[22, 23, 24], [25, 26], [27]]),
+        ([30, 31, 32], [[33], [34]]),
+    ]
+    batched = shared_context_loglikelihoods(model, items)
+    alone = [shared_context_loglikelihoods(model, [item])[0] for item in items]
+    assert [len(scores) for scores in batched] == [2, 3, 2]
+    for together, single in zip(batched, alone, strict=True):
+        assert [greedy for _, greedy in together] == [greedy for _, greedy in single]
+        assert [ll for ll, _ in together] == pytest.approx([ll for ll, _ in single], abs=1e-5)
 
 
 def test_task_items_drop_labels_outside_the_choices_and_shuffle_with_the_seed(corpus, tokenizer):
