@@ -35,17 +35,22 @@ def tokenizer():
     )
 
 
-@pytest.fixture(scope="module")
-def model(tokenizer):
+def tokenizer_model(tokenizer, layout: str = "llama", layers: int = 2):
+    """A tiny random model of `layout` over the test tokenizer, <eos> (id 0) as EOS and padding."""
     return tiny_model(
-        "llama",
+        layout,
         vocab_size=len(tokenizer),
-        layers=2,
+        layers=layers,
         max_position_embeddings=512,
         eos_token_id=0,
         pad_token_id=0,
         bos_token_id=None,
     )
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return tokenizer_model(tokenizer)
 
 
 def sentence(i: int, n: int = 8) -> str:
@@ -181,16 +186,7 @@ def test_shared_prompt_scores_equal_lm_evals_per_choice_scores(layout, tokenizer
 
     from dpruner.evaluation.shared_prompt import SharedPromptLM
 
-    model = tiny_model(
-        layout,
-        vocab_size=len(tokenizer),
-        layers=3,
-        max_position_embeddings=512,
-        eos_token_id=0,
-        pad_token_id=0,
-        bos_token_id=None,
-    )
-
+    model = tokenizer_model(tokenizer, layout, layers=3)  # Gemma-3 needs 3 layer types
     pairs = [
         ("the cat sat on", " a mat while dogs ran"),
         ("the cat sat on", " parks"),

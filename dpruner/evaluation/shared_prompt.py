@@ -44,31 +44,28 @@ def shared_context_loglikelihoods(
         logits_to_keep=1,
     )
     owners = torch.tensor([row for row, (_, choices) in enumerate(items) for _ in choices])
-    continuations = [list(choice) for _, choices in items for choice in choices]
+    continuations = [choice for _, choices in items for choice in choices]
     longest = max(len(c) for c in continuations)
-    # log-probabilities predicting each continuation token: the context's last logits first
-    steps = F.log_softmax(prompt.logits[:, -1].float(), dim=-1)[owners.to(device)].unsqueeze(1)
-    if longest > 1:
-        cache = prompt.cache
-        cache.reorder_cache(owners.to(device))
-        # Right padding: a padded position comes after every real token of its row, so causal
-        # attention keeps it out of the scored positions.
-        rows = torch.zeros(len(continuations), longest - 1, dtype=torch.long)
-        for row, continuation in enumerate(continuations):
-            rows[row, : len(continuation) - 1] = torch.tensor(continuation[:-1])
-        attention = torch.cat([mask[owners], torch.ones_like(rows)], dim=1)
-        rest = model(
-            rows.to(device),
-            attention_mask=attention.to(device),
-            position_ids=(positions[owners, -1:] + 1 + torch.arange(longest - 1)).to(device),
-            cache=cache,
-        )
-        steps = torch.cat([steps, F.log_softmax(rest.logits.float(), dim=-1)], dim=1)
+    # Right padding: a padded position comes after every real token of its row, so causal
+    # attention keeps it out of the scored positions.
     targets = torch.zeros(len(continuations), longest, dtype=torch.long)
     real = torch.zeros(len(continuations), longest, dtype=torch.bool)
     for row, continuation in enumerate(continuations):
         targets[row, : len(continuation)] = torch.tensor(continuation)
         real[row, : len(continuation)] = True
+    # log-probabilities predicting each continuation token: the context's last logits first
+    steps = F.log_softmax(prompt.logits[:, -1].float(), dim=-1)[owners.to(device)].unsqueeze(1)
+    if longest > 1:
+        cache = prompt.cache
+        cache.reorder_cache(owners.to(device))
+        attention = torch.cat([mask[owners], torch.ones(len(owners), longest - 1)], dim=1)
+        rest = model(
+            targets[:, :-1].to(device),
+            attention_mask=attention.long().to(device),
+            position_ids=(positions[owners, -1:] + 1 + torch.arange(longest - 1)).to(device),
+            cache=cache,
+        )
+        steps = torch.cat([steps, F.log_softmax(rest.logits.float(), dim=-1)], dim=1)
     targets, real = targets.to(device), real.to(device)
     logprobs = steps.gather(-1, targets.unsqueeze(-1)).squeeze(-1).masked_fill(~real, 0.0)
     greedy = ((steps.argmax(-1) == targets) | ~real).all(-1)
