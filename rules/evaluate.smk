@@ -26,9 +26,9 @@ rule evaluate:
         f"{LOGS}/evaluate/{{model}}/{{variant}}.log",
     benchmark:
         f"{BENCHMARKS}/evaluate/{{model}}/{{variant}}.tsv"
-    threads: 2
+    threads: MODEL_JOB_THREADS
     resources:
-        gpu=1,
+        gpu=GPU_SLOTS,
         mem_mb=8000,
         runtime=60,
     conda:

@@ -16,9 +16,9 @@ rule general_importance:
         f"{LOGS}/general_importance/{{model}}_s{{sparsity}}_norm-{{normalize}}.log",
     benchmark:
         f"{BENCHMARKS}/general_importance/{{model}}_s{{sparsity}}_norm-{{normalize}}.tsv"
-    threads: 2
+    threads: MODEL_JOB_THREADS
     resources:
-        gpu=1,
+        gpu=GPU_SLOTS,
         mem_mb=8000,
         runtime=60,
     conda:
@@ -48,10 +48,10 @@ rule domain_scores:
         f"{LOGS}/domain_scores/{{model}}/{{domain}}_{{method}}_s{{sparsity}}.log",
     benchmark:
         f"{BENCHMARKS}/domain_scores/{{model}}/{{domain}}_{{method}}_s{{sparsity}}.tsv"
-    threads: 2
+    threads: MODEL_JOB_THREADS
     resources:
         # One GPU per process; torchrun is one task on one node that starts the processes.
-        gpu=dpruner_processes,
+        gpu=dpruner_gpus,
         nodes=1,
         mem_mb=8000,
         runtime=120,

@@ -15,9 +15,9 @@ rule prune:
         f"{LOGS}/prune/{{model}}/{PRUNED_ID}.log",
     benchmark:
         f"{BENCHMARKS}/prune/{{model}}/{PRUNED_ID}.tsv"
-    threads: 2
+    threads: MODEL_JOB_THREADS
     resources:
-        gpu=1,
+        gpu=GPU_SLOTS,
         mem_mb=8000,
         runtime=120,
     conda:
