@@ -207,6 +207,18 @@ def fine_tuned_methods(methods: dict) -> dict:
     }
 
 
+def baseline_methods(config: dict) -> list[str]:
+    """The methods the report compares every model with: `baselines` where the config names
+    them, else every method that is neither D-Pruner nor mixed-calibrated (the published ones)."""
+    if "baselines" in config:
+        return list(config["baselines"])
+    return [
+        name
+        for name, options in (config.get("methods") or {}).items()
+        if options["kind"] != "dpruner" and options.get("calibration") != "mixed"
+    ]
+
+
 def domain_config(config: dict, name: str) -> dict:
     """The `general` section or one entry of `domains`; both have calibration, perplexity, tasks."""
     if name == "general":

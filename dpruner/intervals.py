@@ -159,11 +159,11 @@ def with_intervals(long: pd.DataFrame, units: dict, settings: dict) -> pd.DataFr
 
 
 def best_baseline_table(
-    long: pd.DataFrame, units: dict, settings: dict, kinds: dict[str, str]
+    long: pd.DataFrame, units: dict, settings: dict, baselines: list[str]
 ) -> pd.DataFrame:
-    """Per domain, task and metric: the best baseline (a non-D-Pruner method, by its point
-    estimate among the models of the domain's main columns) and every other model of those
-    columns against it, paired."""
+    """Per domain, task and metric: the best baseline (one of the `baselines` methods, by its
+    point estimate among the models of the domain's main columns) and every other model of
+    those columns against it, paired."""
     shown = long[
         (long["method"] != "dense")
         & (long["calibration"].isin(["none", "general"]) | (long["calibration"] == long["domain"]))
@@ -172,11 +172,11 @@ def best_baseline_table(
     for (model, domain, task, metric), group in shown.groupby(
         ["model", "domain", "task", "metric"], sort=False
     ):
-        baselines = group[group["method"].map(lambda m: kinds.get(m, m) != "dpruner")]
-        if baselines.empty:
+        candidates = group[group["method"].isin(baselines)]
+        if candidates.empty:
             continue
         lower_is_better = metric == "ppl"
-        best = baselines.sort_values("value", ascending=lower_is_better).iloc[0]
+        best = candidates.sort_values("value", ascending=lower_is_better).iloc[0]
         best_units = _units_for(units, model, best["variant"], domain, task, metric)
         for record in group.to_dict("records"):
             if record["variant"] == best["variant"]:

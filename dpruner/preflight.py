@@ -211,6 +211,17 @@ class _Checker:
                 "give them one max_length or set match_dpruner: false",
             )
 
+    def baselines(self) -> None:
+        """The methods the report compares with must be methods of the run."""
+        unknown = [
+            name for name in self.config.get("baselines", []) if name not in self.config["methods"]
+        ]
+        if unknown:
+            self.problem(
+                "baselines",
+                f"{', '.join(unknown)} not among the methods ({', '.join(self.config['methods'])})",
+            )
+
     def quantization(self) -> None:
         """A quantize option the prune step would refuse, named before any job runs: SparseGPT
         quantizes inside its column blocks, and its pruner says which group sizes fit them."""
@@ -294,6 +305,7 @@ def check_config(
         checker.section(name, section)
     checker.patterns()
     checker.matched_calibration()
+    checker.baselines()
     checker.quantization()
     checker.streaming()
     checker.raise_if_any(source)

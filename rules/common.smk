@@ -5,7 +5,12 @@ import re
 import shlex
 import sys
 
-from dpruner.config import fine_tuned_methods, schema_default, scores_method
+from dpruner.config import (
+    baseline_methods,
+    fine_tuned_methods,
+    schema_default,
+    scores_method,
+)
 from dpruner.lifecycle import WORKFLOW_PID_ENV
 from dpruner.preflight import local_paths
 

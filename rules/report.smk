@@ -47,6 +47,7 @@ rule aggregate:
         # What the tables' provenance line says about the run.
         config=config_json(
             **{key: config[key] for key in ("models", "sparsities", "patterns", "methods")},
+            baselines=baseline_methods(config),
             intervals=config.get("intervals"),
             calibration=config["calibration"],
             device=DEVICE,

@@ -148,6 +148,14 @@ def test_streamed_models_cannot_be_quantized_yet(tmp_path):
     )
 
 
+def test_baselines_must_be_methods_of_the_run(tmp_path):
+    config = fixture_config(tmp_path)
+    config["baselines"] = [next(iter(config["methods"]))]
+    check_config(config)
+    config["baselines"].append("sparsegpt-domian")
+    assert "baselines: sparsegpt-domian not among the methods" in problems(config)
+
+
 def test_every_problem_is_reported_at_once(tmp_path):
     config = fixture_config(tmp_path)
     (tmp_path / "legal.jsonl").unlink()

@@ -183,6 +183,41 @@ def test_every_value_has_an_interval_and_a_paired_change_against_dense(tmp_path)
     )
 
 
+def test_best_baseline_is_the_best_of_the_configured_baselines(tmp_path):
+    from dpruner.config import baseline_methods
+    from dpruner.intervals import DEFAULTS, best_baseline_table, load_units, with_intervals
+
+    files = [
+        write(tmp_path, "dense", "medical", with_units(1.0, 0)),
+        write(tmp_path, "wanda_medical_s0.5_unstructured", "medical", with_units(1.10, 0)),
+        write(
+            tmp_path, "sparsegpt-mixed_medical_s0.5_unstructured", "medical", with_units(1.02, 0)
+        ),
+        write(tmp_path, "dpruner_medical_s0.5_unstructured", "medical", with_units(1.21, 0)),
+    ]
+    units = load_units(files)
+    long = with_intervals(collect(files), units, DEFAULTS)
+    methods = {
+        "wanda": {"kind": "wanda", "calibration": "domain"},
+        "sparsegpt-mixed": {"kind": "sparsegpt", "calibration": "mixed"},
+        "dpruner": {"kind": "dpruner"},
+    }
+
+    def against(config: dict) -> pd.Series:
+        table = best_baseline_table(long, units, DEFAULTS, baseline_methods(config))
+        ppl = table[table["task"] == PERPLEXITY].set_index("method")
+        return ppl["best_baseline"] + " " + ppl["change"].round(3).astype(str)
+
+    # Default: the mixed-calibrated method is a candidate, not a baseline, though it is best.
+    default = against({"methods": methods})
+    assert default.to_dict() == {"sparsegpt-mixed": "wanda -7.273", "dpruner": "wanda 10.0"}
+    named = against({"methods": methods, "baselines": ["sparsegpt-mixed", "wanda"]})
+    assert named.to_dict() == {
+        "wanda": "sparsegpt-mixed 7.843",
+        "dpruner": "sparsegpt-mixed 18.627",
+    }
+
+
 def test_pareto_optimal_points_are_those_no_other_point_beats_on_both_axes():
     points = [(10, 30), (12, 20), (11, 25), (13, 21), (10, 30), (20, 5)]
     # (13, 21) is beaten by (12, 20); the duplicate (10, 30) pair beat no one and tie each other.

@@ -105,10 +105,10 @@ STUDIES = sorted((REPO / "config" / "studies").glob("*.yaml"))
 
 @pytest.mark.parametrize("study", STUDIES, ids=[path.stem for path in STUDIES])
 def test_dry_run_study_configs(tmp_path, study):
-    # Each study plans its whole DAG offline, into results/studies/<name> (git-ignored).
+    # Each study plans its whole DAG offline, into results/studies/<name>/run (git-ignored).
     counts = dry_run(study, tmp_path)
     config = yaml.safe_load(study.read_text())
-    assert config["results"] == f"results/studies/{study.stem}"
+    assert config["results"] == f"results/studies/{study.stem}/run"
     assert counts["prune"] >= 12 and counts["report"] == 1 and counts["all"] == 1
     assert counts.get("stored_size") == (1 if study.stem == "quantization" else None)
     if study.stem == "beyond":

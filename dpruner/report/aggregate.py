@@ -57,13 +57,13 @@ def aggregate(
     """Write the tables of out_dir: metrics_long.csv (every value with its interval and paired
     change against dense), main / main_change / cross_domain / vs_best_baseline as CSV, Markdown
     (and LaTeX), counts, and benchmarks.csv / benchmarks_by_rule.{csv,md}. Returns the paths."""
+    from dpruner.config import baseline_methods
     from dpruner.intervals import DEFAULTS, best_baseline_table, load_units, with_intervals
 
     out_dir = Path(out_dir)
     metrics_files = list(metrics_files)
     config = config or {}
     settings = {**DEFAULTS, **(config.get("intervals") or {})}
-    kinds = {name: m["kind"] for name, m in (config.get("methods") or {}).items()}
     long = collect(metrics_files)  # names an unreadable file first
     units = load_units(metrics_files)
     long = with_intervals(long, units, settings)
@@ -85,7 +85,7 @@ def aggregate(
         interval_tables(long, cross_domain_table),
         header=header,
     )
-    best = best_baseline_table(long, units, settings, kinds)
+    best = best_baseline_table(long, units, settings, baseline_methods(config))
     with atomic_output(out_dir / "vs_best_baseline.csv") as tmp:
         best.to_csv(tmp, index=False, float_format="%.6g")
     written += [

@@ -177,8 +177,7 @@ def best_baseline_markdown(best: pd.DataFrame) -> str:
             }
         )
     return (
-        "Every model of a domain's main columns against the best baseline of that domain (the "
-        "non-D-Pruner method with the best point estimate), paired on the same units.\n\n"
-        + pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
-        + "\n"
+        "Every model of a domain's main columns against the best baseline of that domain (of "
+        "the config's `baselines`, the one with the best point estimate), paired on the same "
+        "units.\n\n" + pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) + "\n"
     )
