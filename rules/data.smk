@@ -44,6 +44,8 @@ rule prepare_data:
     benchmark:
         f"{BENCHMARKS}/prepare_data/{{model}}/{{domain}}.tsv"
     threads: 1
+    # D-Pruner's chain (data, general importance, fine-tuning) is the longest path: start it first.
+    priority: CRITICAL_PATH
     resources:
         mem_mb=4000,
         runtime=30,

@@ -17,6 +17,7 @@ rule general_importance:
     benchmark:
         f"{BENCHMARKS}/general_importance/{{model}}_s{{sparsity}}_norm-{{normalize}}.tsv"
     threads: MODEL_JOB_THREADS
+    priority: CRITICAL_PATH
     resources:
         gpu=GPU_SLOTS,
         mem_mb=8000,
@@ -49,6 +50,7 @@ rule domain_scores:
     benchmark:
         f"{BENCHMARKS}/domain_scores/{{model}}/{{domain}}_{{method}}_s{{sparsity}}.tsv"
     threads: MODEL_JOB_THREADS
+    priority: CRITICAL_PATH
     resources:
         # One GPU per process; torchrun is one task on one node that starts the processes.
         gpu=dpruner_gpus,
