@@ -219,6 +219,25 @@ def baseline_methods(config: dict) -> list[str]:
     ]
 
 
+def unquantized_twins(config: dict) -> dict[str, str | None]:
+    """{quantized method: its 16-bit twin}, the twin being the method whose options are the
+    same but for `quantize` (None where the config has no such method)."""
+    methods = config.get("methods") or {}
+    return {
+        name: next(
+            (
+                other
+                for other, others in methods.items()
+                if "quantize" not in others
+                and others == {k: v for k, v in options.items() if k != "quantize"}
+            ),
+            None,
+        )
+        for name, options in methods.items()
+        if "quantize" in options
+    }
+
+
 def domain_config(config: dict, name: str) -> dict:
     """The `general` section or one entry of `domains`; both have calibration, perplexity, tasks."""
     if name == "general":

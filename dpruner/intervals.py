@@ -9,7 +9,7 @@ significant when its interval excludes no change.
 
 Every pruned model is compared with the dense model, and with the best baseline of its domain:
 the non-D-Pruner method with the best point estimate among the models shown in that domain's
-columns of the main table.
+columns of the main table; a quantized model also with its 16-bit twin.
 """
 
 from __future__ import annotations
@@ -158,50 +158,73 @@ def with_intervals(long: pd.DataFrame, units: dict, settings: dict) -> pd.DataFr
     return pd.DataFrame(rows).reindex(columns=[*columns, "significant"])
 
 
+PAIRED_COLUMNS = ["model", "domain", "task", "metric", "method", "sparsity", "pattern", "value"]
+CHANGE_COLUMNS = ["change", "change_low", "change_high", "significant"]
+
+
+def _main_columns(long: pd.DataFrame) -> pd.DataFrame:
+    """The pruned models of each domain's main columns: general-calibrated, uncalibrated or
+    calibrated for that domain."""
+    return long[
+        (long["method"] != "dense")
+        & (long["calibration"].isin(["none", "general"]) | (long["calibration"] == long["domain"]))
+    ]
+
+
+def _paired_row(units: dict, settings: dict, record: dict, reference: dict) -> dict:
+    """`record`'s value and its paired change against `reference` (the same model, domain, task
+    and metric of another variant); no change where the units do not pair."""
+    key = [record[k] for k in ("model", "domain", "task", "metric")]
+    unit = _units_for(units, key[0], record["variant"], *key[1:])
+    base = _units_for(units, key[0], reference["variant"], *key[1:])
+    comparison = compare(base, unit, settings) if unit is not None and base is not None else None
+    return {**{k: record[k] for k in PAIRED_COLUMNS}, **(comparison or {})}
+
+
 def best_baseline_table(
     long: pd.DataFrame, units: dict, settings: dict, baselines: list[str]
 ) -> pd.DataFrame:
     """Per domain, task and metric: the best baseline (one of the `baselines` methods, by its
     point estimate among the models of the domain's main columns) and every other model of
     those columns against it, paired."""
-    shown = long[
-        (long["method"] != "dense")
-        & (long["calibration"].isin(["none", "general"]) | (long["calibration"] == long["domain"]))
-    ]
     rows = []
-    for (model, domain, task, metric), group in shown.groupby(
-        ["model", "domain", "task", "metric"], sort=False
-    ):
+    for _, group in _main_columns(long).groupby(["model", "domain", "task", "metric"], sort=False):
         candidates = group[group["method"].isin(baselines)]
         if candidates.empty:
             continue
-        lower_is_better = metric == "ppl"
+        lower_is_better = group["metric"].iloc[0] == "ppl"
         best = candidates.sort_values("value", ascending=lower_is_better).iloc[0]
-        best_units = _units_for(units, model, best["variant"], domain, task, metric)
-        for record in group.to_dict("records"):
-            if record["variant"] == best["variant"]:
-                continue
-            unit = _units_for(units, model, record["variant"], domain, task, metric)
-            comparison = (
-                compare(best_units, unit, settings)
-                if unit is not None and best_units is not None
-                else None
-            )
+        rows += [
+            {
+                **_paired_row(units, settings, record, best),
+                "best_baseline": best["method"],
+                "best_value": best["value"],
+            }
+            for record in group.to_dict("records")
+            if record["variant"] != best["variant"]
+        ]
+    columns = [*PAIRED_COLUMNS, "best_baseline", "best_value", *CHANGE_COLUMNS]
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def unquantized_table(
+    long: pd.DataFrame, units: dict, settings: dict, twins: dict[str, str | None]
+) -> pd.DataFrame:
+    """Every model of a quantized method in the main columns against its 16-bit twin's model of
+    the same calibration, sparsity and pattern, paired: what quantization costs that method."""
+    shown = _main_columns(long)
+    same = ["model", "domain", "task", "metric", "calibration", "sparsity", "pattern"]
+    by_key = {(*(r[k] for k in same), r["method"]): r for r in shown.to_dict("records")}
+    rows = []
+    for record in shown.to_dict("records"):
+        twin = by_key.get((*(record[k] for k in same), twins.get(record["method"])))
+        if twin is not None:
             rows.append(
                 {
-                    "model": model,
-                    "domain": domain,
-                    "task": task,
-                    "metric": metric,
-                    "method": record["method"],
-                    "sparsity": record["sparsity"],
-                    "pattern": record["pattern"],
-                    "value": record["value"],
-                    "best_baseline": best["method"],
-                    "best_value": best["value"],
-                    **(comparison or {}),
+                    **_paired_row(units, settings, record, twin),
+                    "unquantized": twin["method"],
+                    "unquantized_value": twin["value"],
                 }
             )
-    columns = ["model", "domain", "task", "metric", "method", "sparsity", "pattern", "value"]
-    columns += ["best_baseline", "best_value", "change", "change_low", "change_high"]
-    return pd.DataFrame(rows).reindex(columns=[*columns, "significant"])
+    columns = [*PAIRED_COLUMNS, "unquantized", "unquantized_value", *CHANGE_COLUMNS]
+    return pd.DataFrame(rows).reindex(columns=columns)

@@ -10,6 +10,7 @@ from dpruner.config import (
     fine_tuned_methods,
     schema_default,
     scores_method,
+    unquantized_twins,
 )
 from dpruner.lifecycle import WORKFLOW_PID_ENV
 from dpruner.preflight import local_paths

@@ -4,6 +4,9 @@
 TABLES_DIR = f"{RESULTS}/tables"
 PLOTS_DIR = f"{RESULTS}/plots"
 TABLE_STEMS = ["main", "main_change", "cross_domain"]
+# Stored sizes and the cost of quantization (each quantized model against its 16-bit twin) only
+# when some method quantizes.
+QUANTIZED = bool(unquantized_twins(config))
 TABLES = [
     *expand(f"{TABLES_DIR}/{{stem}}.{{ext}}", stem=TABLE_STEMS, ext=["csv", "md", "tex"]),
     f"{TABLES_DIR}/metrics_long.csv",
@@ -14,6 +17,7 @@ TABLES = [
     f"{TABLES_DIR}/benchmarks.csv",
     f"{TABLES_DIR}/benchmarks_by_rule.csv",
     f"{TABLES_DIR}/benchmarks_by_rule.md",
+    *(expand(f"{TABLES_DIR}/vs_unquantized.{{ext}}", ext=["csv", "md"]) if QUANTIZED else []),
 ]
 # Curves over sparsity only exist when several sparsities are configured.
 UNSTRUCTURED_SPARSITIES = {s for s, pattern in sparsity_patterns() if pattern == "unstructured"}
@@ -25,8 +29,6 @@ PLOTS = [
     f"{PLOTS_DIR}/benchmarks.png",
 ]
 SUMMARY = f"{RESULTS}/summary.md"
-# Stored sizes only where they differ by more than sparsity: when some method quantizes.
-QUANTIZED = any("quantize" in options for options in METHODS.values())
 STORED_SIZE_TABLES = (
     expand(f"{TABLES_DIR}/stored_size.{{ext}}", ext=["csv", "md"]) if QUANTIZED else []
 )

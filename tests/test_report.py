@@ -218,6 +218,54 @@ def test_best_baseline_is_the_best_of_the_configured_baselines(tmp_path):
     }
 
 
+def test_quantized_models_are_compared_with_their_16_bit_twins(tmp_path):
+    from dpruner.config import unquantized_twins
+    from dpruner.intervals import DEFAULTS, load_units, unquantized_table, with_intervals
+
+    files = [
+        write(tmp_path, "dense", "medical", with_units(1.0, 0)),
+        write(tmp_path, "wanda_medical_s0.5_unstructured", "medical", with_units(1.10, 0)),
+        write(tmp_path, "wanda-q4_medical_s0.5_unstructured", "medical", with_units(1.21, 0)),
+        write(tmp_path, "magnitude-q4_none_s0.5_unstructured", "medical", with_units(1.5, 0)),
+    ]
+    units = load_units(files)
+    long = with_intervals(collect(files), units, DEFAULTS)
+    quantize = {"bits": 4, "group_size": 128}
+    methods = {
+        "wanda": {"kind": "wanda", "calibration": "domain"},
+        "wanda-q4": {"kind": "wanda", "calibration": "domain", "quantize": quantize},
+        # Its options differ from every 16-bit method's by more than `quantize`: no twin.
+        "magnitude-q4": {"kind": "magnitude", "group": "row", "quantize": quantize},
+        "magnitude": {"kind": "magnitude", "group": "matrix"},
+    }
+    twins = unquantized_twins({"methods": methods})
+    assert twins == {"wanda-q4": "wanda", "magnitude-q4": None}
+
+    table = unquantized_table(long, units, DEFAULTS, twins)
+    ppl = table[table["task"] == PERPLEXITY].set_index("method")
+    assert list(ppl.index) == ["wanda-q4"]
+    # Every window's perplexity is 1.21 / 1.10 = 1.1 times the twin's: +10 %, with no spread.
+    assert ppl.loc["wanda-q4", "unquantized"] == "wanda"
+    assert ppl.loc["wanda-q4", "change"] == pytest.approx(10.0)
+    assert ppl.loc["wanda-q4", "significant"]
+
+    config = {
+        "models": {"m": {"packaged": "smollm2"}},
+        "sparsities": [0.5],
+        "patterns": ["unstructured"],
+        "calibration": {"nsamples": 16, "seqlen": 512},
+        "methods": methods,
+    }
+    written = aggregate(files, tmp_path / "tables", config=config)
+    assert tmp_path / "tables" / "vs_unquantized.csv" in written
+    markdown = (tmp_path / "tables" / "vs_unquantized.md").read_text()
+    assert "| wanda-q4 " in markdown and "| wanda (" in markdown
+    # Without a quantized method there is no such table.
+    unquantized = {name: options for name, options in methods.items() if "-q4" not in name}
+    aggregate(files, tmp_path / "plain", config={**config, "methods": unquantized})
+    assert not (tmp_path / "plain" / "vs_unquantized.md").exists()
+
+
 def test_pareto_optimal_points_are_those_no_other_point_beats_on_both_axes():
     points = [(10, 30), (12, 20), (11, 25), (13, 21), (10, 30), (20, 5)]
     # (13, 21) is beaten by (12, 20); the duplicate (10, 30) pair beat no one and tie each other.

@@ -9,7 +9,7 @@ from pathlib import Path
 from dpruner.io import atomic_output
 from dpruner.report.benchmarks import benchmarks_by_rule, read_benchmarks
 from dpruner.report.collect import collect, counts_table
-from dpruner.report.formatting import best_baseline_markdown, write_table, write_text
+from dpruner.report.formatting import paired_markdown, write_table, write_text
 from dpruner.report.tables import cross_domain_table, interval_tables, main_table
 
 
@@ -48,6 +48,12 @@ def interval_note(settings: dict) -> str:
     )
 
 
+def _paired_table(table, stem: Path, header: str, markdown: str) -> list[Path]:
+    with atomic_output(stem.with_suffix(".csv")) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    return [stem.with_suffix(".csv"), write_text(stem.with_suffix(".md"), header + markdown)]
+
+
 def aggregate(
     metrics_files: Iterable[str | Path],
     out_dir: str | Path,
@@ -55,10 +61,17 @@ def aggregate(
     config: dict | None = None,
 ) -> list[Path]:
     """Write the tables of out_dir: metrics_long.csv (every value with its interval and paired
-    change against dense), main / main_change / cross_domain / vs_best_baseline as CSV, Markdown
-    (and LaTeX), counts, and benchmarks.csv / benchmarks_by_rule.{csv,md}. Returns the paths."""
-    from dpruner.config import baseline_methods
-    from dpruner.intervals import DEFAULTS, best_baseline_table, load_units, with_intervals
+    change against dense), main / main_change / cross_domain / vs_best_baseline (and
+    vs_unquantized where the config quantizes) as CSV, Markdown (and LaTeX), counts, and
+    benchmarks.csv / benchmarks_by_rule.{csv,md}. Returns the paths."""
+    from dpruner.config import baseline_methods, unquantized_twins
+    from dpruner.intervals import (
+        DEFAULTS,
+        best_baseline_table,
+        load_units,
+        unquantized_table,
+        with_intervals,
+    )
 
     out_dir = Path(out_dir)
     metrics_files = list(metrics_files)
@@ -86,12 +99,35 @@ def aggregate(
         header=header,
     )
     best = best_baseline_table(long, units, settings, baseline_methods(config))
-    with atomic_output(out_dir / "vs_best_baseline.csv") as tmp:
-        best.to_csv(tmp, index=False, float_format="%.6g")
-    written += [
-        out_dir / "vs_best_baseline.csv",
-        write_text(out_dir / "vs_best_baseline.md", header + best_baseline_markdown(best)),
-    ]
+    written += _paired_table(
+        best,
+        out_dir / "vs_best_baseline",
+        header,
+        paired_markdown(
+            best,
+            "best_baseline",
+            "best_value",
+            "Every model of a domain's main columns against the best baseline of that domain (of "
+            "the config's `baselines`, the one with the best point estimate), paired on the same "
+            "units.",
+        ),
+    )
+    twins = unquantized_twins(config)
+    if twins:
+        twinned = unquantized_table(long, units, settings, twins)
+        written += _paired_table(
+            twinned,
+            out_dir / "vs_unquantized",
+            header,
+            paired_markdown(
+                twinned,
+                "unquantized",
+                "unquantized_value",
+                "What quantization costs: every quantized model against its 16-bit twin (the "
+                "method with the same options but `quantize`, same calibration, sparsity and "
+                "pattern), paired on the same units.",
+            ),
+        )
     counts = counts_table(metrics_files)
     with atomic_output(out_dir / "counts.csv") as tmp:
         counts.to_csv(tmp, index=False)

@@ -156,12 +156,14 @@ def write_table(
     ]
 
 
-def best_baseline_markdown(best: pd.DataFrame) -> str:
-    """One row per model against its domain's best baseline, per domain, task and metric."""
-    if best.empty:
-        return "No baseline to compare with.\n"
+def paired_markdown(table: pd.DataFrame, reference: str, reference_value: str, intro: str) -> str:
+    """One row per model against the method named in column `reference` (its value in column
+    `reference_value`), per domain, task and metric, after the paragraph `intro`."""
+    label = reference.replace("_", " ")
+    if table.empty:
+        return f"No {label} to compare with.\n"
     rows = []
-    for record in best.to_dict("records"):
+    for record in table.to_dict("records"):
         metric = record["metric"]
         rows.append(
             {
@@ -169,15 +171,12 @@ def best_baseline_markdown(best: pd.DataFrame) -> str:
                 "metric": _flat_label((record["domain"], record["task"], metric)).split(": ")[1],
                 "method": record["method"],
                 "value": _formatted(record["value"], metric),
-                "best baseline": f"{record['best_baseline']} "
-                f"({_formatted(record['best_value'], metric)})",
-                "change vs best baseline": _change_cell(
+                label: f"{record[reference]} ({_formatted(record[reference_value], metric)})",
+                f"change vs {label}": _change_cell(
                     record["change"], metric, lambda name, r=record: r.get(name)
                 ),
             }
         )
     return (
-        "Every model of a domain's main columns against the best baseline of that domain (of "
-        "the config's `baselines`, the one with the best point estimate), paired on the same "
-        "units.\n\n" + pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) + "\n"
+        intro + "\n\n" + pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) + "\n"
     )
