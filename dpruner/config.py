@@ -238,6 +238,26 @@ def unquantized_twins(config: dict) -> dict[str, str | None]:
     }
 
 
+def calibration_size_series(config: dict) -> list[dict[str, int]]:
+    """Groups of domains whose entries are the same but for their calibration entries' `count`,
+    as {domain: instances (the counts' sum)} in order of size, for the figure of each metric
+    against the calibration size; only domains where every calibration entry has a `count`, and
+    only groups of two sizes or more."""
+    groups: dict[str, dict[str, int]] = {}
+    for name, domain in (config.get("domains") or {}).items():
+        entries = domain.get("calibration") or []
+        if not entries or any("count" not in entry for entry in entries):
+            continue
+        uncounted = [{k: v for k, v in entry.items() if k != "count"} for entry in entries]
+        key = json.dumps({**domain, "calibration": uncounted}, sort_keys=True)
+        groups.setdefault(key, {})[name] = sum(entry["count"] for entry in entries)
+    return [
+        dict(sorted(group.items(), key=lambda item: item[1]))
+        for group in groups.values()
+        if len(set(group.values())) > 1
+    ]
+
+
 def domain_config(config: dict, name: str) -> dict:
     """The `general` section or one entry of `domains`; both have calibration, perplexity, tasks."""
     if name == "general":

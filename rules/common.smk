@@ -7,6 +7,7 @@ import sys
 
 from dpruner.config import (
     baseline_methods,
+    calibration_size_series,
     fine_tuned_methods,
     schema_default,
     scores_method,

@@ -21,11 +21,14 @@ TABLES = [
 ]
 # Curves over sparsity only exist when several sparsities are configured.
 UNSTRUCTURED_SPARSITIES = {s for s, pattern in sparsity_patterns() if pattern == "unstructured"}
+CALIBRATION_SERIES = calibration_size_series(config)
 PLOT_KINDS = ["bars", "sparsity"] if len(UNSTRUCTURED_SPARSITIES) > 1 else ["bars"]
 PLOTS = [
     *expand(f"{PLOTS_DIR}/{{kind}}_{{domain}}.png", kind=PLOT_KINDS, domain=EVAL_DOMAINS),
     # General against domain perplexity, Pareto-optimal models marked: one per domain.
     *expand(f"{PLOTS_DIR}/frontier_{{domain}}.png", domain=DOMAINS),
+    # Metric against calibration size where domains differ only in their instance counts.
+    *(f"{PLOTS_DIR}/calibration_size_{next(iter(s))}.png" for s in CALIBRATION_SERIES),
     f"{PLOTS_DIR}/benchmarks.png",
 ]
 SUMMARY = f"{RESULTS}/summary.md"
@@ -82,6 +85,7 @@ rule plot:
     params:
         tables_dir=lambda w, input: os.path.dirname(input[0]),
         plots_dir=lambda w, output: os.path.dirname(output.plots[0]),
+        calibration_series=json.dumps(CALIBRATION_SERIES),
     log:
         f"{LOGS}/plot.log",
     benchmark:
@@ -94,7 +98,7 @@ rule plot:
         "../envs/dpruner.yaml"
     shell:
         "python -m dpruner plot --tables {params.tables_dir:q} --out {params.plots_dir:q}"
-        " > {log:q} 2>&1"
+        " --calibration-series {params.calibration_series:q} > {log:q} 2>&1"
 
 
 rule report:

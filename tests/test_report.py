@@ -21,6 +21,7 @@ from dpruner.report.summary import summary
 from dpruner.report.tables import cross_domain_table, main_table
 
 FIXTURES = Path(__file__).parent / "fixtures" / "workflow"
+REPO = Path(__file__).resolve().parent.parent
 
 # The evaluator's layout: perplexity per corpus, tasks with their metrics under "metrics".
 NESTED = {
@@ -324,6 +325,46 @@ def test_sparsity_curves_when_several_sparsities(metrics_files, tmp_path):
     aggregate(metrics_files + extra, tmp_path / "tables")
     names = {p.name for p in plot(tmp_path / "tables", tmp_path / "plots")}
     assert {"sparsity_medical.png", "sparsity_general.png"} <= names
+
+
+def test_calibration_size_series_and_figure(metrics_files, tmp_path):
+    from dpruner.config import calibration_size_series, load_config
+
+    pubmed = {"source": {"corpus": "pubmed"}, "template": "{abstract}"}
+
+    def domain(*counts, template="{abstract}"):
+        entries = [{**pubmed, "template": template, "count": n} for n in counts]
+        return {"calibration": entries, "perplexity": pubmed, "tasks": []}
+
+    domains = {
+        "big": domain(40),
+        "small": domain(10),
+        "other-template": domain(20, template="{title}"),  # differs by more than the count
+        "no-count": {**domain(), "calibration": [pubmed]},
+        "same-size": domain(10),
+        "two-entries": domain(5, 15),  # a series of its own, sized by the sum of its counts
+        "two-entries-more": domain(50, 30),
+    }
+    # Sorted by size; a lone domain or one without counts makes no series.
+    assert calibration_size_series({"domains": domains}) == [
+        {"small": 10, "same-size": 10, "big": 40},
+        {"two-entries": 20, "two-entries-more": 80},
+    ]
+    assert calibration_size_series({"domains": {"a": domain(10), "b": domain(10)}}) == []
+    study = load_config(REPO / "config" / "studies" / "calibration_size.yaml")
+    assert calibration_size_series(study) == [
+        {"medical-n10": 10, "medical-n20": 20, "medical-n40": 40, "medical-n160": 160}
+    ]
+    assert calibration_size_series(load_config(REPO / "config" / "config.yaml")) == []
+
+    # The fixture's medical and legal share perplexity and general perplexity, not tasks: those
+    # two metrics are the figure's panels.
+    tables, plots = tmp_path / "tables", tmp_path / "plots"
+    aggregate(metrics_files, tables)
+    written = plot(tables, plots, [{"medical": 10, "legal": 40}])
+    assert plots / "calibration_size_medical.png" in written
+    page = summary(tables, plots, tmp_path / "summary.md").read_text()
+    assert "](plots/calibration_size_medical.png)" in page
 
 
 def test_cli_entry_point(metrics_files, tmp_path, capsys):

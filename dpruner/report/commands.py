@@ -25,7 +25,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("plot", help="plots from the tables folder")
     p.add_argument("--tables", required=True)
     p.add_argument("--out", required=True, help="plots folder")
-    p.set_defaults(func=lambda a: plot(a.tables, a.out))
+    p.add_argument(
+        "--calibration-series",
+        default="[]",
+        help="JSON list of {domain: calibration instances}, one figure of metric against size each",
+    )
+    p.set_defaults(func=lambda a: plot(a.tables, a.out, json.loads(a.calibration_series)))
 
     p = subparsers.add_parser("summary", help="one Markdown page with every table and plot")
     p.add_argument("--tables", required=True)

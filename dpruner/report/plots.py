@@ -147,6 +147,45 @@ def sparsity_figure(table: pd.DataFrame, domain: str, bounds: dict | None = None
     return figure
 
 
+def calibration_size_figure(table: pd.DataFrame, sizes: dict[str, int], bounds: dict | None = None):
+    """Each metric against the calibration size, for domains that differ only in it (`sizes`,
+    {domain: instances}, config.calibration_size_series): one line per pruned model, its
+    interval as a band, the dense model as a dashed line."""
+    domains = [d for d in sizes if any(c[0] == d for c in table.columns)]
+    panels = [
+        c[1:]
+        for c in table.columns
+        if c[0] == domains[0] and all((d, *c[1:]) in table.columns for d in domains)
+    ]
+    figure, axes = _grid(len(panels))
+    labels = dict(zip(table.index, _row_labels(table.index), strict=True))
+    x = [sizes[d] for d in domains]
+    for axis, (task, metric) in zip(axes, panels, strict=True):
+        columns = [(d, task, metric) for d in domains]
+        scale = 100 if metric in PERCENT_METRICS else 1
+        for row in table.index:
+            values = table.loc[row, columns].astype(float).to_numpy() * scale
+            if row[1] == "dense":
+                axis.axhline(values[0], color="k", ls="--", lw=1, label=labels[row])
+                continue
+            line = axis.plot(x, values, marker="o", label=labels[row])
+            if bounds and "low" in bounds:
+                low, high = (
+                    bounds[k].loc[row, columns].astype(float) * scale for k in ("low", "high")
+                )
+                axis.fill_between(x, low, high, color=line[0].get_color(), alpha=0.15)
+        if metric == "ppl":
+            _scale_axis(axis, pd.Series(table[columns].to_numpy(float).ravel()))
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(x, [str(n) for n in x])
+        axis.set_xlabel("calibration instances")
+        axis.set_title(_panel_title((None, task, metric)), fontsize=9)
+    axes[0].legend(fontsize=7)
+    figure.suptitle(f"{', '.join(domains)}: metric vs calibration size", fontsize=11)
+    figure.tight_layout()
+    return figure
+
+
 def pareto_optimal(points: list[tuple[float, float]]) -> list[bool]:
     """For (x, y) points where lower is better on both axes: True where no other point is at
     least as good on both and better on one."""
@@ -220,10 +259,13 @@ def _main_from_csv(tables_dir: Path) -> tuple[pd.DataFrame, dict[str, pd.DataFra
     return main_table(long), interval_tables(long)
 
 
-def plot(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
+def plot(
+    tables_dir: str | Path, out_dir: str | Path, calibration_series: list[dict[str, int]] = ()
+) -> list[Path]:
     """Write bars_<domain>.png for every domain, frontier_<domain>.png for every domain but
-    general, sparsity_<domain>.png when the tables hold several sparsities, and benchmarks.png;
-    return the paths."""
+    general, sparsity_<domain>.png when the tables hold several sparsities,
+    calibration_size_<first domain>.png for each of `calibration_series` (see
+    calibration_size_figure) and benchmarks.png; return the paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -245,6 +287,13 @@ def plot(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
             _save_figure(sparsity_figure(table, d, bounds), out_dir / f"sparsity_{d}.png")
             for d in domains
         ]
+    written += [
+        _save_figure(
+            calibration_size_figure(table, sizes, bounds),
+            out_dir / f"calibration_size_{next(iter(sizes))}.png",
+        )
+        for sizes in calibration_series
+    ]
     by_rule = pd.read_csv(tables_dir / "benchmarks_by_rule.csv")
     written.append(_save_figure(benchmark_figure(by_rule), out_dir / "benchmarks.png"))
     return written

@@ -36,7 +36,8 @@ def summary(tables_dir: str | Path, plots_dir: str | Path, out_file: str | Path)
     ]
     # The plots of the domains in the tables (not stale files of an earlier config).
     domains = domain_order(pd.read_csv(tables_dir / "metrics_long.csv"))
-    names = [f"{kind}_{d}.png" for kind in ("bars", "frontier", "sparsity") for d in domains]
+    kinds = ("bars", "frontier", "sparsity", "calibration_size")
+    names = [f"{kind}_{d}.png" for kind in kinds for d in domains]
     pngs = [plots_dir / name for name in [*names, "benchmarks.png"]]
     parts += [f"![{png.stem}]({rel(png)})\n" for png in pngs if png.is_file()]
     parts += [
