@@ -184,11 +184,12 @@ def _paired_row(units: dict, settings: dict, record: dict, reference: dict) -> d
 def best_baseline_table(
     long: pd.DataFrame, units: dict, settings: dict, baselines: list[str]
 ) -> pd.DataFrame:
-    """Per domain, task and metric: the best baseline (one of the `baselines` methods, by its
-    point estimate among the models of the domain's main columns) and every other model of
-    those columns against it, paired."""
+    """Per domain, task, metric, sparsity and pattern: the best baseline (one of the `baselines`
+    methods, by its point estimate among the models of the domain's main columns at that
+    sparsity and pattern) and every other model of those columns against it, paired."""
     rows = []
-    for _, group in _main_columns(long).groupby(["model", "domain", "task", "metric"], sort=False):
+    keys = ["model", "domain", "task", "metric", "sparsity", "pattern"]
+    for _, group in _main_columns(long).groupby(keys, sort=False):
         candidates = group[group["method"].isin(baselines)]
         if candidates.empty:
             continue

@@ -219,6 +219,30 @@ def test_best_baseline_is_the_best_of_the_configured_baselines(tmp_path):
     }
 
 
+def test_best_baseline_is_chosen_per_sparsity_and_pattern(tmp_path):
+    from dpruner.intervals import DEFAULTS, best_baseline_table, load_units, with_intervals
+    from dpruner.report.formatting import paired_markdown
+
+    files = [
+        write(tmp_path, "dense", "medical", with_units(1.0, 0)),
+        write(tmp_path, "wanda_medical_s0.3_unstructured", "medical", with_units(1.01, 0)),
+        write(tmp_path, "wanda_medical_s0.7_unstructured", "medical", with_units(1.5, 0)),
+        write(tmp_path, "dpruner_medical_s0.7_unstructured", "medical", with_units(1.2, 0)),
+        write(tmp_path, "dpruner_medical_s0.3_unstructured", "medical", with_units(1.0, 0)),
+    ]
+    units = load_units(files)
+    long = with_intervals(collect(files), units, DEFAULTS)
+    table = best_baseline_table(long, units, DEFAULTS, ["wanda"])
+    ppl = table[table["task"] == PERPLEXITY].set_index("sparsity")
+    # Each against Wanda at its own sparsity (0.7: 1.2 / 1.5), not the 0.3 model with the best
+    # value of all.
+    assert sorted(ppl.index) == [0.3, 0.7]
+    assert (ppl["best_value"] / ppl["value"]).round(3).to_dict() == {0.3: 1.01, 0.7: 1.25}
+    assert ppl.loc[0.7, "change"] == pytest.approx(-20.0)
+    page = paired_markdown(table, "best_baseline", "best_value", "intro")
+    assert "| sparsity" in page and "| 0.7" in page
+
+
 def test_quantized_models_are_compared_with_their_16_bit_twins(tmp_path):
     from dpruner.config import unquantized_twins
     from dpruner.intervals import DEFAULTS, load_units, unquantized_table, with_intervals

@@ -162,6 +162,9 @@ def paired_markdown(table: pd.DataFrame, reference: str, reference_value: str, i
     label = reference.replace("_", " ")
     if table.empty:
         return f"No {label} to compare with.\n"
+    # Sparsity and pattern only where the table holds several (a sparsity study).
+    settings = ["sparsity", "pattern"]
+    with_setting = len(table[settings].drop_duplicates()) > 1
     rows = []
     for record in table.to_dict("records"):
         metric = record["metric"]
@@ -170,6 +173,11 @@ def paired_markdown(table: pd.DataFrame, reference: str, reference_value: str, i
                 "domain": record["domain"],
                 "metric": _flat_label((record["domain"], record["task"], metric)).split(": ")[1],
                 "method": record["method"],
+                **(
+                    {k: f"{record[k]:g}" if k == "sparsity" else record[k] for k in settings}
+                    if with_setting
+                    else {}
+                ),
                 "value": _formatted(record["value"], metric),
                 label: f"{record[reference]} ({_formatted(record[reference_value], metric)})",
                 f"change vs {label}": _change_cell(
