@@ -118,7 +118,7 @@ def test_dry_run_study_configs(tmp_path, study):
         "beyond": (14, 2),
         "quantization": (18, 2),
         "third_domain": (6, 1),
-        "sparsity": (28, 5),
+        "sparsity": (42, 5),
         "calibration_size": (12, 4),
     }[study.stem]
 
