@@ -163,8 +163,7 @@ def paired_markdown(table: pd.DataFrame, reference: str, reference_value: str, i
     if table.empty:
         return f"No {label} to compare with.\n"
     # Sparsity and pattern only where the table holds several (a sparsity study).
-    settings = ["sparsity", "pattern"]
-    with_setting = len(table[settings].drop_duplicates()) > 1
+    with_setting = len(table[["sparsity", "pattern"]].drop_duplicates()) > 1
     rows = []
     for record in table.to_dict("records"):
         metric = record["metric"]
@@ -174,7 +173,7 @@ def paired_markdown(table: pd.DataFrame, reference: str, reference_value: str, i
                 "metric": _flat_label((record["domain"], record["task"], metric)).split(": ")[1],
                 "method": record["method"],
                 **(
-                    {k: f"{record[k]:g}" if k == "sparsity" else record[k] for k in settings}
+                    {"sparsity": f"{record['sparsity']:g}", "pattern": record["pattern"]}
                     if with_setting
                     else {}
                 ),
