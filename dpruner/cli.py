@@ -347,6 +347,7 @@ def cmd_domain_scores(args) -> dict | None:
         clip=args.clip,
         update_rounding=args.update_rounding,
         gradient_checkpointing=args.gradient_checkpointing == "on",
+        keep_gradients=args.keep_gradients == "on",
         seed=args.seed,
     )
     if settings.lam > 0 and not args.general_importance:
@@ -537,6 +538,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="on",
         choices=["on", "off"],
         help="off trades memory for about a quarter less compute (small models)",
+    )
+    p.add_argument(
+        "--keep-gradients",
+        default="off",
+        choices=["on", "off"],
+        help="two_pass clipping from one backward pass, holding a copy of every gradient "
+        "(the same updates at about half the compute; small models)",
     )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(

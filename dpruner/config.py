@@ -177,7 +177,8 @@ def schema_default(name: str):
     return _schema()["$defs"][name]["default"]
 
 
-# What a D-Pruner method's fine-tuning, and so its scores S, depends on (with the sparsity).
+# What a D-Pruner method's fine-tuning, and so its scores S, depends on (with the sparsity);
+# not keep_gradients, which gives the same scores bit for bit.
 FINE_TUNING_OPTIONS = (
     "lambda", "lr", "epochs", "batch_size", "max_length", "clip", "normalize",
     "gradient_checkpointing", "seed", "processes",

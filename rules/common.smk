@@ -289,11 +289,13 @@ def domain_scores_options(wildcards):
     options = METHODS[wildcards.method]
     keys = ["lambda", "lr", "epochs", "batch_size", "max_length", "clip"]
     checkpointing = "on" if options.get("gradient_checkpointing", True) else "off"
+    keep_gradients = "on" if options.get("keep_gradients", False) else "off"
     # Seed 42 for the order of the fine-tuning data, as in the reference (algorithms.md 5.2).
     return cli_options(
         {
             **{key: options[key] for key in keys},
             "gradient_checkpointing": checkpointing,
+            "keep_gradients": keep_gradients,
             "seed": options.get("seed", 42),
         }
     )

@@ -296,6 +296,29 @@ def test_same_seed_gives_the_same_scores_twice():
     assert 0 < max(changed) <= 1, "stochastic rounding moves bf16 weights"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kept_gradients_give_the_updates_of_the_recomputing_second_pass(dtype):
+    # Clipping active (small max_grad_norm), regularised (lambda > 0), several updates: every
+    # weight, score, loss and clip scale must be the same bits either way.
+    texts = instances(5)
+    runs = []
+    for keep in (False, True):
+        settings = FineTuneSettings(
+            lam=0.3, lr=0.1, epochs=2, batch_size=2, clip="two_pass", max_grad_norm=0.05,
+            gradient_checkpointing=False, keep_gradients=keep,
+        )  # fmt: skip
+        model = tiny_model("llama").to(dtype)
+        importance = unit_importance(model) if not runs else runs[0][3]
+        scores, report = domain_scores(model, Tokens(), texts, importance, settings, progress=False)
+        runs.append((model, scores, report, importance))
+    (recomputed, s0, r0, _), (kept, s1, r1, _) = runs
+    assert r0["updates"] == 6 and min(r0["clip_scales"]) < 1, "the test must exercise clipping"
+    assert r0["losses"] == r1["losses"] and r0["clip_scales"] == r1["clip_scales"]
+    assert all(torch.equal(s0[name], s1[name]) for name in s0)
+    for (name, a), b in zip(recomputed.named_parameters(), kept.parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_non_finite_importance_names_the_step_and_layer():
     model = tiny_model("llama")
     importance = unit_importance(model)

@@ -219,12 +219,26 @@ def test_batched_shared_prompts_equal_each_item_alone(layout):
         ([20, 21], [[22, 23, 24], [25, 26], [27]]),
         ([30, 31, 32], [[33], [34]]),
     ]
-    batched = shared_context_loglikelihoods(model, items)
-    alone = [shared_context_loglikelihoods(model, [item])[0] for item in items]
-    assert [len(scores) for scores in batched] == [2, 3, 2]
-    for together, single in zip(batched, alone, strict=True):
-        assert [greedy for _, greedy in together] == [greedy for _, greedy in single]
-        assert [ll for ll, _ in together] == pytest.approx([ll for ll, _ in single], abs=1e-5)
+    alone = [shared_context_loglikelihoods(model, [item], pass_tokens=1)[0] for item in items]
+    # one continuation pass for all rows; rows of one length per pass; every row in its own pass
+    for pass_tokens in (256, 4, 1):
+        batched = shared_context_loglikelihoods(model, items, pass_tokens=pass_tokens)
+        assert [len(scores) for scores in batched] == [2, 3, 2]
+        for together, single in zip(batched, alone, strict=True):
+            assert [greedy for _, greedy in together] == [greedy for _, greedy in single]
+            assert [ll for ll, _ in together] == pytest.approx([ll for ll, _ in single], abs=1e-5)
+
+
+def test_length_runs_keep_each_padded_pass_within_the_budget():
+    from dpruner.evaluation.shared_prompt import length_runs
+
+    lengths = [1, 1, 2, 2, 2, 5, 9, 30]
+    runs = length_runs(lengths, budget=10)
+    assert [list(run) for run in runs] == [[0, 1, 2, 3, 4], [5], [6], [7]]
+    assert [i for run in runs for i in run] == list(range(len(lengths)))
+    assert all(len(run) * lengths[run[-1]] <= 10 for run in runs if len(run) > 1)
+    assert length_runs([3] * 6, budget=100) == [range(0, 6)]
+    assert length_runs([], budget=10) == []
 
 
 def test_task_items_drop_labels_outside_the_choices_and_shuffle_with_the_seed(corpus, tokenizer):

@@ -5,11 +5,13 @@ lm-eval scores every (context, continuation) pair as its own sequence, so a 4-ch
 repeated for the choices, and only the continuations run on top: the same log-likelihoods (causal
 attention makes a token's logits depend on earlier tokens only), about a quarter of the work on
 the cloze probes. The vocabulary projection is also skipped for every context token but the last,
-and `batch_size` items share each pass (contexts left-padded, positions counted per row).
+`batch_size` items share the context pass (contexts left-padded, positions counted per row), and
+their continuations run in passes of rows of similar length (right-padded).
 """
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 
 import torch
@@ -17,15 +19,35 @@ import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
+# Continuation rows run in passes of about this many tokens, padding included: rows sorted by
+# length and cut into runs, so a short choice is not padded to the batch's longest one (on the
+# default tasks padding was half of the continuation tokens), while a pass stays long enough
+# not to be bound by reading the weights.
+CONTINUATION_PASS_TOKENS = 256
+
+
+def length_runs(lengths: list[int], budget: int) -> list[range]:
+    """Consecutive runs of `lengths` (ascending) whose padded size, rows x the run's last
+    length, stays within `budget`; a row longer than `budget` runs alone."""
+    runs, start = [], 0
+    for end in range(1, len(lengths) + 1):
+        if end == len(lengths) or (end + 1 - start) * lengths[end] > budget:
+            runs.append(range(start, end))
+            start = end
+    return runs
+
 
 @torch.no_grad()
 def shared_context_loglikelihoods(
-    model, items: list[tuple[list[int], list[list[int]]]]
+    model,
+    items: list[tuple[list[int], list[list[int]]]],
+    pass_tokens: int = CONTINUATION_PASS_TOKENS,
 ) -> list[list[tuple[float, bool]]]:
     """For each (context, continuations) item, (sum of log-probabilities, whether every token is
     the greedy one) of each continuation after the context: one batched pass over the contexts,
-    one over every continuation on top of their cache. Several items per pass is what makes it
-    fast on a CPU: a pass over a few tokens is bound by reading the weights, not by arithmetic."""
+    then the continuations on top of their cache in passes of about `pass_tokens` tokens.
+    Several items per pass is what makes it fast on a CPU: a pass over a few tokens is bound by
+    reading the weights, not by arithmetic."""
     device = next(model.parameters()).device
     width = max(len(context) for context, _ in items)
     # Left padding puts every context's last token in the last column; positions count from
@@ -43,8 +65,35 @@ def shared_context_loglikelihoods(
         use_cache=True,
         logits_to_keep=1,
     )
-    owners = torch.tensor([row for row, (_, choices) in enumerate(items) for _ in choices])
-    continuations = [choice for _, choices in items for choice in choices]
+    # log-probabilities predicting each continuation's first token
+    first = F.log_softmax(prompt.logits[:, -1].float(), dim=-1)
+    rows = [(owner, choice) for owner, (_, choices) in enumerate(items) for choice in choices]
+    order = sorted(range(len(rows)), key=lambda row: len(rows[row][1]))
+    flat: list[tuple[float, bool] | None] = [None] * len(rows)
+    runs = length_runs([len(rows[row][1]) for row in order], pass_tokens)
+    for number, run in enumerate(runs):
+        chosen = [order[index] for index in run]
+        owners = torch.tensor([rows[row][0] for row in chosen])
+        # A pass appends to the cache it is given: every run but the last gets a copy.
+        cache = prompt.cache if number == len(runs) - 1 else copy.deepcopy(prompt.cache)
+        scored = _continuation_scores(
+            model, cache, first, mask, positions, owners, [rows[row][1] for row in chosen]
+        )
+        for row, score in zip(chosen, scored, strict=True):
+            flat[row] = score
+    scores, start = [], 0
+    for _, choices in items:
+        scores.append(flat[start : start + len(choices)])
+        start += len(choices)
+    return scores
+
+
+def _continuation_scores(
+    model, cache, first, mask, positions, owners: torch.Tensor, continuations: list[list[int]]
+) -> list[tuple[float, bool]]:
+    """Scores of `continuations`, row i after the context of item owners[i], from the contexts'
+    `cache` (which the pass changes)."""
+    device = first.device
     longest = max(len(c) for c in continuations)
     # Right padding: a padded position comes after every real token of its row, so causal
     # attention keeps it out of the scored positions.
@@ -53,10 +102,8 @@ def shared_context_loglikelihoods(
     for row, continuation in enumerate(continuations):
         targets[row, : len(continuation)] = torch.tensor(continuation)
         real[row, : len(continuation)] = True
-    # log-probabilities predicting each continuation token: the context's last logits first
-    steps = F.log_softmax(prompt.logits[:, -1].float(), dim=-1)[owners.to(device)].unsqueeze(1)
+    steps = first[owners.to(device)].unsqueeze(1)
     if longest > 1:
-        cache = prompt.cache
         cache.reorder_cache(owners.to(device))
         attention = torch.cat([mask[owners], torch.ones(len(owners), longest - 1)], dim=1)
         rest = model(
@@ -69,12 +116,7 @@ def shared_context_loglikelihoods(
     targets, real = targets.to(device), real.to(device)
     logprobs = steps.gather(-1, targets.unsqueeze(-1)).squeeze(-1).masked_fill(~real, 0.0)
     greedy = ((steps.argmax(-1) == targets) | ~real).all(-1)
-    flat = list(zip(logprobs.sum(-1).tolist(), greedy.tolist(), strict=True))
-    scores, start = [], 0
-    for _, choices in items:
-        scores.append(flat[start : start + len(choices)])
-        start += len(choices)
-    return scores
+    return list(zip(logprobs.sum(-1).tolist(), greedy.tolist(), strict=True))
 
 
 class SharedPromptLM(HFLM):

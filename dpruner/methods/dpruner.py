@@ -131,6 +131,9 @@ class FineTuneSettings:
     warmup_fraction: float = 0.1
     update_rounding: str = "stochastic"
     gradient_checkpointing: bool = True
+    # two_pass from one backward pass: the norm pass keeps every regularised gradient (fp32, the
+    # size of the model) for the update instead of recomputing them (the reference's way).
+    keep_gradients: bool = False
     seed: int = 42
 
     def __post_init__(self):
@@ -218,8 +221,9 @@ def local(tensor: torch.Tensor) -> torch.Tensor:
 class FusedSGD:
     """Plain SGD applied inside backward through post-accumulate-grad hooks (LOMO-style).
 
-    `mode` selects what a backward pass does: "norm" adds each regularised gradient's squared norm;
-    "update" accumulates S for the prunable matrices and applies W <- W - lr * scale * g~.
+    `mode` selects what a backward pass does: "norm" adds each regularised gradient's squared norm
+    (and keeps the gradient with `keep_gradients`, for `update_from_kept`); "update" accumulates S
+    for the prunable matrices and applies W <- W - lr * scale * g~.
     With a `shard`, parameters and gradients are FSDP2 DTensors: FSDP2 calls the hooks on the
     sharded parameter after the reduce-scatter, and all the hooks' work is on local rows; the
     squared norm and the error flags are summed over ranks after each backward pass.
@@ -258,6 +262,7 @@ class FusedSGD:
         }
         self.mode, self.lr, self.scale, self.step = "norm", 0.0, 1.0, 0
         self.sq_norm, self.calls = 0.0, 0
+        self.kept: list[tuple[str, torch.Tensor, torch.Tensor]] = []
         self.error: str | None = None
         self.changed = {
             name: torch.zeros((), dtype=torch.long, device=device) for name in self.prunable
@@ -286,29 +291,43 @@ class FusedSGD:
             self.calls += 1
             grad = self.regularised_gradient(name, param)
             param.grad = None
-            if self.mode == "norm":
-                square = float(torch.linalg.vector_norm(grad, dtype=torch.float64)) ** 2
-                self._check(math.isfinite(square), "gradient", name)
-                self.sq_norm += square
+            if self.mode == "update":
+                self._update(name, param, grad)
                 return
-            weight = local(param.detach())
-            if name in self.scores:
-                step = dual_importance_step(grad, weight.float())
-                self._check(math.isfinite(float(step.sum())), "dual importance", name)
-                self.scores[name] += step
-            else:
-                self._check(math.isfinite(float(grad.sum())), "gradient", name)
-            updated = torch.add(weight.float(), grad, alpha=-(self.lr * self.scale))
-            if weight.dtype == torch.bfloat16 and self.settings.update_rounding == "stochastic":
-                first = self.shard.row_range(param.shape[0])[0] if self.shard else 0
-                new = stochastic_round_to_bf16(updated, self.generators[name], param.shape, first)
-            else:
-                new = updated.to(weight.dtype)
-            if name in self.changed:
-                self.changed[name] += (new != weight).sum()
-            weight.copy_(new)
+            square = float(torch.linalg.vector_norm(grad, dtype=torch.float64)) ** 2
+            self._check(math.isfinite(square), "gradient", name)
+            self.sq_norm += square
+            if self.settings.keep_gradients:
+                self.kept.append((name, param, grad))
 
         return hook
+
+    def _update(self, name: str, param: torch.Tensor, grad: torch.Tensor) -> None:
+        weight = local(param.detach())
+        if name in self.scores:
+            step = dual_importance_step(grad, weight.float())
+            self._check(math.isfinite(float(step.sum())), "dual importance", name)
+            self.scores[name] += step
+        else:
+            self._check(math.isfinite(float(grad.sum())), "gradient", name)
+        updated = torch.add(weight.float(), grad, alpha=-(self.lr * self.scale))
+        if weight.dtype == torch.bfloat16 and self.settings.update_rounding == "stochastic":
+            first = self.shard.row_range(param.shape[0])[0] if self.shard else 0
+            new = stochastic_round_to_bf16(updated, self.generators[name], param.shape, first)
+        else:
+            new = updated.to(weight.dtype)
+        if name in self.changed:
+            self.changed[name] += (new != weight).sum()
+        weight.copy_(new)
+
+    def update_from_kept(self) -> None:
+        """The update of the gradients the "norm" pass kept: what an "update" pass would do, as
+        the second pass recomputes the same gradients (a hook fires after its parameter's last
+        use in the backward pass, so no update reaches a gradient of the same pass)."""
+        kept, self.kept = self.kept, []
+        for name, param, grad in kept:
+            self._update(name, param, grad)
+        self._raise_on_error()
 
     def _check(self, finite: bool, what: str, name: str) -> None:
         if self.error is None and not finite:
@@ -326,9 +345,13 @@ class FusedSGD:
                 "no parameter hook ran in a backward pass: the update would be lost (a torch "
                 "whose FSDP2 does not call post-accumulate-grad hooks on the shards?)"
             )
+        if self.shard is not None and mode == "norm":
+            (self.sq_norm,) = self.shard.all_reduce_sum([self.sq_norm])
+        self._raise_on_error()
+
+    def _raise_on_error(self) -> None:
         if self.shard is not None:
-            square, failed = self.shard.all_reduce_sum([self.sq_norm, float(bool(self.error))])
-            self.sq_norm = square if mode == "norm" else self.sq_norm
+            (failed,) = self.shard.all_reduce_sum([float(bool(self.error))])
             if failed and not self.error:
                 self.error = f"non-finite values on another rank at step {self.step}"
         if self.error:
@@ -443,11 +466,15 @@ def domain_scores(
                 sgd.lr = learning_rate(sgd.step, total, settings.lr, settings.warmup_fraction)
                 if settings.clip == "two_pass":
                     sgd.sq_norm = 0.0
-                    sgd.backward(_loss(model, batch, sgd.step, shard)[0], "norm")
+                    loss, value = _loss(model, batch, sgd.step, shard)
+                    sgd.backward(loss, "norm")
                     norm = math.sqrt(sgd.sq_norm)
                     sgd.scale = min(1.0, settings.max_grad_norm / (norm + 1e-6))
-                loss, value = _loss(model, batch, sgd.step, shard)
-                sgd.backward(loss, "update")
+                if settings.clip == "two_pass" and settings.keep_gradients:
+                    sgd.update_from_kept()
+                else:
+                    loss, value = _loss(model, batch, sgd.step, shard)
+                    sgd.backward(loss, "update")
                 losses.append(value)
                 scales.append(sgd.scale)
                 sgd.step += 1
