@@ -27,6 +27,7 @@ rule evaluate:
     benchmark:
         f"{BENCHMARKS}/evaluate/{{model}}/{{variant}}.tsv"
     threads: MODEL_JOB_THREADS
+    priority: evaluation_priority
     resources:
         gpu=GPU_SLOTS,
         mem_mb=8000,

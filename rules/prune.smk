@@ -16,6 +16,7 @@ rule prune:
     benchmark:
         f"{BENCHMARKS}/prune/{{model}}/{PRUNED_ID}.tsv"
     threads: MODEL_JOB_THREADS
+    priority: PRUNING
     resources:
         gpu=GPU_SLOTS,
         mem_mb=8000,

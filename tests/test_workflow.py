@@ -100,6 +100,43 @@ def test_dry_run_default_config(tmp_path):
     }
 
 
+def job_priorities(output: str) -> list[tuple[str, str, float]]:
+    """(rule, wildcards line, priority) of every job a dry run lists (priority 0 is not shown)."""
+    jobs = []
+    for block in re.split(r"^(?:local)?rule ", output, flags=re.M)[1:]:
+        wildcards = re.search(r"^\s+wildcards: (.*)$", block, flags=re.M)
+        priority = re.search(r"^\s+priority: (\S+)$", block, flags=re.M)
+        jobs.append(
+            (
+                block.split(":")[0],
+                wildcards.group(1) if wildcards else "",
+                float(priority.group(1)) if priority else 0.0,
+            )
+        )
+    return jobs
+
+
+def test_default_run_schedules_the_critical_path_then_pruning_then_long_evaluations(tmp_path):
+    # Two model jobs share the cores: the run should end on evaluations two at a time.
+    result = snakemake("-n", "--configfile", REPO / "config" / "config.yaml", workdir=tmp_path)
+    jobs = job_priorities(result.stdout + result.stderr)
+    by_rule: dict[str, set[float]] = {}
+    for rule, _, priority in jobs:
+        by_rule.setdefault(rule, set()).add(priority)
+    assert by_rule["general_importance"] == by_rule["domain_scores"] == {10.0}
+    assert by_rule["prune"] == {2.0}
+    evaluations = {wildcards: priority for rule, wildcards, priority in jobs if rule == "evaluate"}
+    # Dense and the general-calibrated models run tasks on all three domains, the others on two.
+    assert len(evaluations) == 10
+    assert {w.split("variant=")[1]: p for w, p in evaluations.items() if p == 1.0}.keys() == {
+        "dense",
+        "magnitude_none_s0.5_unstructured",
+        "wanda_general_s0.5_unstructured",
+        "sparsegpt_general_s0.5_unstructured",
+    }
+    assert sorted(set(evaluations.values())) == [2 / 3, 1.0]
+
+
 STUDIES = sorted((REPO / "config" / "studies").glob("*.yaml"))
 
 
