@@ -98,7 +98,7 @@ def load_units(metrics_files) -> dict[tuple, Units]:
     return units
 
 
-def _units_for(units: dict, model, variant, domain, task, metric) -> Units | None:
+def units_for(units: dict, model, variant, domain, task, metric) -> Units | None:
     if task == GENERAL_PERPLEXITY:
         return units.get((model, variant, "general", GENERAL_PERPLEXITY, metric))
     return units.get((model, variant, domain, task, metric))
@@ -145,12 +145,12 @@ def with_intervals(long: pd.DataFrame, units: dict, settings: dict) -> pd.DataFr
     rows = []
     for record in long.to_dict("records"):
         key = [record[k] for k in KEY]
-        unit = _units_for(units, *key)
+        unit = units_for(units, *key)
         extra = {"low": np.nan, "high": np.nan, "units": np.nan}
         if unit is not None:
             ci = interval(unit, settings)
             extra.update(low=ci.low, high=ci.high, units=len(unit.ids))
-            dense = _units_for(units, key[0], "dense", *key[2:])
+            dense = units_for(units, key[0], "dense", *key[2:])
             if record["variant"] != "dense" and dense is not None:
                 extra.update(compare(dense, unit, settings) or {})
         rows.append({**record, **extra})
@@ -162,7 +162,7 @@ PAIRED_COLUMNS = ["model", "domain", "task", "metric", "method", "sparsity", "pa
 CHANGE_COLUMNS = ["change", "change_low", "change_high", "significant"]
 
 
-def _main_columns(long: pd.DataFrame) -> pd.DataFrame:
+def main_columns(long: pd.DataFrame) -> pd.DataFrame:
     """The pruned models of each domain's main columns: general-calibrated, uncalibrated or
     calibrated for that domain."""
     return long[
@@ -175,8 +175,8 @@ def _paired_row(units: dict, settings: dict, record: dict, reference: dict) -> d
     """`record`'s value and its paired change against `reference` (the same model, domain, task
     and metric of another variant); no change where the units do not pair."""
     key = [record[k] for k in ("model", "domain", "task", "metric")]
-    unit = _units_for(units, key[0], record["variant"], *key[1:])
-    base = _units_for(units, key[0], reference["variant"], *key[1:])
+    unit = units_for(units, key[0], record["variant"], *key[1:])
+    base = units_for(units, key[0], reference["variant"], *key[1:])
     comparison = compare(base, unit, settings) if unit is not None and base is not None else None
     return {**{k: record[k] for k in PAIRED_COLUMNS}, **(comparison or {})}
 
@@ -189,7 +189,7 @@ def best_baseline_table(
     sparsity and pattern) and every other model of those columns against it, paired."""
     rows = []
     keys = ["model", "domain", "task", "metric", "sparsity", "pattern"]
-    for _, group in _main_columns(long).groupby(keys, sort=False):
+    for _, group in main_columns(long).groupby(keys, sort=False):
         candidates = group[group["method"].isin(baselines)]
         if candidates.empty:
             continue
@@ -213,7 +213,7 @@ def unquantized_table(
 ) -> pd.DataFrame:
     """Every model of a quantized method in the main columns against its 16-bit twin's model of
     the same calibration, sparsity and pattern, paired: what quantization costs that method."""
-    shown = _main_columns(long)
+    shown = main_columns(long)
     same = ["model", "domain", "task", "metric", "calibration", "sparsity", "pattern"]
     by_key = {(*(r[k] for k in same), r["method"]): r for r in shown.to_dict("records")}
     rows = []

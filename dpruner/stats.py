@@ -30,6 +30,7 @@ indices (they are drawn once, whatever the block size).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -302,6 +303,18 @@ def paired_perplexity_ratio(
         seed=seed,
         level=level,
     )
+
+
+def log_half_width(ratio_low: float, ratio_high: float) -> float:
+    """Half the width of a ratio interval on the log scale (a ratio's interval is asymmetric)."""
+    return (np.log(ratio_high) - np.log(ratio_low)) / 2
+
+
+def units_for_half_width(units: int, half_width: float, target: float) -> int:
+    """Units (items, windows) that bring an interval of `half_width` on `units` to `target`: a
+    half-width shrinks as one over the square root of the units. An estimate: a bootstrap on
+    few units understates the spread, so the need of an 8-window interval is a lower bound."""
+    return math.ceil(units * (half_width / target) ** 2)
 
 
 def chance_verdict(accuracy: Interval, uniform: float | None, majority: float) -> str:

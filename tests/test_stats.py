@@ -183,6 +183,27 @@ def test_paired_perplexity_ratio_finds_a_three_percent_rise_and_not_a_null_one()
     assert null.low < 1 < null.high and not null.significant
 
 
+def test_units_for_half_width_predict_the_interval_of_a_larger_sample():
+    # Paired per-window log ratios with a 3 % shift and SD 0.1: the need estimated from 200
+    # windows is near the analytic (1.96 x 0.1 / log 1.01)^2 = 384, and that many fresh windows
+    # give a half-width near the target (both within sampling error: 10 % SD over seeds).
+    rng = np.random.default_rng(1)
+
+    def half_width(n: int) -> float:
+        tokens = np.full(n, 500.0)
+        nll_a = rng.normal(3.0, 0.3, n) * tokens
+        nll_b = nll_a + rng.normal(np.log(1.03), 0.1, n) * tokens
+        ratio = stats.paired_perplexity_ratio(nll_a, nll_b, tokens, resamples=2000, seed=0)
+        return stats.log_half_width(ratio.low, ratio.high)
+
+    target = math.log(1.01)
+    needed = stats.units_for_half_width(200, half_width(200), target)
+    assert needed == pytest.approx((1.96 * 0.1 / target) ** 2, rel=0.2)
+    assert half_width(needed) == pytest.approx(target, rel=0.2)
+    assert stats.units_for_half_width(8, 0.05, 0.05) == 8
+    assert stats.log_half_width(0.9, 1.1) == pytest.approx((math.log(1.1) - math.log(0.9)) / 2)
+
+
 def test_paired_comparisons_need_the_same_items():
     with pytest.raises(ValueError, match="same items"):
         stats.paired_bootstrap(np.ones(5), np.ones(6), resamples=10, seed=0)
