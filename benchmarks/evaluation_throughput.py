@@ -35,6 +35,7 @@ from dpruner.evaluation.perplexity import sliding_window_perplexity
 from dpruner.evaluation.shared_prompt import SharedPromptLM
 from dpruner.machine import machine_description
 from dpruner.models import load_model
+from dpruner.report.formatting import write_benchmark_tables
 
 OUT = Path("results/tables/evaluation_throughput")
 MATMUL_SHAPE = (512, 576, 1536)
@@ -153,12 +154,6 @@ def choice_rows(model, tokenizer, config: dict, task_name: str, limit: int) -> l
     return rows
 
 
-def markdown(table: pd.DataFrame, header: list[str]) -> str:
-    lines = ["# Evaluation throughput and the machine's matmul rate", ""]
-    lines += [f"- {line}" for line in header]
-    return "\n".join(lines) + "\n\n" + table.to_markdown(index=False, floatfmt=".4g") + "\n"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="a dense model folder (prepare-model)")
@@ -189,13 +184,14 @@ def main() -> int:
         "multiple choice: one timed run each; tokens = tokens the model runs (a shared prompt "
         "once per item)",
     ]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.with_suffix(".csv").open("w") as f:
-        f.writelines(f"# {line}\n" for line in header)
-        table.to_csv(f, index=False)
-    out.with_suffix(".md").write_text(markdown(table, header))
-    print(markdown(table, header))
+    text = write_benchmark_tables(
+        Path(args.out),
+        "Evaluation throughput and the machine's matmul rate",
+        header,
+        table,
+        table.to_markdown(index=False, floatfmt=".4g") + "\n",
+    )
+    print(text)
     return 0
 
 

@@ -28,6 +28,7 @@ from dpruner.config import load_config
 from dpruner.intervals import DEFAULTS, PERPLEXITY, compare, load_units, main_columns, units_for
 from dpruner.machine import machine_description
 from dpruner.report.collect import collect
+from dpruner.report.formatting import write_benchmark_tables
 
 OUT = Path("results/tables/interval_sizes")
 THROUGHPUT = Path("results/tables/evaluation_throughput.csv")
@@ -137,16 +138,15 @@ def main() -> int:
         f"perplexity alone at the largest need without magnitude, every text: "
         f"{table['perplexity s for the max'].sum():.0f} s",
     ]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.with_suffix(".csv").open("w") as f:
-        f.writelines(f"# {line}\n" for line in header)
-        pairs.to_csv(f, index=False)
-    text = "# Perplexity windows for a paired interval of the target half-width\n\n"
-    text += "\n".join(f"- {line}" for line in header) + "\n\n"
-    text += table.to_markdown(index=False, floatfmt=".4g") + "\n\nEvery pair:\n\n"
-    text += pairs.to_markdown(index=False, floatfmt=".4g") + "\n"
-    out.with_suffix(".md").write_text(text)
+    body = table.to_markdown(index=False, floatfmt=".4g") + "\n\nEvery pair:\n\n"
+    body += pairs.to_markdown(index=False, floatfmt=".4g") + "\n"
+    text = write_benchmark_tables(
+        Path(args.out),
+        "Perplexity windows for a paired interval of the target half-width",
+        header,
+        pairs,
+        body,
+    )
     print(text)
     return 0
 

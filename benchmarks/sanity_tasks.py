@@ -35,8 +35,10 @@ from dpruner.evaluation import evaluate_model
 from dpruner.intervals import DEFAULTS as INTERVAL_DEFAULTS
 from dpruner.machine import machine_description
 from dpruner.models import load_model
+from dpruner.report.formatting import write_benchmark_tables
 
 OUT = Path("results/tables/task_sanity")
+TITLE = "Dense models on every catalogue task (config/tasks.yaml)"
 # evaluate_model always measures a domain perplexity; here it is cut to one short window of the
 # general perplexity text and not reported (the tasks are what this benchmark is about).
 NO_PERPLEXITY = {"window": 16, "stride": 16, "max_tokens": 16, "rolling_max_tokens": 0}
@@ -88,7 +90,7 @@ def task_row(domain: str, model: str, task: dict, result: dict, intervals: dict)
     }
 
 
-def markdown(table: pd.DataFrame, header: list[str]) -> str:
+def markdown(table: pd.DataFrame) -> str:
     shown = pd.DataFrame(
         {
             "domain": table["domain"],
@@ -106,23 +108,7 @@ def markdown(table: pd.DataFrame, header: list[str]) -> str:
             "wall s": table["wall_s"].map(lambda v: f"{v:.0f}"),
         }
     )
-    lines = ["# Dense models on every catalogue task (config/tasks.yaml)", ""]
-    lines += [f"- {line}" for line in header]
-    return "\n".join(lines) + "\n\n" + shown.to_markdown(index=False) + "\n"
-
-
-def write_tables(table: pd.DataFrame, header: list[str], out: Path) -> None:
-    """CSV (header as comment lines) and Markdown, each written to a temporary name first."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    csv, md = out.with_suffix(".csv"), out.with_suffix(".md")
-    tmp = csv.with_suffix(".csv.tmp")
-    with tmp.open("w") as f:
-        f.writelines(f"# {line}\n" for line in header)
-        table.to_csv(f, index=False)
-    tmp.rename(csv)
-    tmp = md.with_suffix(".md.tmp")
-    tmp.write_text(markdown(table, header))
-    tmp.rename(md)
+    return shown.to_markdown(index=False) + "\n"
 
 
 def read_rows(out: Path) -> tuple[list[dict], list[str]]:
@@ -217,7 +203,7 @@ def main() -> int:
             .replace("{command}", "; ".join(dict.fromkeys([*commands, command])))
         )
         table = pd.DataFrame(order(every, catalogue, list(models)), columns=COLUMNS)
-        write_tables(table, text.split("\n"), out)
+        write_benchmark_tables(out, TITLE, text.split("\n"), table, markdown(table))
 
     for model_name, folder in models.items():
         model = tokenizer = None

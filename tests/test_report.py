@@ -16,6 +16,7 @@ from dpruner.report.collect import (
     parse_variant,
     read_metrics,
 )
+from dpruner.report.formatting import write_benchmark_tables
 from dpruner.report.plots import pareto_optimal, plot
 from dpruner.report.summary import summary
 from dpruner.report.tables import cross_domain_table, main_table
@@ -428,3 +429,19 @@ def test_general_perplexity_comes_from_the_variants_general_evaluation(tmp_path)
         (pruned, "medical"): 14.0,
         (pruned, "legal"): 99.0,
     }
+
+
+def test_a_benchmark_table_carries_its_header_in_both_files_and_reads_back(tmp_path):
+    table = pd.DataFrame({"measure": ["perplexity"], "tokens_per_s": [207.5]})
+    header = ["machine: x", "command: python b.py --n 3"]
+    out = tmp_path / "tables" / "bench"
+    text = write_benchmark_tables(out, "A title", header, table, "BODY\n")
+    assert text == "# A title\n\n- machine: x\n- command: python b.py --n 3\n\nBODY\n"
+    assert (tmp_path / "tables" / "bench.md").read_text() == text
+    csv = (tmp_path / "tables" / "bench.csv").read_text()
+    assert csv.splitlines()[:2] == ["# machine: x", "# command: python b.py --n 3"]
+    pd.testing.assert_frame_equal(pd.read_csv(out.with_suffix(".csv"), comment="#"), table)
+    assert sorted(path.name for path in (tmp_path / "tables").iterdir()) == [
+        "bench.csv",
+        "bench.md",
+    ]

@@ -138,6 +138,21 @@ def write_text(path: Path, text: str) -> Path:
     return path
 
 
+def write_benchmark_tables(
+    out: Path, title: str, header: list[str], table: pd.DataFrame, markdown_body: str
+) -> str:
+    """A benchmark's `out`.csv (its header as `#` comment lines, then `table`) and `out`.md (the
+    title, the header as a list, then `markdown_body`), each renamed into place when complete.
+    Returns the Markdown."""
+    with atomic_output(out.with_suffix(".csv")) as tmp, tmp.open("w") as f:
+        f.writelines(f"# {line}\n" for line in header)
+        table.to_csv(f, index=False)
+    markdown = "\n".join([f"# {title}", "", *(f"- {line}" for line in header)])
+    markdown += "\n\n" + markdown_body
+    write_text(out.with_suffix(".md"), markdown)
+    return markdown
+
+
 def write_table(
     table: pd.DataFrame,
     out_dir: Path,
