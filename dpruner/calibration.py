@@ -1,4 +1,4 @@
-"""The one layer-sequential calibration engine shared by all calibrated methods (algorithms.md 1.5).
+"""The one layer-sequential calibration engine shared by all calibrated methods (docs/methods.md).
 
 Capture: each decoder block's `forward` is swapped for a recorder, so one pass of every calibration
 batch runs only the embedding, rotary and mask code. Block 0's recorder keeps the hidden states;

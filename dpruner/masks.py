@@ -3,7 +3,7 @@
 Every function takes scores (higher = more important) in d_out x d_in layout and returns a boolean
 mask that is True where a weight is pruned. Selection is exact: in a group of n weights the
 floor(s * n) lowest scores are pruned, ties broken by position through a stable sort
-(algorithms.md 1.2). `check_mask` verifies a mask against the spec after the fact.
+(docs/methods.md). `check_mask` verifies a mask against the spec after the fact.
 """
 
 from __future__ import annotations

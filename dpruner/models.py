@@ -154,7 +154,7 @@ def materialise_gguf(
     """De-quantise a GGUF file into an ordinary safetensors directory.
 
     transformers refuses to save a model loaded from GGUF, so the weights are copied into a plain
-    model built from the same config without its quantization_config (offline-assets.md 2.3).
+    model built from the same config without its quantization_config (docs/data.md#models).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -300,7 +300,7 @@ def domain_scores_options(wildcards):
     keys = ["lambda", "lr", "epochs", "batch_size", "max_length", "clip"]
     checkpointing = "on" if options.get("gradient_checkpointing", True) else "off"
     keep_gradients = "on" if options.get("keep_gradients", False) else "off"
-    # Seed 42 for the order of the fine-tuning data, as in the reference (algorithms.md 5.2).
+    # Seed 42 for the order of the fine-tuning data, as in the reference (docs/methods.md).
     return cli_options(
         {
             **{key: options[key] for key in keys},

@@ -28,7 +28,7 @@ from dpruner.data import (
 from dpruner.data.cache import cached_rows
 from dpruner.errors import DataError
 
-# Published SHA-256 of the reference anchor's token sets (shared/tools/anchor_data.py).
+# Published SHA-256 of the reference anchor's token sets (docs/reference-comparison.md).
 ANCHOR_CALIBRATION_SHA256 = "749ece862139f874c36a8249c0554827f18144297d844588a3df22025a48e764"
 ANCHOR_MEDICAL_EVAL_SHA256 = "fe52108ff1255d5228bc42863b270955cb286b9231ceec1d64cc2ab94a3137f1"
 
@@ -349,7 +349,7 @@ def test_packaged_corpora_counts():
     pubmed = load_records({"corpus": "pubmed"})
     assert len(pubmed) == 18_440 and len({r["id"] for r in pubmed}) == 18_440
     assert set(pubmed[0]) == {"id", "pmid", "title", "abstract"}
-    # 2,310 licence files (offline-assets.md's per-category counts sum to 2,310), 21 empty texts.
+    # 2,310 licence files (docs/data.md#text-corpora), 21 empty texts.
     licences = load_records({"corpus": "licences"})
     assert len(licences) == 2_310 - 21
     eulas = load_records({"corpus": "licences", "categories": ["Commercial", "Proprietary Free"]})

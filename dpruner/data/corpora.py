@@ -1,8 +1,8 @@
-"""The packaged corpora of offline-assets.md sections 4 and 5.1, read from pip packages' data files.
+"""The packaged corpora of docs/data.md, read from pip packages' data files.
 
 Only data files are read (the packages' code is never imported). Every corpus is returned sorted
 by document id, independent of file order, so that splits and the reference anchor's token sets
-(`shared/tools/anchor_data.py`) are reproduced exactly.
+(docs/reference-comparison.md) are reproduced exactly.
 
 - `wikipedia`: 10,033 Level-4 vital article leads: {id: title, title, extract, description, topic}.
 - `pubmed`: citations of `pubmed21n1298.xml.gz` (the 2020s baseline file) with an abstract:
@@ -12,7 +12,7 @@ by document id, independent of file order, so that splits and the reference anch
 - `licences`: ScanCode licence texts with a non-empty body: {id: key, key, name, category, text};
   option `categories` keeps only the listed categories.
 
-Labelled benchmark sets (offline-assets.md 5.1; parsed in labelled.py, which explains the ids: a
+Labelled benchmark sets (docs/data.md; parsed in labelled.py, which explains the ids: a
 hash of the passage where questions share one, else of the item's text). Counts are those of the
 pinned packages. Multiple-choice corpora share the fields {question, choices, options, answer,
 label}: `choices` the option texts, `options` them as lettered lines "A. ...\nB. ...", `answer` the
@@ -218,7 +218,7 @@ def _parse_wikipedia(path: Path) -> list[dict]:
 def _parse_pubmed(path: Path) -> list[dict]:
     """Citations with an abstract, by numeric PMID, with their labelled sections.
 
-    A PMID listed twice keeps its last version that has an abstract, as anchor_data.py's dict does.
+    A PMID listed twice keeps its last version that has an abstract, as the reference anchor does.
     """
     by_pmid: dict[int, dict] = {}
     progress = tqdm(desc="parsing PubMed XML", unit=" citations", leave=False)
@@ -264,7 +264,7 @@ def _section_sentences(articles: list[dict]) -> list[dict]:
 
 
 def _parse_licences(folder: Path) -> list[dict]:
-    """Every licence with a non-empty text; header and body split as anchor_data.py does."""
+    """Every licence with a non-empty text; header and body split as the reference anchor does."""
     records = []
     for path in tqdm(sorted(folder.glob("*.LICENSE")), desc="parsing licences", leave=False):
         raw = path.read_text(encoding="utf-8")

@@ -1,4 +1,4 @@
-"""Rendered texts of a section's `calibration:` entries (algorithms.md 5.4).
+"""Rendered texts of a section's `calibration:` entries (docs/methods.md).
 
 Each entry is {source, template, count?}. Only the calibration part of a source is used, so the
 texts are disjoint from every evaluation document of that source.

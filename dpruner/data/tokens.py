@@ -1,4 +1,4 @@
-"""Token ids for calibration windows and perplexity streams (algorithms.md 1.4)."""
+"""Token ids for calibration windows and perplexity streams (docs/methods.md#calibration-data)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Evaluation: perplexity, multiple choice (accuracy, macro-F1) and summarization (ROUGE),
-built as lm-eval tasks from config (algorithms.md section 6)."""
+built as lm-eval tasks from config (docs/methods.md#how-the-paper-evaluates)."""
 
 __all__ = ["evaluate_domains", "evaluate_model"]
 

@@ -1,4 +1,4 @@
-"""Sliding-window perplexity over one token stream (algorithms.md section 6).
+"""Sliding-window perplexity over one token stream (docs/methods.md#how-the-paper-evaluates).
 
 Windows of `window` tokens start every `stride` tokens; each window scores only the tokens that no
 earlier window scored, so with stride == window the windows are disjoint. Only full windows are

@@ -1,4 +1,4 @@
-"""D-Pruner (algorithms.md 5): general importance, regularised fine-tuning, dual importance, mask.
+"""D-Pruner (docs/methods.md): general importance, regularised fine-tuning, dual importance, mask.
 
 Step 1 `general_importance` records SparseGPT's OBS saliency on a throw-away copy of the model.
 Step 2+3 `domain_scores` fine-tunes on domain instances with
@@ -119,7 +119,7 @@ def load_scores(path, model: nn.Module | None = None) -> dict[str, torch.Tensor]
 
 @dataclass
 class FineTuneSettings:
-    """Step 2 hyper-parameters; defaults are the reference's (algorithms.md 5.2)."""
+    """Step 2 hyper-parameters; defaults are the reference's (docs/methods.md)."""
 
     lam: float = 0.1
     lr: float = 0.03
@@ -496,7 +496,7 @@ def domain_scores(
         "losses": losses,
         "clip_scales": scales,
         # Mean over updates of the share of a matrix's weights that the update changed: with bf16
-        # and round-to-nearest most updates would be lost (algorithms.md 5.2).
+        # and round-to-nearest most updates would be lost (docs/methods.md).
         "changed_fraction_per_update": {
             name: count / (sgd.prunable[name].numel() * total) for name, count in changed.items()
         },

@@ -1,4 +1,4 @@
-"""Magnitude pruning: score |W|, no calibration data (algorithms.md 2)."""
+"""Magnitude pruning: score |W|, no calibration data (docs/methods.md#magnitude)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SparseGPT: OBS column sweep with adaptive per-block masks (algorithms.md 4).
+"""SparseGPT: OBS column sweep with adaptive per-block masks (docs/methods.md#sparsegpt).
 
 `sparsegpt_sweep` is the pure per-matrix solver; `SparseGPTPruner` feeds it Hessians from the
 shared layer-sequential engine. D-Pruner's general importance is the saliency this sweep records

@@ -1,4 +1,4 @@
-"""Wanda: score |W_ij| * ||X_j||, compared per output row (algorithms.md 3)."""
+"""Wanda: score |W_ij| * ||X_j||, compared per output row (docs/methods.md#wanda)."""
 
 from __future__ import annotations
 
