@@ -20,15 +20,14 @@ FORMER_DOCUMENTS = re.compile(
 # A relative path climbing out of its file's folder: `../` once or more, then the rest of the path.
 PARENT_PATH = re.compile(r"(?:\.\./)+[^\s'\"`()\[\]<>,;|]*")
 # Run records name where their input files lay on the machine that ran them: provenance that is
-# never followed, not a pointer (the lead decides whether to rewrite them).
+# never followed, not a pointer.
 RUN_RECORDS = {
     "results/tuning/revisit-legal.jsonl",
     "results/tuning/revisit-medical.jsonl",
     "results/tables/dpruner_tuning.md",
 }
-# The CI entry point belongs to the machinery that runs the project's checks, not to the project;
-# this file spells out the patterns it looks for.
-NOT_CHECKED = {".ci/run", Path(__file__).resolve().relative_to(ROOT).as_posix()}
+# This file spells out the patterns it looks for.
+NOT_CHECKED = {Path(__file__).resolve().relative_to(ROOT).as_posix()}
 MARKDOWN_LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 
