@@ -77,7 +77,7 @@ def test_regularised_gradient_equals_autograd_of_the_penalty():
 
 
 @pytest.mark.parametrize("clip", ["two_pass", "one_pass"])
-def test_fused_step_equals_torch_sgd_with_the_same_clipping(clip):
+def test_fused_step_equals_torch_sgd_with_the_same_clipping(clip, threads):
     texts = instances(4)
     reference = tiny_model("llama", layers=2)
     fused = tiny_model("llama", layers=2)
@@ -107,7 +107,7 @@ def test_fused_step_equals_torch_sgd_with_the_same_clipping(clip):
 # Rotary positions are relative, so on llama the shift alone changes only rounding and the
 # scored padding position (predicting BOS) is what differs; GPT-2's learned positions shift.
 @pytest.mark.parametrize("layout", ["llama", "gpt2"])
-def test_a_padded_row_computes_what_it_computes_alone(layout):
+def test_a_padded_row_computes_what_it_computes_alone(layout, threads):
     model = tiny_model(layout, layers=2)
     if layout == "llama":
         assert type(model.model.rotary_emb).__name__ == "LlamaRotaryEmbedding"
@@ -141,7 +141,7 @@ def test_a_padded_row_computes_what_it_computes_alone(layout):
     assert batch_loss == pytest.approx(total / sum(sizes), rel=1e-5)
 
 
-def test_dual_importance_equals_the_formula_for_one_step():
+def test_dual_importance_equals_the_formula_for_one_step(threads):
     model = tiny_model("llama", layers=1)
     original = {n: m.weight.detach().clone() for n, m in prunable_weights(model).items()}
     importance = unit_importance(model)
@@ -167,7 +167,7 @@ def test_dual_importance_equals_the_formula_for_one_step():
         torch.testing.assert_close(scores[name], expected[name], rtol=1e-5, atol=1e-9)
 
 
-def test_general_importance_is_the_saliency_sparsegpt_sees():
+def test_general_importance_is_the_saliency_sparsegpt_sees(threads):
     model = tiny_model("llama")
     tokens = random_tokens(4, 16)
     name = "model.layers.0.mlp.down_proj.weight"

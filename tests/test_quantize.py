@@ -12,12 +12,11 @@ from dpruner.methods.sparsegpt import sparsegpt_sweep
 from dpruner.models import parameter_counts, prunable_weights
 from dpruner.quantize import (
     QuantSpec,
+    _fp16_ceil,
     dequantize,
     fake_quantize,
-    grid_params,
     group_bounds,
     quantize_rtn,
-    quantize_to_grid,
     stored_bytes,
 )
 
@@ -102,40 +101,79 @@ def test_joint_sweep_keeps_the_mask_and_the_grid(pattern, quant):
     assert bool((codes[mask] == per_column(zeros, 64, quant.group_size)[mask]).all())
 
 
-def reference_joint_sweep(weight, hessian, mask, quant, m=None, percdamp=0.01):
+# The sweep runs in fp32 and the reference below in float64, so their running weights differ by
+# float order: measured on this layer (condition number 1e6), up to 4e-7 of the row's largest
+# weight, and it varies with the CPU and thread count. A rounding decision (fp16 scale, zero
+# point, code) whose input lies within SLACK of its boundary may go either way: the reference
+# takes the sweep's side there, checks it is one of the two, and counts these near-ties.
+SLACK = 2e-6  # of the row's largest weight: 5 times the measured spread
+
+
+def tie_aware(decide, value, slack, taken):
+    """decide(value) per row, or `taken` (the sweep's choice) where decide(value -/+ slack)
+    differ; returns the choice and the number of such near-ties."""
+    low, high = decide(value - slack), decide(value + slack)
+    tie = low != high
+    assert bool(((taken == low) | (taken == high))[tie].all()), "not a near-tie"
+    return torch.where(tie, taken, decide(value)), int(tie.sum())
+
+
+def reference_joint_sweep(weight, hessian, result, quant, m=None, percdamp=0.01):
     """Algorithm 1 of SparseGPT with quantization, one column at a time in float64, with an explicit
-    inverse Hessian downdated after each column; the mask is given (for N:M, known up to the
-    current M-group when a quantization group starts, as in the sweep)."""
-    W, H = weight.double().clone(), hessian.double().clone()
-    d_in = W.shape[1]
+    inverse Hessian downdated after each column; the mask is the sweep's (for N:M, known up to the
+    current M-group when a quantization group starts, as in the sweep). Returns the weights and
+    the number of near-ties where it took the sweep's rounding (asymmetric grids only)."""
+    W, H, mask = weight.double().clone(), hessian.double().clone(), result.mask
+    d_in, maxq = W.shape[1], quant.maxq
+    codes, scales, zeros = (t.double() for t in result.quantized)
+    slack = SLACK * W.abs().amax(dim=1)
     H.diagonal().add_(percdamp * H.diagonal().mean())
     inverse = torch.linalg.inv(H)
-    ends = dict(group_bounds(d_in, quant.group_size))
-    for c in range(d_in):
-        if c in ends:
-            known = mask.clone()
-            if m:
-                known[:, (c // m + 1) * m :] = False
-            current = W[:, c : ends[c]].masked_fill(known[:, c : ends[c]], 0)
-            scale, zero = (t.double() for t in grid_params(current.float(), quant.bits))
-        kept = W[:, c].masked_fill(mask[:, c], 0)
-        q = (quantize_to_grid(kept, scale, zero, quant.maxq) - zero) * scale
-        err = (W[:, c] - q) / inverse[c, c]
-        W[:, c + 1 :] -= torch.outer(err, inverse[c, c + 1 :])
-        W[:, c] = q
-        inverse -= torch.outer(inverse[:, c], inverse[c, :]) / inverse[c, c]
-    return W
+    ties = 0
+    for g, (c0, c1) in enumerate(group_bounds(d_in, quant.group_size)):
+        known = mask.clone()
+        if m:
+            known[:, (c0 // m + 1) * m :] = False
+        current = W[:, c0:c1].masked_fill(known[:, c0:c1], 0)
+        low, high = current.amin(dim=1).clamp(max=0), current.amax(dim=1).clamp(min=0)
+        span = (high - low) / maxq
+        scale, n = tie_aware(_fp16_ceil, span, 2 * slack / maxq, scales[:, g])
+        zero, n_zero = tie_aware(torch.round, -low / scale, slack / scale, zeros[:, g])
+        ties += n + n_zero
+
+        def on_grid(x, zero=zero):
+            return torch.clamp(torch.round(x) + zero, 0, maxq)
+
+        for c in range(c0, c1):
+            kept = W[:, c].masked_fill(mask[:, c], 0)
+            code, n = tie_aware(on_grid, kept / scale, slack / scale, codes[:, c])
+            ties += n
+            q = (code - zero) * scale
+            err = (W[:, c] - q) / inverse[c, c]
+            W[:, c + 1 :] -= torch.outer(err, inverse[c, c + 1 :])
+            W[:, c] = q
+            inverse -= torch.outer(inverse[:, c], inverse[c, :]) / inverse[c, c]
+    return W, ties
 
 
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 @pytest.mark.parametrize("group_size", [8, 16, 32])
-def test_joint_sweep_is_column_by_column_obs_with_quantization(pattern, group_size):
+@pytest.mark.parametrize("perturbation", [0, 3e-7])
+def test_joint_sweep_is_column_by_column_obs_with_quantization(
+    pattern, group_size, perturbation, threads
+):
+    # A relative perturbation of a few fp32 steps moves the sweep's float order as another CPU
+    # does: at 3e-7, group size 8 and 2:4, one row's fp16 scale goes one step up (the Intel
+    # failure of issue 20: 4 weights of 1,536 one grid step apart).
     weight, _, hessian = layer()
+    weight, hessian = weight * (1 + perturbation), hessian * (1 + perturbation)
     quant = QuantSpec(4, group_size)
     spec = SparsitySpec.parse(0.5, pattern, "block")
     result = sparsegpt_sweep(weight, hessian, spec, block_size=32, quant=quant)
-    expected = reference_joint_sweep(weight, hessian, result.mask, quant, spec.m)
+    expected, ties = reference_joint_sweep(weight, hessian, result, quant, spec.m)
     torch.testing.assert_close(result.weight.double(), expected, rtol=0, atol=1e-5)
+    # About 1,900 rounding decisions; 0 to 4 near-ties measured at perturbations of -5e-7 to 2e-6.
+    assert ties <= 8, f"{ties} near-ties: more than float order explains"
 
 
 @pytest.mark.parametrize("quant", GRIDS, ids=lambda s: s.label)

@@ -206,7 +206,7 @@ def test_cli_stream_blocks_equals_in_memory(tmp_path, checkpoint):
     ("layout", "bos"),
     [("llama", "none"), ("gemma3_text", "window"), ("gpt2", "once"), ("opt", "none")],
 )
-def test_streamed_perplexity_equals_in_memory(tmp_path, layout, bos):
+def test_streamed_perplexity_equals_in_memory(tmp_path, layout, bos, threads):
     """Every window through the walk, then the model's own head: gemma's scaled embeddings and
     per-layer-type masks, gpt2's and opt's own final norms; BOS per window or once."""
     path = save_checkpoint(tmp_path / "dense", layout, sharded=True, layers=3)
