@@ -72,7 +72,7 @@ def compare_tables(run_tables: str | Path, committed_tables: str | Path) -> list
 def _half_widths(metrics_long: Path) -> dict[str, pd.DataFrame]:
     """Tables shaped like the result tables holding each value's interval half-width (a change's
     for paired changes), from the committed metrics_long.csv; empty when there is none."""
-    from dpruner.report.formatting import _csv_frame
+    from dpruner.report.formatting import csv_frame
     from dpruner.report.tables import cross_domain_table, main_table
 
     if not metrics_long.is_file():
@@ -86,9 +86,9 @@ def _half_widths(metrics_long: Path) -> dict[str, pd.DataFrame]:
     for column in widths.select_dtypes("number").columns:
         widths[column] = long[per_column[column]] if column in per_column else np.nan
     return {
-        "main.csv": _csv_frame(main_table(long, "half")),
-        "main_change.csv": _csv_frame(main_table(long, "change_half")),
-        "cross_domain.csv": _csv_frame(cross_domain_table(long, "half")),
+        "main.csv": csv_frame(main_table(long, "half")),
+        "main_change.csv": csv_frame(main_table(long, "change_half")),
+        "cross_domain.csv": csv_frame(cross_domain_table(long, "half")),
         "metrics_long.csv": widths,
     }
 

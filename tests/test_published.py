@@ -72,13 +72,13 @@ def synthetic_long() -> pd.DataFrame:
 
 
 def write_tables(folder: Path, long: pd.DataFrame) -> Path:
-    from dpruner.report.formatting import _csv_frame
+    from dpruner.report.formatting import csv_frame
     from dpruner.report.tables import main_table
 
     tables = folder / "tables"
     tables.mkdir(parents=True)
     long.to_csv(tables / "metrics_long.csv", index=False)
-    _csv_frame(main_table(long)).to_csv(tables / "main.csv", index=False)
+    csv_frame(main_table(long)).to_csv(tables / "main.csv", index=False)
     return tables
 
 

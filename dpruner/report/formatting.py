@@ -126,7 +126,7 @@ def _latex(shown: pd.DataFrame) -> str:
     return shown.to_latex(multicolumn=True, multicolumn_format="c", escape=True)
 
 
-def _csv_frame(table: pd.DataFrame) -> pd.DataFrame:
+def csv_frame(table: pd.DataFrame) -> pd.DataFrame:
     flat = table.copy()
     flat.columns = [_flat_label(c) for c in flat.columns]
     return flat.reset_index()
@@ -163,7 +163,7 @@ def write_table(
 ) -> list[Path]:
     shown = _display_frame(table, bounds, is_change)
     with atomic_output(out_dir / f"{stem}.csv") as tmp:
-        _csv_frame(table).to_csv(tmp, index=False, float_format="%.6g")
+        csv_frame(table).to_csv(tmp, index=False, float_format="%.6g")
     return [
         out_dir / f"{stem}.csv",
         write_text(out_dir / f"{stem}.md", header + _markdown(shown)),
