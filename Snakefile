@@ -4,6 +4,7 @@ from snakemake.utils import min_version
 
 from dpruner.config import expand_tasks, read_yaml, schema_errors
 from dpruner.errors import DprunerError, exit_with
+from dpruner.io import mark_results_folder
 from dpruner.preflight import check_config
 
 min_version("9.0")
@@ -44,6 +45,12 @@ if workflow.is_main_process:
         check_config(config, source=", ".join(CONFIG_FILES))
     except DprunerError as error:
         exit_with(error)
+
+
+# The results folder is new, empty or dpruner's (the preflight): mark it as dpruner's before the
+# first job writes into it, so no later run takes it for a user's folder.
+onstart:
+    mark_results_folder(config["results"])
 
 
 report: "workflow/report/workflow.rst"

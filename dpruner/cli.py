@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from dpruner.errors import DprunerError
-from dpruner.io import write_json
+from dpruner.io import check_output_file, write_json
 from dpruner.lifecycle import start_step
 
 log = logging.getLogger("dpruner")
@@ -126,17 +126,42 @@ def cmd_prepare_data(args) -> dict:
     config = read_config(args)
     # The data is checked before the tokenizer (and any model file) is read.
     check_section(config, args.domain, parts=("calibration",))
+    inputs = (args.model, args.config, *_local_inputs(config))
+    for name in ("calibration.pt", "instances.jsonl", "calibration.json"):
+        check_output_file(Path(args.out) / name, args.overwrite, inputs)
     return write_calibration(config, args.domain, load_tokenizer(args.model), args.out)
 
 
 def cmd_evaluate(args) -> dict:
     from dpruner.evaluation.runner import evaluate_domains
 
-    results = evaluate_domains(args.model, args.domain, read_config(args), args.out, args.device)
+    config = read_config(args)
+    inputs = (args.model, args.config, *_local_inputs(config))
+    for out in args.out:
+        check_output_file(out, args.overwrite, inputs)
+    results = evaluate_domains(args.model, args.domain, config, args.out, args.device)
     return {
         domain: {"out": out, "perplexity": result["perplexity"], "wall_s": result["wall_s"]}
         for (domain, result), out in zip(results.items(), args.out, strict=True)
     }
+
+
+def _local_inputs(config: dict) -> list[str]:
+    """The local data files every section of a step's config reads."""
+    from dpruner.preflight import local_paths
+
+    sections = [config.get("general") or {}, *(config.get("domains") or {}).values()]
+    return [path for section in sections for path in local_paths(section)]
+
+
+def _check_scores_outputs(args, inputs: tuple) -> None:
+    """A scores file and its summary JSON next to it. The summary describes the scores file, so
+    an earlier dpruner summary is replaced with it even when the scores file itself is new (the
+    workflow deletes only the scores file before it reruns the step)."""
+    out = check_output_file(args.out, args.overwrite, inputs)
+    if out.suffix == ".json":
+        raise DprunerError(f"--out {out}: its summary goes to {out.stem}.json; name a .safetensors")
+    check_output_file(out.with_suffix(".json"), True, inputs)
 
 
 def _load_model(args):
@@ -257,6 +282,8 @@ def cmd_perplexity(args) -> dict:
     from dpruner.data import evaluation_text, load_records, text_tokens
     from dpruner.evaluation.perplexity import sliding_window_perplexity
 
+    if args.out:
+        check_output_file(args.out, args.overwrite, (args.model, args.data))
     model, tokenizer = _load_model(args)
     if args.data.endswith(".pt"):
         ids = torch.load(args.data, weights_only=True).reshape(-1)
@@ -290,6 +317,7 @@ def cmd_perplexity(args) -> dict:
 def cmd_general_importance(args) -> dict:
     from dpruner.methods.dpruner import general_importance, save_scores
 
+    _check_scores_outputs(args, (args.model, args.calibration))
     model, tokenizer = _load_model(args)
     calibration = calibration_from_source(
         args.calibration, tokenizer, args.nsamples, args.seqlen, args.seed, args.template
@@ -352,6 +380,7 @@ def cmd_domain_scores(args) -> dict | None:
     )
     if settings.lam > 0 and not args.general_importance:
         raise DprunerError("--lambda > 0 needs --general-importance FILE (or pass --lambda 0)")
+    _check_scores_outputs(args, (args.model, args.instances, args.general_importance))
     texts = _instance_texts(args.instances, args.max_instances)
     if launched():
         return _domain_scores_sharded(args, settings, texts)
@@ -442,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--overwrite",
             action="store_true",
-            help="replace --out if an earlier dpruner step wrote it (never other folders)",
+            help="replace --out if an earlier dpruner step wrote it (never a file or folder of "
+            "yours, never an input)",
         )
 
     p = sub.add_parser("prepare-model", help="materialise a model as a plain HF directory")
@@ -460,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", required=True, help="`general` or a name under `domains:`")
     p.add_argument("--model", required=True, help="model directory (for its tokenizer)")
     p.add_argument("--out", required=True, help="folder for calibration.pt and instances.jsonl")
+    overwrite_arg(p)
     p.set_defaults(func=cmd_prepare_data)
 
     p = sub.add_parser("evaluate", help="every metric of one model on its domains")
@@ -472,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, action="append", help="metrics JSON file, one per --domain"
     )
     p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N")
+    overwrite_arg(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("prune", help="prune a model and save it with prune.json")
@@ -519,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibration_args(p)
     _add_stream_arg(p)
     p.add_argument("--out", required=True, help="safetensors file")
+    overwrite_arg(p)
     p.set_defaults(func=cmd_general_importance)
 
     p = sub.add_parser("domain-scores", help="D-Pruner steps 2-3: regularised fine-tuning and S")
@@ -554,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a rank waits in a collective under torchrun before giving up",
     )
     p.add_argument("--out", required=True, help="safetensors file")
+    overwrite_arg(p)
     p.set_defaults(func=cmd_domain_scores)
 
     p = sub.add_parser("perplexity", help="sliding-window perplexity of a model on a text source")
@@ -569,6 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     _add_stream_arg(p)
     p.add_argument("--out")
+    overwrite_arg(p)
     p.set_defaults(func=cmd_perplexity)
 
     from dpruner import published, stored_size

@@ -21,6 +21,7 @@ from dpruner.data import describe_source, load_records, render, split_records, t
 from dpruner.data.instances import counted
 from dpruner.errors import ConfigError, DataError, DprunerError
 from dpruner.evaluation.items import gold_label, max_dropped_fraction
+from dpruner.io import results_folder_problem
 
 Loader = Callable[[dict], list[dict]]
 PARTS = ("calibration", "perplexity", "tasks")
@@ -290,6 +291,14 @@ def check_results_folder(results: str, workdir: str | Path = ".") -> None:
         )
 
 
+def check_results_owner(results: str, workdir: str | Path = ".") -> None:
+    """The results folder is new, empty or one that dpruner created: a run never replaces a
+    user's files in it (dpruner.io.results_folder_problem)."""
+    problem = results_folder_problem(Path(workdir) / results)
+    if problem:
+        raise ConfigError(f"results: {results!r} {problem}")
+
+
 def check_config(
     config: dict,
     source: str = "config",
@@ -299,6 +308,7 @@ def check_config(
 ) -> None:
     """Check every section, task and pattern of a validated config; one ConfigError lists all."""
     check_results_folder(config["results"], workdir)
+    check_results_owner(config["results"], workdir)
     checker = _Checker(config, load, check_hub)
     checker.section("general", config["general"])
     for name, section in config["domains"].items():

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from dpruner.errors import DprunerError
-from dpruner.io import atomic_output
+from dpruner.io import OutputError, atomic_output, mark_results_folder, results_folder_problem
 
 # Result tables a run is compared on (same config, same package versions).
 RESULT_TABLES = (
@@ -162,12 +162,17 @@ def _difference(
 
 
 def publish(run_dir: str | Path, to_dir: str | Path) -> list[Path]:
-    """Copy a finished run's tables, plots and summary into `to_dir` (the committed copies)."""
+    """Copy a finished run's tables, plots and summary into `to_dir` (the committed copies): a new
+    or empty folder, or a results folder (dpruner.io), which it then is."""
     run_dir, to_dir = Path(run_dir), Path(to_dir)
     if not (run_dir / SUMMARY).is_file():
         raise DprunerError(f"{run_dir}: no {SUMMARY}; only a finished run can be published")
     if run_dir.resolve() == to_dir.resolve():
         raise DprunerError("--run and --to are the same folder")
+    problem = results_folder_problem(to_dir)
+    if problem:
+        raise OutputError(f"--to {to_dir} {problem}")
+    mark_results_folder(to_dir)
     written = []
     for folder in PUBLISHED:
         for source in sorted((run_dir / folder).glob("*")):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from dpruner.errors import DprunerError
-from dpruner.io import atomic_output
+from dpruner.io import atomic_output, check_output_file
 
 COLUMNS = [
     "model",
@@ -83,4 +83,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("stored-size", help="stored-size table from prune.json files")
     p.add_argument("--reports", nargs="+", required=True, help="prune.json files")
     p.add_argument("--out", required=True, help="tables folder")
-    p.set_defaults(func=lambda a: {"tables": [str(p) for p in write_stored_size(a.reports, a.out)]})
+    p.set_defaults(func=_cmd_stored_size)
+
+
+def _cmd_stored_size(args) -> dict:
+    # Not into a pruned model's folder: its reports are this command's inputs.
+    models = [Path(report).parent for report in args.reports]
+    for name in ("stored_size.csv", "stored_size.md"):
+        check_output_file(Path(args.out) / name, True, tuple(models))
+    return {"tables": [str(p) for p in write_stored_size(args.reports, args.out)]}

@@ -27,6 +27,7 @@ from dpruner.data import (
 )
 from dpruner.data.cache import cached_rows
 from dpruner.errors import DataError
+from dpruner.io import FILES_LEDGER
 
 # Published SHA-256 of the reference anchor's token sets (docs/reference-comparison.md).
 ANCHOR_CALIBRATION_SHA256 = "749ece862139f874c36a8249c0554827f18144297d844588a3df22025a48e764"
@@ -299,7 +300,8 @@ def test_write_calibration_writes_three_files(two_sources, tokenizer, tmp_path):
     assert summary["counts"] == [5, 8] and summary["seed"] == 0
     lines = (out / "instances.jsonl").read_text().splitlines()
     assert [json.loads(line)["text"] for line in lines] == domain_instances(two_sources, 0.2)
-    assert sorted(os.listdir(out)) == ["calibration.json", "calibration.pt", "instances.jsonl"]
+    written = ["calibration.json", "calibration.pt", "instances.jsonl"]
+    assert sorted(os.listdir(out)) == [FILES_LEDGER, *written]
     assert write_calibration(config, "general", tokenizer, out)["counts"] == [8]
 
 

@@ -13,6 +13,7 @@ from dpruner.evaluation import evaluate_domains, evaluate_model
 from dpruner.evaluation.harness import continuation_tokens, multiple_choice_task, run_tasks
 from dpruner.evaluation.items import TaskItems, fit_prompt, task_items
 from dpruner.evaluation.perplexity import sliding_window_perplexity
+from dpruner.io import FILES_LEDGER
 
 for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(variable, "1")
@@ -346,5 +347,5 @@ def test_evaluate_domains_writes_one_metrics_json_per_domain(tmp_path, model, to
     assert written["tasks"]["toy_mc"]["counts"]["items"] == 4
     assert written["config"]["evaluation"]["perplexity"]["max_tokens"] == 64
     assert written["config"]["domain"]["tasks"][0]["name"] == "toy_mc"
-    # no temporary file left behind
-    assert sorted(out.parent.iterdir()) == sorted([out, general_out])
+    # no temporary file left behind; the ledger says dpruner wrote both (dpruner.io)
+    assert sorted(out.parent.iterdir()) == sorted([out, general_out, out.parent / FILES_LEDGER])

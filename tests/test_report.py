@@ -8,6 +8,7 @@ import pytest
 
 from dpruner.cli import main
 from dpruner.errors import DprunerError
+from dpruner.io import FILES_LEDGER
 from dpruner.report.aggregate import aggregate
 from dpruner.report.collect import (
     GENERAL_PERPLEXITY,
@@ -441,7 +442,9 @@ def test_a_benchmark_table_carries_its_header_in_both_files_and_reads_back(tmp_p
     csv = (tmp_path / "tables" / "bench.csv").read_text()
     assert csv.splitlines()[:2] == ["# machine: x", "# command: python b.py --n 3"]
     pd.testing.assert_frame_equal(pd.read_csv(out.with_suffix(".csv"), comment="#"), table)
+    # No temporary left; the ledger says dpruner wrote both (dpruner.io).
     assert sorted(path.name for path in (tmp_path / "tables").iterdir()) == [
+        FILES_LEDGER,
         "bench.csv",
         "bench.md",
     ]

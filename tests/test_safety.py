@@ -10,19 +10,29 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from tiny import tiny_model, tiny_tokenizer
 
 from dpruner.cli import main
+from dpruner.errors import ConfigError
 from dpruner.io import (
+    FILES_LEDGER,
     OUTPUT_MARKER,
+    RESULTS_MARKER,
     OutputError,
     atomic_output,
+    check_output_file,
     check_output_folder,
+    mark_results_folder,
     output_folder,
     remove_stale_temporaries,
+    write_json,
 )
 from dpruner.lifecycle import ORPHANED_EXIT, WORKFLOW_PID_ENV
 from dpruner.models import ModelError, load_model, save_model
+from dpruner.preflight import check_results_owner
+from dpruner.published import publish
+from dpruner.report.formatting import write_text
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -106,6 +116,110 @@ def test_prune_refuses_user_files_and_the_current_folder(tmp_path, dense, user_f
     load_model(tmp_path / "pruned")
 
 
+def test_overwrite_refuses_files_a_user_added_to_an_earlier_output(tmp_path, dense):
+    out = tmp_path / "pruned"
+    args = ["prune", "--model", str(dense), "--method", "magnitude", "--sparsity", "0.5"]
+    assert main([*args, "--out", str(out)]) == 0
+    (out / "notes.txt").write_text("keep me")
+    (out / "mine").mkdir()
+    assert main([*args, "--out", str(out), "--overwrite"]) == 2
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "mine").is_dir()
+    with pytest.raises(OutputError, match=r"did not write \(mine, notes\.txt\)"):
+        check_output_folder(out, overwrite=True)
+    (out / "notes.txt").unlink()
+    (out / "mine").rmdir()
+    # prune.json, written after the weights, is the step's own: --overwrite replaces it.
+    assert main([*args, "--out", str(out), "--overwrite"]) == 0
+
+
+@pytest.fixture()
+def tokens(tmp_path):
+    path = tmp_path / "tokens.pt"
+    torch.save(torch.randint(0, 20, (2, 16)), path)
+    return path
+
+
+def test_file_outputs_never_replace_an_input(tmp_path, dense, tokens):
+    weights = dense / "model.safetensors"
+    before = weights.read_bytes()
+    importance = ["general-importance", "--model", str(dense), "--calibration", str(tokens)]
+    importance += ["--sparsity", "0.5", "--nsamples", "2", "--seqlen", "16"]
+    for out in (weights, dense / "scores.safetensors", tokens):
+        assert main([*importance, "--out", str(out)]) == 2
+    perplexity = ["perplexity", "--model", str(dense), "--data", str(tokens), "--window", "8"]
+    assert main([*perplexity, "--out", str(tokens)]) == 2
+    assert main([*perplexity, "--out", str(tokens), "--overwrite"]) == 2
+    assert weights.read_bytes() == before and torch.load(tokens).shape == (2, 16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dense", "tokens.pt"]
+    assert main([*importance, "--out", str(tmp_path / "g.safetensors")]) == 0
+    assert main([*importance, "--out", str(tmp_path / "g.json")]) == 2
+
+
+def test_a_file_output_replaces_only_an_earlier_dpruner_output(tmp_path, dense, tokens):
+    perplexity = ["perplexity", "--model", str(dense), "--data", str(tokens), "--window", "8"]
+    user = tmp_path / "mine.json"
+    user.write_text('{"mine": 1}')
+    for flags in ([], ["--overwrite"]):
+        assert main([*perplexity, "--out", str(user), *flags]) == 2
+    assert user.read_text() == '{"mine": 1}'
+    out = tmp_path / "ppl.json"
+    assert main([*perplexity, "--out", str(out)]) == 0
+    assert main([*perplexity, "--out", str(out)]) == 2
+    assert main([*perplexity, "--out", str(out), "--overwrite"]) == 0
+    # Edited since dpruner wrote it: the user's now.
+    out.write_text('{"edited": 1}')
+    with pytest.raises(OutputError, match="dpruner did not write it"):
+        check_output_file(out, overwrite=True)
+    with pytest.raises(OutputError, match="dpruner did not write it"):
+        write_json({}, out)
+    assert out.read_text() == '{"edited": 1}'
+
+
+def test_report_writers_never_replace_a_users_file(tmp_path, user_folder):
+    page = user_folder / "summary.md"
+    page.write_text("my summary")
+    assert main(["summary", "--tables", "t", "--plots", "p", "--out", str(page)]) == 2
+    with pytest.raises(OutputError, match="dpruner did not write it"):
+        write_text(page, "the benchmark's summary")
+    run = tmp_path / "run"
+    (run / "tables").mkdir(parents=True)
+    (run / "summary.md").write_text("# results\n")
+    with pytest.raises(OutputError, match="did not create"):
+        publish(run, user_folder)
+    assert page.read_text() == "my summary"
+    assert sorted(p.name for p in user_folder.iterdir()) == ["notes.txt", "summary.md"]
+    publish(run, tmp_path / "published")
+    publish(run, tmp_path / "published")  # its own folder since the first publish
+    assert (tmp_path / "published" / RESULTS_MARKER).is_file()
+
+
+def test_results_must_be_new_empty_or_a_results_folder(tmp_path, user_folder):
+    with pytest.raises(ConfigError, match=f"results: '{user_folder}' is a non-empty folder"):
+        check_results_owner(str(user_folder), tmp_path)
+    (tmp_path / "a file").write_text("")
+    with pytest.raises(ConfigError, match="results: 'a file' exists and is not a folder"):
+        check_results_owner("a file", tmp_path)
+    (tmp_path / "empty").mkdir()
+    for results in ("new/run", "empty"):
+        check_results_owner(results, tmp_path)
+    mark_results_folder(tmp_path / "new" / "run")
+    (tmp_path / "new" / "run" / "summary.md").write_text("")
+    check_results_owner("new/run", tmp_path)
+    # A run folder from before the marker: its dense model is an output folder.
+    legacy = tmp_path / "old" / "models" / "m" / "dense"
+    legacy.mkdir(parents=True)
+    (legacy / OUTPUT_MARKER).write_text("{}")
+    check_results_owner("old", tmp_path)
+
+
+def test_check_config_refuses_a_results_folder_of_the_user(tmp_path, user_folder):
+    config = tmp_path / "config.yaml"
+    text = (REPO / "config" / "config.yaml").read_text()
+    config.write_text(text.replace("results: results/run", f"results: {user_folder}"))
+    assert f"results: {user_folder}" in config.read_text()
+    assert main(["check-config", str(config)]) == 2
+
+
 def test_a_truncated_weight_file_is_named(dense):
     weights = dense / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
@@ -135,7 +249,7 @@ def test_an_atomic_write_cleans_up_after_an_earlier_killed_write(tmp_path):
     stale.write_text("half")
     with atomic_output(tmp_path / "out.json") as tmp:
         tmp.write_text("{}")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FILES_LEDGER, "out.json"]
 
 
 def _dead_pid() -> int:

@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerFast
 
 from dpruner.cli import main
 from dpruner.evaluation.perplexity import sliding_window_perplexity
+from dpruner.io import FILES_LEDGER
 from dpruner.masks import SparsitySpec
 from dpruner.methods import get_pruner
 from dpruner.methods.dpruner import general_importance, save_scores
@@ -199,7 +200,8 @@ def test_cli_stream_blocks_equals_in_memory(tmp_path, checkpoint):
     assert reports[1]["stream_blocks"] and reports[0]["matrices"] == reports[1]["matrices"]
     got, want = (load_file(tmp_path / f"{n}.safetensors") for n in ("streamed", "memory"))
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary left behind"
+    hidden = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert hidden == [FILES_LEDGER], "temporary left behind"
 
 
 @pytest.mark.parametrize(

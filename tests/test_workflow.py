@@ -362,6 +362,7 @@ def test_slurm_profile_passes_gpu_options_to_sbatch(tmp_path):
     # Inputs of one GPU job exist, so only that job is submitted.
     results = workdir / "results" / "paper"
     (results / "models" / "llama-2-7b" / "dense").mkdir(parents=True)
+    (results / ".dpruner-results").write_text("")  # as a run leaves it (the preflight checks)
     (results / "data" / "llama-2-7b" / "general").mkdir(parents=True)
     (results / "data" / "llama-2-7b" / "general" / "calibration.pt").write_text("")
     target = "results/paper/scores/llama-2-7b/general_importance_s0.5_norm-mean.safetensors"
@@ -418,6 +419,7 @@ def test_rerun_does_nothing_and_a_new_domain_schedules_only_its_jobs(tmp_path):
     snakemake("--configfile", config_file, "--cores", "2", workdir=workdir, env=env)
     tables, plots = workdir / results / "tables", workdir / results / "plots"
     assert (tables / "main.md").is_file() and (plots / "bars_medical.png").is_file()
+    assert (workdir / results / ".dpruner-results").is_file()  # a later run knows it as its own
     assert "dpruner" in (tables / "cross_domain.csv").read_text()
     assert (workdir / results / "summary.md").is_file()
     assert not (workdir / "PWNED").exists() and not (workdir / "my").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from dpruner.io import check_output_file
 from dpruner.report.aggregate import aggregate
 from dpruner.report.plots import plot
 from dpruner.report.summary import summary
@@ -36,4 +37,10 @@ def register(subparsers) -> None:
     p.add_argument("--tables", required=True)
     p.add_argument("--plots", required=True)
     p.add_argument("--out", required=True, help="Markdown file")
-    p.set_defaults(func=lambda a: [summary(a.tables, a.plots, a.out)])
+    p.set_defaults(func=_cmd_summary)
+
+
+def _cmd_summary(args) -> list:
+    # An output inside the tables or plots folder would become one of the page's inputs.
+    check_output_file(args.out, True, (args.tables, args.plots))
+    return [summary(args.tables, args.plots, args.out)]
