@@ -100,6 +100,16 @@ def test_prune_refuses_the_models_own_weights_as_scores(made, capsys):
     assert not (made["root"] / "weights").exists()
 
 
+def test_prune_refuses_scores_that_do_not_name_their_model(made, capsys):
+    from dpruner.methods.dpruner import load_scores, save_scores
+
+    unnamed = made["root"] / "unnamed.safetensors"
+    save_scores(load_scores(made["general"]), unnamed, {"kind": "general_importance"})
+    assert prune(made, unnamed, out="unnamed") == 2
+    assert f"--scores {unnamed} has no model_fingerprint in its metadata" in one_error(capsys)
+    assert not (made["root"] / "unnamed").exists()
+
+
 def test_prune_refuses_scores_of_another_model(made, capsys):
     assert prune(made, made["general"], model="other", out="other_pruned") == 2
     error = one_error(capsys)

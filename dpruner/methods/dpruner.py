@@ -129,13 +129,17 @@ def check_scores(
         raise DprunerError(
             f"{option} {path}: kind is {kind!r} in the file, {option} takes {' or '.join(kinds)}"
         )
-    expected = model_fingerprint(model_dir)
     recorded = metadata.get("model_fingerprint")
+    if recorded is None:
+        raise DprunerError(
+            f"{option} {path} has no model_fingerprint in its metadata (made by a dpruner that "
+            "did not record its model): delete it to remake it"
+        )
+    expected = model_fingerprint(model_dir)
     if recorded != expected:
         raise DprunerError(
             f"{option} {path} was made from another model: model_fingerprint is {recorded!r} in "
             f"the file, {expected!r} for --model {model_dir}"
-            + (" (the file predates fingerprints: delete it to remake it)" if not recorded else "")
         )
     recorded = metadata.get("sparsity")
     if sparsity is not None and recorded is not None and not _same_sparsity(recorded, sparsity):
