@@ -173,6 +173,7 @@ def _load_model(args):
 
 
 def cmd_prune(args) -> dict:
+    from dpruner.fingerprint import model_fingerprint
     from dpruner.io import check_output_folder
     from dpruner.masks import SparsitySpec
     from dpruner.methods import PRUNERS, get_pruner
@@ -197,8 +198,11 @@ def cmd_prune(args) -> dict:
     if args.method in ("wanda", "sparsegpt", "dpruner"):
         options["batch_size"] = args.batch_size
     if args.method == "dpruner":
+        from dpruner.methods.dpruner import SCORE_KINDS, check_scores
+
         if not args.scores:
             raise DprunerError("--method dpruner needs --scores FILE (from `domain-scores`)")
+        check_scores(args.scores, "--scores", args.model, SCORE_KINDS, args.sparsity)
         options["scores_path"] = args.scores
         options["reconstruct"] = args.reconstruct
     elif args.reconstruct:
@@ -230,6 +234,8 @@ def cmd_prune(args) -> dict:
     report = {
         **result.to_dict(),
         "model": args.model,
+        # The dense model it was pruned from (dpruner.fingerprint), as scores files record it.
+        "model_fingerprint": model_fingerprint(args.model),
         "calibration": args.calibration,
         "calibration_shape": list(calibration.shape) if calibration is not None else None,
         "calibration_mix": mix,
@@ -315,7 +321,7 @@ def cmd_perplexity(args) -> dict:
 
 
 def cmd_general_importance(args) -> dict:
-    from dpruner.methods.dpruner import general_importance, save_scores
+    from dpruner.methods.dpruner import general_importance, save_scores, scores_provenance
 
     _check_scores_outputs(args, (args.model, args.calibration))
     model, tokenizer = _load_model(args)
@@ -323,11 +329,10 @@ def cmd_general_importance(args) -> dict:
         args.calibration, tokenizer, args.nsamples, args.seqlen, args.seed, args.template
     )
     metadata = {
-        "kind": "general_importance",
+        **scores_provenance("general_importance", args.model, args.sparsity),
         "calibration": args.calibration,
         "nsamples": calibration.shape[0],
         "seqlen": calibration.shape[1],
-        "sparsity": args.sparsity,
         "percdamp": 0.01,
         "normalize": args.normalize,
     }
@@ -364,7 +369,13 @@ def peak_memory() -> dict:
 
 def cmd_domain_scores(args) -> dict | None:
     from dpruner.distributed import launched
-    from dpruner.methods.dpruner import FineTuneSettings, domain_scores, load_scores
+    from dpruner.methods.dpruner import (
+        FineTuneSettings,
+        check_scores,
+        domain_scores,
+        load_scores,
+        scores_provenance,
+    )
 
     settings = FineTuneSettings(
         lam=args.lam,
@@ -381,23 +392,31 @@ def cmd_domain_scores(args) -> dict | None:
     if settings.lam > 0 and not args.general_importance:
         raise DprunerError("--lambda > 0 needs --general-importance FILE (or pass --lambda 0)")
     _check_scores_outputs(args, (args.model, args.instances, args.general_importance))
+    # The scores depend on G's sparsity only when G regularises the fine-tuning.
+    sparsity = None
+    if args.general_importance:
+        general = check_scores(
+            args.general_importance, "--general-importance", args.model, ("general_importance",)
+        )
+        sparsity = general["sparsity"] if settings.lam > 0 else None
+    provenance = scores_provenance("domain_scores", args.model, sparsity)
     texts = _instance_texts(args.instances, args.max_instances)
     if launched():
-        return _domain_scores_sharded(args, settings, texts)
+        return _domain_scores_sharded(args, settings, texts, provenance)
     model, tokenizer = _load_model(args)
     importance = load_scores(args.general_importance, model) if settings.lam > 0 else None
     scores, report = domain_scores(model, tokenizer, texts, importance, settings)
-    return _write_domain_scores(args, scores, report)
+    return _write_domain_scores(args, scores, report, provenance)
 
 
-def _write_domain_scores(args, scores: dict, report: dict) -> dict:
+def _write_domain_scores(args, scores: dict, report: dict, provenance: dict) -> dict:
     from dpruner.methods.dpruner import save_scores
 
     save_scores(
         scores,
         args.out,
         {
-            "kind": "domain_scores",
+            **provenance,
             "instances": args.instances,
             "general_importance": args.general_importance,
             **{k: v for k, v in report["settings"].items()},
@@ -408,7 +427,7 @@ def _write_domain_scores(args, scores: dict, report: dict) -> dict:
     return {k: report[k] for k in keys}
 
 
-def _domain_scores_sharded(args, settings, texts: list[str]) -> dict | None:
+def _domain_scores_sharded(args, settings, texts: list[str], provenance: dict) -> dict | None:
     """One rank of `torchrun -m dpruner domain-scores`; rank 0 writes what one process would."""
     from dpruner.distributed import (
         load_one_rank_at_a_time,
@@ -436,7 +455,7 @@ def _domain_scores_sharded(args, settings, texts: list[str]) -> dict | None:
             model, tokenizer, texts, importance, settings, progress=shard.rank == 0, shard=shard
         )
         full = gather_scores(scores, model, shard)
-        summary = _write_domain_scores(args, full, report) if shard.rank == 0 else None
+        summary = _write_domain_scores(args, full, report, provenance) if shard.rank == 0 else None
     return summary
 
 

@@ -359,9 +359,13 @@ def prune_inputs(wildcards):
     return inputs
 
 
-def prune_options(wildcards, input):
+def prune_options(wildcards):
+    """Every option of a prune job, its input files included. A function of the wildcards only:
+    Snakemake compares a job's params with the last run's only for those (a param function that
+    takes `input` or `output` is "derived" and never compared), so a changed option reruns it."""
     options = METHODS[wildcards.method]
-    calibrated = "calibration" in input.keys()
+    inputs = prune_inputs(wildcards)
+    calibrated = "calibration" in inputs
     quantize = options.get("quantize", {})
     flags = " --symmetric" if quantize.get("symmetric") else ""
     flags += " --reconstruct" if "reconstruct" in options else ""
@@ -375,9 +379,9 @@ def prune_options(wildcards, input):
                 "sparsity": wildcards.sparsity,
                 "pattern": pattern_option(wildcards.pattern),
                 "group": options.get("group"),
-                "scores": input.get("scores"),
-                "calibration": input.get("calibration"),
-                "general_calibration": input.get("general_calibration"),
+                "scores": inputs.get("scores"),
+                "calibration": inputs.get("calibration"),
+                "general_calibration": inputs.get("general_calibration"),
                 "domain_share": (
                     options.get("domain_share", schema_default("domain_share")) if mixed else None
                 ),

@@ -122,9 +122,10 @@ def test_prune_reconstructs_a_dpruner_mask_on_mixed_rows(
 ):
     import torch
 
-    from dpruner.methods.dpruner import save_scores
+    from dpruner.methods.dpruner import save_scores, scores_provenance
 
-    save_scores(random_scores(load_model(model_dir)[0]), tmp_path / "s.safetensors", {})
+    provenance = scores_provenance("domain_scores", model_dir, 0.5)
+    save_scores(random_scores(load_model(model_dir)[0]), tmp_path / "s.safetensors", provenance)
     base = ["prune", "--model", str(model_dir), "--method", "dpruner", "--sparsity", "0.5",
             "--scores", str(tmp_path / "s.safetensors")]  # fmt: skip
     assert main([*base, "--out", str(tmp_path / "plain")]) == 0

@@ -14,7 +14,7 @@ import yaml
 from safetensors.torch import load_file
 from tiny import tiny_model, tiny_tokenizer
 
-from dpruner.methods.dpruner import save_scores
+from dpruner.methods.dpruner import save_scores, scores_provenance
 from dpruner.models import prunable_weights
 
 TESTS = Path(__file__).resolve().parent
@@ -47,7 +47,8 @@ def inputs(tmp_path_factory):
         name: torch.rand(m.weight.shape, generator=g) + 0.5
         for name, m in prunable_weights(model).items()
     }
-    save_scores(importance, root / "g.safetensors", {"kind": "test"})
+    provenance = scores_provenance("general_importance", root / "model", 0.5)
+    save_scores(importance, root / "g.safetensors", provenance)
     return root
 
 

@@ -530,7 +530,108 @@ def test_a_workflow_killed_hard_leaves_no_finished_looking_output(tmp_path):
     assert interrupted in calls(tmp_path, "done")
 
 
-def test_an_edited_local_data_file_reruns_exactly_the_jobs_that_read_it(tmp_path):
+def planned_jobs(config: Path, workdir: Path) -> set[str]:
+    """The jobs a dry run would run, each named by its log path under results/logs (without
+    `.log`), or by its rule where it has no log (`all`)."""
+    result = snakemake("-n", "--configfile", config, workdir=workdir)
+    jobs = set()
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", result.stdout + result.stderr):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        if rule:
+            log = re.search(r"^\s+log: results/logs/(\S+)\.log$", block, re.MULTILINE)
+            jobs.add(log.group(1) if log else rule.group(1))
+    return jobs
+
+
+def edited(config: dict, *keys, value) -> dict:
+    """A copy of `config` with the entry at `keys` set to `value`."""
+    copy = json.loads(json.dumps(config))
+    section = copy
+    for key in keys[:-1]:
+        section = section[key]
+    section[keys[-1]] = value
+    return copy
+
+
+REPORTING = {"aggregate", "plot", "report", "all"}
+TINY_PRUNED = {
+    "magnitude": "tiny/magnitude_none_s0.5_unstructured",
+    "wanda": "tiny/wanda_general_s0.5_unstructured",
+    "sparsegpt": "tiny/sparsegpt_general_s0.5_unstructured",
+    "dpruner-medical": "tiny/dpruner_medical_s0.5_unstructured",
+    "dpruner-legal": "tiny/dpruner_legal_s0.5_unstructured",
+}
+
+
+def pruned_and_evaluated(*models: str) -> set[str]:
+    return {f"{step}/{TINY_PRUNED[m]}" for m in models for step in ("prune", "evaluate")}
+
+
+# (what changes, the config entry, its new value, the jobs that rerun) after a run of tiny_config.
+OPTION_EDITS = [
+    (
+        "a method option",
+        ("methods", "magnitude", "group"),
+        "row",
+        pruned_and_evaluated("magnitude") | REPORTING,
+    ),
+    (
+        "a method's quantizer",
+        ("methods", "wanda", "quantize"),
+        {"bits": 4},
+        # Stored sizes are a new table as soon as a method quantizes.
+        pruned_and_evaluated("wanda") | REPORTING | {"stored_size"},
+    ),
+    (
+        "a D-Pruner fine-tuning setting",
+        ("methods", "dpruner", "lambda"),
+        0.2,
+        {"domain_scores/tiny/medical_dpruner_s0.5", "domain_scores/tiny/legal_dpruner_s0.5"}
+        | pruned_and_evaluated("dpruner-medical", "dpruner-legal")
+        | REPORTING,
+    ),
+    (
+        "a calibration setting",
+        ("calibration", "nsamples"),
+        3,
+        # Every domain's data and what reads it: all but magnitude and the dense model.
+        {f"prepare_data/tiny/{d}" for d in ("general", "medical", "legal")}
+        | {"general_importance/tiny_s0.5_norm-mean"}
+        | {"domain_scores/tiny/medical_dpruner_s0.5", "domain_scores/tiny/legal_dpruner_s0.5"}
+        | pruned_and_evaluated("wanda", "sparsegpt", "dpruner-medical", "dpruner-legal")
+        | REPORTING,
+    ),
+    (
+        "an evaluation setting",
+        ("evaluation", "batch_size"),
+        2,
+        {"evaluate/tiny/dense", *(f"evaluate/{m}" for m in TINY_PRUNED.values())} | REPORTING,
+    ),
+    (
+        "a domain task",
+        ("domains", "legal", "tasks", 0, "limit"),
+        5,
+        # Every model whose evaluation runs legal's tasks: not the one pruned for medical.
+        {"evaluate/tiny/dense"}
+        | {f"evaluate/{TINY_PRUNED[m]}" for m in TINY_PRUNED if m != "dpruner-medical"}
+        | REPORTING,
+    ),
+    (
+        "a model's dtype",
+        ("models", "tiny", "dtype"),
+        "bfloat16",
+        # A new dense model: everything.
+        {"prepare_model/tiny", "general_importance/tiny_s0.5_norm-mean"}
+        | {f"prepare_data/tiny/{d}" for d in ("general", "medical", "legal")}
+        | {"domain_scores/tiny/medical_dpruner_s0.5", "domain_scores/tiny/legal_dpruner_s0.5"}
+        | pruned_and_evaluated(*TINY_PRUNED)
+        | {"evaluate/tiny/dense"}
+        | REPORTING,
+    ),
+]
+
+
+def test_an_edited_option_or_local_data_file_reruns_exactly_the_jobs_that_read_it(tmp_path):
     workdir = tmp_path / "work"
     workdir.mkdir()
     data = workdir / "data"
@@ -541,6 +642,12 @@ def test_an_edited_local_data_file_reruns_exactly_the_jobs_that_read_it(tmp_path
     config_file = write_config(workdir / "config.yaml", config)
     snakemake("--configfile", config_file, "--cores", "2", workdir=workdir, env=fake_env(tmp_path))
     assert dry_run(config_file, workdir) == {}
+
+    # Each option a step reads is in what Snakemake compares (its params): an edit reruns exactly
+    # the jobs that read it and those downstream (dry runs: the finished run stays as it is).
+    for change, keys, value, expected in OPTION_EDITS:
+        changed = write_config(workdir / "edited.yaml", edited(config, *keys, value=value))
+        assert planned_jobs(changed, workdir) == expected, change
 
     time.sleep(1)  # a later modification time
     with (data / "legal.jsonl").open("a") as f:
