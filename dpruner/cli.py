@@ -72,6 +72,16 @@ def _add_calibration_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=8, help="calibration sequences per forward"
     )
+    from dpruner.config import schema_default
+    from dpruner.hessian import HESSIAN_DTYPES
+
+    parser.add_argument(
+        "--hessian-dtype",
+        choices=HESSIAN_DTYPES,
+        default=schema_default("hessian_dtype"),
+        help="auto: on CUDA, X^T X in the bf16/fp16 activations' dtype with fp32 output; "
+        "float32: in fp32 everywhere (SparseGPT, general importance, --reconstruct)",
+    )
 
 
 def cmd_prepare_model(args) -> dict:
@@ -176,6 +186,8 @@ def cmd_prune(args) -> dict:
             raise DprunerError("--method dpruner needs --scores FILE (from `domain-scores`)")
         options["scores_path"] = args.scores
         options["reconstruct"] = args.reconstruct
+    if args.method in ("sparsegpt", "dpruner"):
+        options["hessian_dtype"] = args.hessian_dtype
     elif args.reconstruct:
         raise DprunerError("--reconstruct repairs a D-Pruner mask: it needs --method dpruner")
     pruner = get_pruner(args.method, **options)
@@ -303,7 +315,9 @@ def cmd_general_importance(args) -> dict:
         "percdamp": 0.01,
         "normalize": args.normalize,
     }
-    options = dict(normalize=args.normalize, batch_size=args.batch_size)
+    options = dict(
+        normalize=args.normalize, batch_size=args.batch_size, hessian_dtype=args.hessian_dtype
+    )
     start = time.perf_counter()
     if args.stream_blocks:
         from dpruner.models import prunable_weights, weight_matrix
