@@ -268,6 +268,7 @@ def _prune_calibration(args, tokenizer) -> tuple[torch.Tensor, dict | None]:
 def cmd_perplexity(args) -> dict:
     from dpruner.data import evaluation_text, load_records, text_tokens
     from dpruner.evaluation.perplexity import sliding_window_perplexity
+    from dpruner.evaluation.sizing import evaluation_batch_size
 
     model, tokenizer = _load_model(args)
     if args.data.endswith(".pt"):
@@ -290,7 +291,7 @@ def cmd_perplexity(args) -> dict:
         args.stride,
         tokenizer.bos_token_id,
         args.bos,
-        args.batch_size,
+        evaluation_batch_size(args.batch_size, torch.device(args.device).type),
         blocks=blocks,
     )
     result.update(model=args.model, data=args.data, stream_blocks=args.stream_blocks)
@@ -580,7 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=512)
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--bos", default="none", choices=["none", "once", "window"])
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument(
+        "--batch-size", type=int, help="windows per pass (default: 4 on a CPU, 32 on a GPU)"
+    )
     _add_stream_arg(p)
     p.add_argument("--out")
     p.set_defaults(func=cmd_perplexity)
