@@ -270,7 +270,17 @@ def cmd_perplexity(args) -> dict:
     from dpruner.evaluation.perplexity import sliding_window_perplexity
     from dpruner.evaluation.sizing import evaluation_batch_size
 
+    if args.semi_structured:
+        from dpruner.semi_structured import check_target
+
+        check_target(args.device, args.dtype, args.semi_structured)
+        if args.stream_blocks:
+            raise DprunerError("--semi-structured runs a whole model: not with --stream-blocks")
     model, tokenizer = _load_model(args)
+    if args.semi_structured:
+        from dpruner.semi_structured import to_semi_structured
+
+        to_semi_structured(model, args.semi_structured)
     if args.data.endswith(".pt"):
         ids = torch.load(args.data, weights_only=True).reshape(-1)
     else:
@@ -294,7 +304,12 @@ def cmd_perplexity(args) -> dict:
         evaluation_batch_size(args.batch_size, torch.device(args.device).type),
         blocks=blocks,
     )
-    result.update(model=args.model, data=args.data, stream_blocks=args.stream_blocks)
+    result.update(
+        model=args.model,
+        data=args.data,
+        stream_blocks=args.stream_blocks,
+        semi_structured=args.semi_structured,
+    )
     if args.out:
         write_json(result, args.out)
     return result
@@ -583,6 +598,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bos", default="none", choices=["none", "once", "window"])
     p.add_argument(
         "--batch-size", type=int, help="windows per pass (default: 4 on a CPU, 32 on a GPU)"
+    )
+    p.add_argument(
+        "--semi-structured",
+        metavar="KERNEL",
+        help="run a 2:4-pruned model's linears as semi-structured sparse weights with this "
+        "kernel (cuSPARSELt or CUTLASS; CUDA, float16 or bfloat16 only)",
     )
     _add_stream_arg(p)
     p.add_argument("--out")
