@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test lint env clean
+.PHONY: run test lint env clean gpu-check
 
 env: $(STAMP)
 
@@ -24,6 +24,14 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Every check that needs CUDA (docs/gpu.md): tests/test_gpu.py, then the 2:4 benchmark at bounded
+# sizes, writing results/gpu/*.md. No venv: the GPU machine has no package registry, so its own
+# python3 with torch, transformers, safetensors and pytest runs the checkout as it is.
+GPU_PYTHON ?= python3
+gpu-check:
+	PYTHONPATH=. $(GPU_PYTHON) -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py
+	PYTHONPATH=. $(GPU_PYTHON) benchmarks/semi_structured.py --quick
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

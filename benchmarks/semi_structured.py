@@ -1,41 +1,55 @@
-"""What 2:4 sparsity buys in time: PyTorch's semi-structured kernels against dense matmul.
+"""What 2:4 sparsity buys, timed as a pruned model runs it (CUDA only).
 
-For LLaMA-2-7B-shaped linear layers (q/k/v/o 4096 x 4096, gate/up 11008 x 4096, down 4096 x 11008)
-and a decoder block of them, over token counts from 1 to several thousand: the median time of
-`x @ W.T` with W dense and with W 2:4-pruned and converted by
-`torch.sparse.to_sparse_semi_structured` (cuSPARSELt or CUTLASS, CUDA only). On a CPU the
-conversion is refused (the error is recorded in the table); what is measured there is the dense
-matmul that a 2:4-masked model runs on this CPU (its zeros are stored and multiplied like any other
-weight), so a 2:4 model is exactly as fast as the dense one here.
+The call timed is the model's own: an `nn.Linear` whose weight is a semi-structured tensor
+(dpruner.semi_structured, as PyTorch's semi-structured tutorial converts), called as the model
+calls it, against the same `nn.Linear` with the 2:4-masked weight stored dense. Per linear shape
+over token counts, and for whole randomly initialised models: the prefill latency of one sequence
+and the decode latency per token with the KV cache, SmolLM2-135M-shaped (30 blocks) and
+LLaMA-2-7B-shaped (a few blocks), in fp16 and bf16, with each kernel (cuSPARSELt, CUTLASS); a
+kernel that refuses this GPU is named with its error.
 
-    .venv/bin/python benchmarks/semi_structured.py [--device cuda] [--tokens 1 16 128 ...]
+    python benchmarks/semi_structured.py [--quick] [--layers 4] [--out results/gpu/semi_structured]
 
-Writes results/tables/semi_structured.{csv,md} (results/gpu/ with --device cuda).
+Writes results/gpu/semi_structured.{csv,md}: GPU, torch version and command in the header.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
+import copy
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
+from torch import nn
 
+from dpruner.gpu_tables import provenance, write_gpu_table
 from dpruner.masks import nm_mask
+from dpruner.models import prunable_weights
+from dpruner.semi_structured import KERNELS, convert_linear, kernel_converter, to_semi_structured
 
 ROOT = Path(__file__).resolve().parent.parent
-# (name, out_features, in_features) of a LLaMA-2-7B decoder block's linears.
-LINEARS = [
-    ("q/k/v/o_proj", 4096, 4096),
-    ("gate/up_proj", 11008, 4096),
-    ("down_proj", 4096, 11008),
-]
-# A block runs q, k, v, o once each, gate and up, then down.
-BLOCK = {"q/k/v/o_proj": 4, "gate/up_proj": 2, "down_proj": 1}
+# Model configurations (LlamaConfig keys); the LLaMA-2-7B shape keeps `--layers` blocks.
+SHAPES = {
+    "SmolLM2-135M": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        num_hidden_layers=30,
+        vocab_size=49152,
+    ),
+    "LLaMA-2-7B": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32000,
+    ),
+}
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def two_four(weight: torch.Tensor) -> torch.Tensor:
@@ -43,112 +57,206 @@ def two_four(weight: torch.Tensor) -> torch.Tensor:
     return weight.masked_fill(nm_mask(weight.abs().float(), 2, 4), 0)
 
 
-def median_seconds(run, repeats: int, synchronize) -> float:
-    run()  # warm-up (kernel selection, allocation)
-    synchronize()
+def median_ms(run, repeats: int) -> float:
+    run()  # warm-up: kernel selection, allocation
+    torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
-        synchronize()
+        torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times) * 1e3
 
 
-def measure(device: str, dtype: torch.dtype, tokens: list[int], repeats: int) -> tuple[list, str]:
-    """Rows of (linear, tokens, dense ms, 2:4 ms or None, speed-up, dense GFLOP/s), and why
-    the semi-structured kernel did not run where it did not."""
-    from torch.sparse import to_sparse_semi_structured
+def linear_pair(d_out: int, d_in: int, dtype, device, convert) -> tuple[nn.Linear, nn.Linear]:
+    """(the 2:4-masked linear stored dense, the same linear holding `convert`'s weight)."""
+    dense = nn.Linear(d_in, d_out, bias=False, device=device, dtype=dtype).requires_grad_(False)
+    dense.weight.copy_(two_four(dense.weight))
+    sparse = copy.deepcopy(dense)
+    convert_linear(sparse, convert)
+    return dense, sparse
 
-    synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    rows, refused = [], ""
-    for name, d_out, d_in in LINEARS:
-        weight = two_four(torch.randn(d_out, d_in, device=device, dtype=dtype))
-        try:
-            sparse = to_sparse_semi_structured(weight)
-        except (RuntimeError, NotImplementedError) as error:
-            sparse, refused = None, f"{type(error).__name__}: {error}"
+
+def linear_shapes(config: dict) -> list[tuple[int, int]]:
+    """The distinct (d_out, d_in) of a LLaMA block's seven linears."""
+    h, i = config["hidden_size"], config["intermediate_size"]
+    kv = h // config["num_attention_heads"] * config["num_key_value_heads"]
+    return list(dict.fromkeys([(h, h), (kv, h), (i, h), (h, i)]))
+
+
+def linear_rows(shape, config, dtype_name, kernel, tokens, repeats, convert) -> list[dict]:
+    dtype = DTYPES[dtype_name]
+    rows = []
+    for d_out, d_in in linear_shapes(config):
+        dense, sparse = linear_pair(d_out, d_in, dtype, "cuda", convert)
         for n in tokens:
-            x = torch.randn(n, d_in, device=device, dtype=dtype)
-            dense_s = median_seconds(lambda x=x, w=weight: x @ w.t(), repeats, synchronize)
-            sparse_s = None
-            if sparse is not None:
-                # The kernels want the sparse operand first: W x^T, then transpose back.
-                sparse_s = median_seconds(
-                    lambda x=x, s=sparse: (s @ x.t()).t(), repeats, synchronize
-                )
+            x = torch.randn(n, d_in, device="cuda", dtype=dtype)
             rows.append(
-                {
-                    "linear": name,
-                    "tokens": n,
-                    "dense_ms": dense_s * 1e3,
-                    "two_four_ms": None if sparse_s is None else sparse_s * 1e3,
-                    "speedup": None if sparse_s is None else dense_s / sparse_s,
-                    "dense_gflops": 2 * n * d_out * d_in / dense_s / 1e9,
-                }
+                timed_row(
+                    shape,
+                    f"linear {d_out}x{d_in}",
+                    dtype_name,
+                    kernel,
+                    n,
+                    lambda x=x, dense=dense: dense(x),
+                    lambda x=x, sparse=sparse: sparse(x),
+                    repeats,
+                )
             )
+    return rows
+
+
+def timed_row(shape, part, dtype_name, kernel, tokens, dense_run, sparse_run, repeats) -> dict:
+    dense_ms, sparse_ms = median_ms(dense_run, repeats), median_ms(sparse_run, repeats)
+    return {
+        "shape": shape,
+        "part": part,
+        "dtype": dtype_name,
+        "kernel": kernel,
+        "tokens": tokens,
+        "dense_ms": dense_ms,
+        "two_four_ms": sparse_ms,
+        "speedup": dense_ms / sparse_ms,
+    }
+
+
+def pruned_model(config: dict, dtype):
+    """A random LLaMA-architecture model of `config`, every prunable linear 2:4-masked."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**config)).to(device="cuda", dtype=dtype).eval()
+    with torch.no_grad():
+        for module in prunable_weights(model).values():
+            module.weight.copy_(two_four(module.weight))
+    return model
+
+
+@torch.no_grad()
+def decode(model, prompt: torch.Tensor, steps: int) -> None:
+    out = model(prompt, use_cache=True)
+    for _ in range(steps):
+        token = out.logits[:, -1:].argmax(-1)
+        out = model(token, past_key_values=out.past_key_values, use_cache=True)
+
+
+def model_rows(shape, config, dtype_name, kernel, args) -> list[dict]:
+    """Prefill latency of one sequence of each length and decode latency per token."""
+    dense = pruned_model(config, DTYPES[dtype_name])
+    sparse = copy.deepcopy(dense)
+    to_semi_structured(sparse, kernel)
+    rows = []
+    for n in args.prefill:
+        ids = torch.randint(0, config["vocab_size"], (1, n), device="cuda")
+        rows.append(
+            timed_row(
+                shape,
+                "model prefill",
+                dtype_name,
+                kernel,
+                n,
+                lambda ids=ids: dense(ids, use_cache=False),
+                lambda ids=ids: sparse(ids, use_cache=False),
+                args.repeats,
+            )
+        )
+    prompt = torch.randint(0, config["vocab_size"], (1, args.decode_prompt), device="cuda")
+    with_steps, prompt_only = (
+        timed_row(
+            shape,
+            "decode",
+            dtype_name,
+            kernel,
+            1,
+            lambda s=steps: decode(dense, prompt, s),
+            lambda s=steps: decode(sparse, prompt, s),
+            args.repeats,
+        )
+        for steps in (args.decode_steps, 0)
+    )
+    per_token = {
+        key: (with_steps[key] - prompt_only[key]) / args.decode_steps
+        for key in ("dense_ms", "two_four_ms")
+    }
+    rows.append(
+        {
+            **with_steps,
+            "part": f"model decode per token (prompt {args.decode_prompt})",
+            **per_token,
+            "speedup": per_token["dense_ms"] / per_token["two_four_ms"],
+        }
+    )
+    return rows
+
+
+@torch.no_grad()
+def measure(args) -> tuple[list[dict], dict[str, str]]:
+    """Every row, and for each kernel that refused this GPU its error."""
+    rows, refused = [], {}
+    for kernel in KERNELS:
+        convert = kernel_converter(kernel)
+        for dtype_name in DTYPES:
+            try:
+                convert(two_four(torch.randn(128, 128, device="cuda", dtype=DTYPES[dtype_name])))
+            except (RuntimeError, NotImplementedError) as error:
+                refused[f"{kernel} {dtype_name}"] = f"{type(error).__name__}: {error}"
+                continue
+            for shape, config in SHAPES.items():
+                config = {"num_hidden_layers": args.layers, **config}
+                rows += linear_rows(
+                    shape, config, dtype_name, kernel, args.tokens, args.repeats, convert
+                )
+                rows += model_rows(shape, config, dtype_name, kernel, args)
     return rows, refused
 
 
-def block_rows(rows: list[dict]) -> list[dict]:
-    """A decoder block's linear time per token count: the sum over its seven linears."""
-    frame = pd.DataFrame(rows)
-    frame["count"] = frame["linear"].map(BLOCK)
-    out = []
-    for n, group in frame.groupby("tokens"):
-        dense = (group["dense_ms"] * group["count"]).sum()
-        sparse = (group["two_four_ms"] * group["count"]).sum(min_count=len(group))
-        out.append(
-            {
-                "linear": "decoder block (7 linears)",
-                "tokens": n,
-                "dense_ms": dense,
-                "two_four_ms": None if pd.isna(sparse) else sparse,
-                "speedup": None if pd.isna(sparse) else dense / sparse,
-                "dense_gflops": None,
-            }
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 128, 512, 2048, 8192])
+    parser.add_argument("--prefill", type=int, nargs="+", default=[128, 2048])
+    parser.add_argument("--decode-prompt", type=int, default=128)
+    parser.add_argument("--decode-steps", type=int, default=32)
+    parser.add_argument("--layers", type=int, default=4, help="blocks of the LLaMA-2-7B shape")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--quick", action="store_true", help="bounded sizes for `make gpu-check` (about a minute)"
+    )
+    parser.add_argument("--out", default=str(ROOT / "results" / "gpu" / "semi_structured"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.tokens, args.prefill, args.decode_steps, args.layers, args.repeats = (
+            [1, 128, 2048, 8192],
+            [512],
+            16,
+            2,
+            5,
         )
-    return out
-
-
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(device)
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=["float16", "bfloat16", "float32"])
-    parser.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 128, 512, 2048])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out")
-    args = parser.parse_args(argv)
-    # Half precision is what the kernels take; this CPU's fp16 matmul is no fair dense baseline.
-    dtype_name = args.dtype or ("float16" if args.device.startswith("cuda") else "float32")
-    dtype = getattr(torch, dtype_name)
-    rows, refused = measure(args.device, dtype, args.tokens, args.repeats)
-    rows += block_rows(rows)
-    table = pd.DataFrame(rows)
-    folder = ROOT / "results" / ("gpu" if args.device.startswith("cuda") else "tables")
-    out = Path(args.out) if args.out else folder / "semi_structured"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out.with_suffix(".csv"), index=False, float_format="%.4g")
-    header = (
-        f"Measured on {device_name(args.device)} (torch {torch.__version__}), {dtype_name}, "
-        f"median of {args.repeats} runs after one warm-up, LLaMA-2-7B-shaped linears; command: "
-        f"`python benchmarks/semi_structured.py {' '.join(sys.argv[1:])}`.\n\n"
-    )
-    if refused:
-        header += (
-            f"The 2:4 kernel did not run on this device: `{refused}`. A 2:4-masked model runs "
-            "the dense matmul here, so its time is the dense column.\n\n"
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        print(
+            "error: the 2:4 kernels (cuSPARSELt, CUTLASS) run on CUDA only and this machine has "
+            "no CUDA device; a 2:4-masked model runs the dense matmul on a CPU (same time as "
+            "dense)",
+            file=sys.stderr,
         )
-    out.with_suffix(".md").write_text(
-        header + table.to_markdown(index=False, floatfmt=".3g", missingval="–") + "\n"
-    )
-    print(table.to_string(index=False))
+        return 2
+    rows, refused = measure(args)
+    header = [
+        *provenance(),
+        "call timed: `nn.Linear` holding the semi-structured weight (the model's own call) "
+        "against the same linear with the 2:4-masked weight stored dense; median of "
+        f"{args.repeats} runs after one warm-up; speedup = dense / 2:4",
+        f"models: random weights, SmolLM2-135M-shaped (30 blocks) and LLaMA-2-7B-shaped "
+        f"({args.layers} blocks), batch 1; decode per token = (prompt + "
+        f"{args.decode_steps} steps - prompt alone) / {args.decode_steps}",
+        *(f"kernel refused, {name}: {error}" for name, error in refused.items()),
+    ]
+    print(write_gpu_table(Path(args.out), "2:4 semi-structured against dense", header, rows))
     return 0
 
 

@@ -37,7 +37,8 @@ class LayerStatistics:
     """What a method accumulates for one linear: fed by `add_batch`, read when pruning the block."""
 
     def add_batch(self, inputs: torch.Tensor, n_sequences: int) -> None:
-        """`inputs` is the layer's input as fp32 tokens x d_in, from `n_sequences` sequences."""
+        """`inputs` is the layer's input as tokens x d_in in the model's dtype (each statistic
+        chooses its own precision), from `n_sequences` sequences."""
         raise NotImplementedError
 
 
@@ -198,6 +199,6 @@ def _feeder(stats: LayerStatistics):
     def hook(module, inputs, output):
         x = inputs[0]
         n_sequences = x.shape[0] if x.ndim > 2 else 1
-        stats.add_batch(x.reshape(-1, x.shape[-1]).float(), n_sequences)
+        stats.add_batch(x.reshape(-1, x.shape[-1]), n_sequences)
 
     return hook

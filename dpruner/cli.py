@@ -72,6 +72,16 @@ def _add_calibration_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=8, help="calibration sequences per forward"
     )
+    from dpruner.config import schema_default
+    from dpruner.hessian import HESSIAN_DTYPES
+
+    parser.add_argument(
+        "--hessian-dtype",
+        choices=HESSIAN_DTYPES,
+        default=schema_default("hessian_dtype"),
+        help="auto: on CUDA, X^T X in the bf16/fp16 activations' dtype with fp32 output; "
+        "float32: in fp32 everywhere (SparseGPT, general importance, --reconstruct)",
+    )
 
 
 def cmd_prepare_model(args) -> dict:
@@ -205,6 +215,8 @@ def cmd_prune(args) -> dict:
         check_scores(args.scores, "--scores", args.model, SCORE_KINDS, args.sparsity)
         options["scores_path"] = args.scores
         options["reconstruct"] = args.reconstruct
+    if args.method in ("sparsegpt", "dpruner"):
+        options["hessian_dtype"] = args.hessian_dtype
     elif args.reconstruct:
         raise DprunerError("--reconstruct repairs a D-Pruner mask: it needs --method dpruner")
     pruner = get_pruner(args.method, **options)
@@ -287,10 +299,21 @@ def _prune_calibration(args, tokenizer) -> tuple[torch.Tensor, dict | None]:
 def cmd_perplexity(args) -> dict:
     from dpruner.data import evaluation_text, load_records, text_tokens
     from dpruner.evaluation.perplexity import sliding_window_perplexity
+    from dpruner.evaluation.sizing import evaluation_batch_size
 
     if args.out:
         check_output_file(args.out, args.overwrite, (args.model, args.data))
+    if args.semi_structured:
+        from dpruner.semi_structured import check_target
+
+        check_target(args.device, args.dtype, args.semi_structured)
+        if args.stream_blocks:
+            raise DprunerError("--semi-structured runs a whole model: not with --stream-blocks")
     model, tokenizer = _load_model(args)
+    if args.semi_structured:
+        from dpruner.semi_structured import to_semi_structured
+
+        to_semi_structured(model, args.semi_structured)
     if args.data.endswith(".pt"):
         ids = torch.load(args.data, weights_only=True).reshape(-1)
     else:
@@ -311,10 +334,15 @@ def cmd_perplexity(args) -> dict:
         args.stride,
         tokenizer.bos_token_id,
         args.bos,
-        args.batch_size,
+        evaluation_batch_size(args.batch_size, torch.device(args.device).type),
         blocks=blocks,
     )
-    result.update(model=args.model, data=args.data, stream_blocks=args.stream_blocks)
+    result.update(
+        model=args.model,
+        data=args.data,
+        stream_blocks=args.stream_blocks,
+        semi_structured=args.semi_structured,
+    )
     if args.out:
         write_json(result, args.out)
     return result
@@ -336,7 +364,9 @@ def cmd_general_importance(args) -> dict:
         "percdamp": 0.01,
         "normalize": args.normalize,
     }
-    options = dict(normalize=args.normalize, batch_size=args.batch_size)
+    options = dict(
+        normalize=args.normalize, batch_size=args.batch_size, hessian_dtype=args.hessian_dtype
+    )
     start = time.perf_counter()
     if args.stream_blocks:
         from dpruner.models import prunable_weights, weight_matrix
@@ -619,7 +649,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=512)
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--bos", default="none", choices=["none", "once", "window"])
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument(
+        "--batch-size", type=int, help="windows per pass (default: 4 on a CPU, 32 on a GPU)"
+    )
+    p.add_argument(
+        "--semi-structured",
+        metavar="KERNEL",
+        help="run a 2:4-pruned model's linears as semi-structured sparse weights with this "
+        "kernel (cuSPARSELt or CUTLASS; CUDA, float16 or bfloat16 only)",
+    )
     _add_stream_arg(p)
     p.add_argument("--out")
     overwrite_arg(p)

@@ -76,14 +76,28 @@ class SparsitySpec:
             )
 
 
-def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
+def kth_smallest(flat: torch.Tensor, k: int, use_topk: bool | None = None) -> torch.Tensor:
+    """The k-th smallest entry of a 1-D tensor (k from 1), as `torch.kthvalue` gives it.
+
+    On CUDA the largest of the k smallest from `torch.topk` (default `use_topk` there): over one
+    11008 x 4096 score matrix on an H200 kthvalue took 0.331 s, topk 0.001 s (issue 21). On the
+    CPU kthvalue stays: 0.79 s against 0.88 s for topk and 5.7 s for a stable sort (2 threads).
+    """
+    if use_topk is None:
+        use_topk = flat.is_cuda
+    if use_topk:
+        return torch.topk(flat, k, largest=False, sorted=False).values.max()
+    return torch.kthvalue(flat, k).values
+
+
+def lowest_k(scores: torch.Tensor, k: int, use_topk: bool | None = None) -> torch.Tensor:
     """Mask of the k lowest entries of `scores` (any shape), ties broken by flat position."""
     flat = scores.reshape(-1)
     if k <= 0:
         return torch.zeros_like(scores, dtype=torch.bool)
     # The same set as the first k of a stable sort, in linear time: everything below the k-th
     # value, then as many entries equal to it as are missing, in order of position.
-    kth = torch.kthvalue(flat, k).values
+    kth = kth_smallest(flat, k, use_topk)
     mask = flat < kth
     ties = flat == kth
     mask |= ties & (torch.cumsum(ties, 0) <= k - mask.sum())

@@ -370,6 +370,7 @@ def prune_options(wildcards):
     flags = " --symmetric" if quantize.get("symmetric") else ""
     flags += " --reconstruct" if "reconstruct" in options else ""
     mixed = mixes_general(options)
+    hessians = options["kind"] == "sparsegpt" or "reconstruct" in options
     if stream_option(wildcards):
         flags += f" {stream_option(wildcards)}"
     return (
@@ -390,6 +391,7 @@ def prune_options(wildcards):
                 "seed": config["seed"] if calibrated else None,
                 "quantize_bits": quantize.get("bits"),
                 "group_size": quantize.get("group_size"),
+                "hessian_dtype": config.get("hessian_dtype") if hessians else None,
                 "device": DEVICE,
                 "dtype": config["models"][wildcards.model].get("dtype", "float32"),
             }

@@ -12,6 +12,7 @@ rule general_importance:
         device=DEVICE,
         dtype=model_dtype,
         stream=stream_option,
+        hessian=cli_options({"hessian_dtype": config.get("hessian_dtype")}),
     log:
         f"{LOGS}/general_importance/{{model}}_s{{sparsity}}_norm-{{normalize}}.log",
     benchmark:
@@ -28,7 +29,7 @@ rule general_importance:
         "python -m dpruner general-importance --model {input.model:q}"
         " --calibration {input.calibration:q} --sparsity {wildcards.sparsity:q}"
         " --normalize {wildcards.normalize:q} --device {params.device:q} --dtype {params.dtype:q}"
-        " {params.stream} --out {output:q} > {log:q} 2>&1"
+        " {params.stream} {params.hessian} --out {output:q} > {log:q} 2>&1"
 
 
 rule domain_scores:

@@ -1,6 +1,9 @@
+import math
+
 import pytest
 import torch
 
+from dpruner import masks
 from dpruner.masks import (
     SparsityError,
     SparsitySpec,
@@ -97,3 +100,96 @@ def test_nm_pattern_must_agree_with_sparsity_and_width():
         spec.check_shape("layer", 6)
     with pytest.raises(SparsityError, match="pattern must be"):
         SparsitySpec.parse(0.5, "half")
+
+
+# The implementation before issue 21 (kthvalue everywhere), kept as the independent reference
+# that the CUDA path (topk) must reproduce bit for bit.
+def _reference_lowest_k(scores, k):
+    flat = scores.reshape(-1)
+    if k <= 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    kth = torch.kthvalue(flat, k).values
+    mask = flat < kth
+    ties = flat == kth
+    mask |= ties & (torch.cumsum(ties, 0) <= k - mask.sum())
+    return mask.view(scores.shape)
+
+
+def _reference_prune_mask(scores, spec):
+    if spec.is_nm:
+        groups = scores.reshape(scores.shape[0], -1, spec.m)
+        order = torch.sort(groups, dim=2, stable=True).indices[:, :, : spec.n]
+        mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, order, True)
+        return mask.reshape(scores.shape)
+    if spec.group == "row":
+        k = math.floor(spec.sparsity * scores.shape[1])
+        order = torch.sort(scores, dim=1, stable=True).indices[:, :k]
+        return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, order, True)
+    if spec.group == "block":
+        mask = torch.zeros_like(scores, dtype=torch.bool)
+        for b0 in range(0, scores.shape[1], spec.block_size):
+            block = scores[:, b0 : b0 + spec.block_size]
+            k = math.floor(spec.sparsity * block.numel())
+            mask[:, b0 : b0 + spec.block_size] = _reference_lowest_k(block, k)
+        return mask
+    return _reference_lowest_k(scores, math.floor(spec.sparsity * scores.numel()))
+
+
+def _score_cases():
+    generator = torch.Generator().manual_seed(21)
+    random = torch.rand(24, 40, generator=generator)
+    threshold_ties = random.clone()
+    threshold_ties[::3, ::2] = torch.sort(random.reshape(-1)).values[480]  # ties at the k-th value
+    signed_zeros = torch.zeros(24, 40)
+    signed_zeros[::2] = -0.0
+    return {
+        "random": random,
+        "few levels": (random * 3).floor(),
+        "all equal": torch.ones(24, 40),
+        "ties at the threshold": threshold_ties,
+        "signed zeros": signed_zeros,
+        "descending": torch.arange(960, 0, -1, dtype=torch.float32).reshape(24, 40),
+    }
+
+
+@pytest.mark.parametrize("use_topk", [True, False])
+@pytest.mark.parametrize("case", list(_score_cases()))
+def test_lowest_k_equals_the_kthvalue_implementation(case, use_topk):
+    scores = _score_cases()[case]
+    n = scores.numel()
+    for k in (0, 1, 2, 479, 480, 481, n // 2, n - 1, n):
+        expected = _reference_lowest_k(scores, k)
+        assert torch.equal(lowest_k(scores, k, use_topk=use_topk), expected), (case, k)
+
+
+@pytest.mark.parametrize("case", list(_score_cases()))
+def test_every_group_on_the_topk_path_equals_the_kthvalue_implementation(case, monkeypatch):
+    scores = _score_cases()[case]
+    selection = masks.kth_smallest
+    monkeypatch.setattr(
+        masks, "kth_smallest", lambda flat, k, use_topk=None: selection(flat, k, True)
+    )
+    specs = [
+        SparsitySpec(0.5, "matrix"),
+        SparsitySpec(0.3, "matrix"),
+        SparsitySpec(0.5, "row"),
+        SparsitySpec(0.7, "row"),
+        SparsitySpec(0.5, "block", block_size=16),  # 40 columns: a narrower last block
+        SparsitySpec(0.6, "block", block_size=8),
+        SparsitySpec.parse(0.5, "2:4"),
+        SparsitySpec.parse(0.25, "1:4"),
+        SparsitySpec.parse(0.625, "5:8"),
+    ]
+    for spec in specs:
+        assert torch.equal(prune_mask(scores, spec), _reference_prune_mask(scores, spec)), spec
+
+
+def test_kth_smallest_keeps_kthvalue_on_the_cpu(monkeypatch):
+    flat = torch.tensor([3.0, 1.0, 2.0, 1.0])
+    assert float(masks.kth_smallest(flat, 3, use_topk=True)) == 2.0
+
+    def refused(*args, **kwargs):
+        raise AssertionError("topk on the CPU: kthvalue is faster there")
+
+    monkeypatch.setattr(torch, "topk", refused)
+    assert float(masks.kth_smallest(flat, 3)) == 2.0

@@ -27,9 +27,11 @@ from dpruner.evaluation.items import (
 )
 from dpruner.evaluation.metrics import ROUGE_TYPES, first_line, majority_rate
 from dpruner.evaluation.perplexity import sliding_window_perplexity
+from dpruner.evaluation.sizing import evaluation_batch_size
 from dpruner.io import write_json
 
-# Used where config `evaluation` leaves a key out.
+# Used where config `evaluation` leaves a key out; `batch_size` depends on the device
+# (evaluation.sizing).
 EVALUATION_DEFAULTS = {
     "perplexity": {
         "window": 512,
@@ -40,7 +42,6 @@ EVALUATION_DEFAULTS = {
     },
     "max_prompt_tokens": 384,
     "generation": {"max_new_tokens": 32, "do_sample": False},
-    "batch_size": 4,
     "scale": 1,
 }
 SUMMARY_EXAMPLES = 3
@@ -89,6 +90,8 @@ def evaluate_model(
     "settings": the evaluation values used}.
     """
     settings = evaluation_settings(eval_config)
+    device_type = next(model.parameters()).device.type
+    settings["batch_size"] = evaluation_batch_size(settings.get("batch_size"), device_type)
     ppl_cfg, scale = settings["perplexity"], settings["scale"]
     max_tokens = scaled(ppl_cfg["max_tokens"], scale)
 

@@ -19,11 +19,7 @@ import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
-# Continuation rows run in passes of about this many tokens, padding included: rows sorted by
-# length and cut into runs, so a short choice is not padded to the batch's longest one (on the
-# default tasks padding was half of the continuation tokens), while a pass stays long enough
-# not to be bound by reading the weights.
-CONTINUATION_PASS_TOKENS = 256
+from dpruner.evaluation.sizing import continuation_pass_tokens
 
 
 def length_runs(lengths: list[int], budget: int) -> list[range]:
@@ -41,14 +37,16 @@ def length_runs(lengths: list[int], budget: int) -> list[range]:
 def shared_context_loglikelihoods(
     model,
     items: list[tuple[list[int], list[list[int]]]],
-    pass_tokens: int = CONTINUATION_PASS_TOKENS,
+    pass_tokens: int | None = None,
 ) -> list[list[tuple[float, bool]]]:
     """For each (context, continuations) item, (sum of log-probabilities, whether every token is
     the greedy one) of each continuation after the context: one batched pass over the contexts,
-    then the continuations on top of their cache in passes of about `pass_tokens` tokens.
+    then the continuations on top of their cache in passes of about `pass_tokens` tokens (the
+    device's default when None).
     Several items per pass is what makes it fast on a CPU: a pass over a few tokens is bound by
     reading the weights, not by arithmetic."""
     device = next(model.parameters()).device
+    pass_tokens = pass_tokens or continuation_pass_tokens(device.type)
     width = max(len(context) for context, _ in items)
     # Left padding puts every context's last token in the last column; positions count from
     # each row's first real token, as if it were alone.

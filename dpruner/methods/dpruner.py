@@ -62,6 +62,7 @@ def general_importance(
     batch_size: int = 1,
     blocks: BlockSource | None = None,
     sink: Callable[[str, torch.Tensor], None] | None = None,
+    hessian_dtype: str = "auto",
 ) -> dict[str, torch.Tensor]:
     """Per prunable weight, the saliency SparseGPT sees at the target sparsity. Prunes `model`.
 
@@ -75,6 +76,7 @@ def general_importance(
         batch_size=batch_size,
         record_saliency=True,
         saliency_sink=lambda name, g: out(name, normalise_importance(g, normalize)),
+        hessian_dtype=hessian_dtype,
     )
     sweep.prune(model, calibration, SparsitySpec(sparsity, "block"), blocks=blocks)
     return scores
@@ -606,9 +608,11 @@ class DPrunerPruner(Pruner):
         reconstruct: bool = False,
         batch_size: int = 1,
         quantize: QuantSpec | None = None,
+        hessian_dtype: str = "auto",
     ):
         super().__init__(quantize)
         self.scores_path = scores_path
+        self.hessian_dtype = hessian_dtype
         self.reconstruct = reconstruct
         self.needs_calibration = reconstruct
         self.batch_size = batch_size
@@ -623,7 +627,9 @@ class DPrunerPruner(Pruner):
                 return prune_mask(scores.get_tensor(name).float(), spec)
 
             if self.reconstruct:
-                repair = SparseGPTPruner(batch_size=self.batch_size, fixed_mask=mask_of)
+                repair = SparseGPTPruner(
+                    batch_size=self.batch_size, fixed_mask=mask_of, hessian_dtype=self.hessian_dtype
+                )
                 reports = repair._prune(model, calibration, spec, blocks)
                 self.warnings += repair.warnings
                 self.details = {"reconstruction": "sparsegpt-fixed-mask", **repair.details}

@@ -19,6 +19,7 @@ import torch
 
 from dpruner.calibration import LayerStatistics, layer_sequential
 from dpruner.errors import DprunerError
+from dpruner.hessian import hessian_product_dtype
 from dpruner.masks import SparsitySpec, check_mask, lowest_k, nm_mask
 from dpruner.methods.base import Pruner
 from dpruner.models import weight_matrix
@@ -30,15 +31,22 @@ log = logging.getLogger(__name__)
 class HessianStatistics(LayerStatistics):
     """H = (2/N) sum_n X_n X_n^T in fp32, kept as a running mean over sequences."""
 
-    def __init__(self, d_in: int, device):
+    def __init__(self, d_in: int, device, hessian_dtype: str = "auto"):
         self.hessian = torch.zeros(d_in, d_in, dtype=torch.float32, device=device)
         self.n_sequences = 0
+        self.hessian_dtype = hessian_dtype
 
     def add_batch(self, inputs: torch.Tensor, n_sequences: int) -> None:
         total = self.n_sequences + n_sequences
         self.hessian *= self.n_sequences / total
-        scaled = inputs * math.sqrt(2 / total)
-        self.hessian += scaled.t() @ scaled
+        dtype = hessian_product_dtype(inputs.device.type, inputs.dtype, self.hessian_dtype)
+        if dtype == torch.float32:
+            scaled = inputs.float() * math.sqrt(2 / total)
+            self.hessian += scaled.t() @ scaled
+        else:
+            # Scaled after the product: scaling bf16 inputs would round them once more.
+            product = torch.mm(inputs.t(), inputs, out_dtype=torch.float32)
+            self.hessian.add_(product, alpha=2 / total)
         self.n_sequences = total
 
 
@@ -204,6 +212,7 @@ class SparseGPTPruner(Pruner):
         quantize: QuantSpec | None = None,
         saliency_sink: Callable[[str, torch.Tensor], None] | None = None,
         fixed_mask: Callable[[str], torch.Tensor] | None = None,
+        hessian_dtype: str = "auto",
     ):
         super().__init__(quantize)
         group = quantize.group_size if quantize is not None else None
@@ -221,6 +230,9 @@ class SparseGPTPruner(Pruner):
         # Weight name -> the mask to keep (True = pruned): the sweep then only repairs the kept
         # weights, and each mask is checked against the caller's spec instead of SparseGPT's.
         self.fixed_mask = fixed_mask
+        # Checked here, before any model work, as every add_batch checks it again.
+        hessian_product_dtype("cpu", torch.float32, hessian_dtype)
+        self.hessian_dtype = hessian_dtype
 
     def _prune(self, model, calibration, spec: SparsitySpec, blocks=None) -> dict[str, dict]:
         reports, losses, dampings = {}, {}, {}
@@ -228,7 +240,7 @@ class SparseGPTPruner(Pruner):
 
         def statistics(name, module):
             weight = weight_matrix(module)
-            return HessianStatistics(weight.shape[1], weight.device)
+            return HessianStatistics(weight.shape[1], weight.device, self.hessian_dtype)
 
         def prune_block(index, linears, stats):
             for name, module in linears.items():

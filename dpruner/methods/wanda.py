@@ -21,7 +21,7 @@ class ChannelNormStatistics(LayerStatistics):
     def add_batch(self, inputs: torch.Tensor, n_sequences: int) -> None:
         total = self.n_sequences + n_sequences
         self.mean_sq_norm *= self.n_sequences / total
-        self.mean_sq_norm += inputs.pow(2).sum(dim=0) / total
+        self.mean_sq_norm += inputs.float().pow(2).sum(dim=0) / total
         self.n_sequences = total
 
 
