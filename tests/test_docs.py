@@ -1,5 +1,6 @@
-"""The repository explains itself: no committed file points outside it, and every relative link in
-README.md and docs/*.md reaches a file (and a heading, where it names one) in the repository."""
+"""The repository explains itself: no committed file points outside it, every relative link in
+its hand-written pages (every README.md, CHANGELOG.md, docs/*.md) reaches a file (and a heading,
+where it names one) in the repository, and the README's headline table is the committed one."""
 
 from __future__ import annotations
 
@@ -126,9 +127,20 @@ def test_outside_references_are_recognised():
     assert not outside_references("docs/x.md", "[gpu](../config/gpu.yaml)")
 
 
+def documentation_pages(names) -> list[str]:
+    """The hand-written pages among committed file names (not generated tables or summaries)."""
+    return [
+        name
+        for name in names
+        if Path(name).name == "README.md"
+        or name == "CHANGELOG.md"
+        or re.fullmatch(r"docs/[^/]+\.md", name)
+    ]
+
+
 def test_every_relative_documentation_link_resolves():
     files = committed_text_files()
-    pages = [name for name in files if name == "README.md" or re.fullmatch(r"docs/[^/]+\.md", name)]
+    pages = documentation_pages(files)
     broken = [problem for name in pages for problem in broken_links(name, files[name])]
     assert not broken, "broken links:\n" + "\n".join(broken)
 
@@ -143,3 +155,16 @@ def test_broken_links_and_headings_are_recognised():
         "a",
         "a-1",
     }
+
+
+def test_documentation_pages_are_every_readme_the_changelog_and_docs():
+    names = ["README.md", "results/README.md", "config/studies/README.md", "CHANGELOG.md"]
+    names += ["docs/tuning.md", "results/summary.md", "results/tables/main.md", "docs/x/y.md"]
+    assert documentation_pages(names) == names[:5]
+
+
+def test_readme_headline_table_is_the_committed_main_table_verbatim():
+    main_table = (ROOT / "results" / "tables" / "main.md").read_text().strip()
+    assert main_table in (ROOT / "README.md").read_text(), (
+        "README.md's headline table differs from results/tables/main.md: copy the file's text"
+    )
