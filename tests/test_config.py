@@ -44,6 +44,11 @@ def sparsity_above_one(config):
     config["sparsities"] = [1.5]
 
 
+def sparsity_below_its_bound(config):
+    # Its exact decimal would make file names too long long before 1e-300.
+    config["sparsities"] = [1e-10]
+
+
 def misspelt_method_option(config):
     config["methods"]["dpruner"]["lamda"] = config["methods"]["dpruner"].pop("lambda")
 
@@ -69,6 +74,7 @@ BAD_CONFIGS = [
     (misspelt_key, ["sparsites"]),
     (unknown_method, ["methods.wanda.kind", "wando"]),
     (sparsity_above_one, ["sparsities.0", "1.5"]),
+    (sparsity_below_its_bound, ["sparsities.0", "1e-10 is less than the minimum of 1e-09"]),
     (misspelt_method_option, ["methods.dpruner", "lamda"]),
     (misspelt_source_option, ["domains.legal.perplexity.source", "category"]),
     (underscore_in_domain_name, ["domains", "legal_eu"]),
