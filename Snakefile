@@ -2,7 +2,7 @@
 # Rules are thin: each runs one `python -m dpruner <step>`; the stages live in rules/*.smk.
 from snakemake.utils import min_version
 
-from dpruner.config import expand_tasks, read_yaml, schema_errors
+from dpruner.config import config_errors, expand_tasks, read_yaml
 from dpruner.errors import DprunerError, exit_with
 from dpruner.io import mark_results_folder
 from dpruner.preflight import check_config
@@ -11,20 +11,21 @@ min_version("9.0")
 
 DEFAULT_CONFIG = "config/config.yaml"
 
+CONFIG_FILES = [str(path) for path in workflow.overwrite_configfiles] or [DEFAULT_CONFIG]
+# Snakemake's own loader says only "not valid JSON or YAML" and keeps the last of a key written
+# twice: read each file with ours first, for the line (a --configfile Snakemake has read already).
+try:
+    for path in CONFIG_FILES:
+        read_yaml(path)
+except DprunerError as error:
+    exit_with(error)
 # A config file named on the command line replaces config/config.yaml instead of being merged into
 # it, so `--configfile config/paper.yaml` plans only the paper's models and domains. Done here, not
 # with --replace-workflow-config, because cluster job steps are not passed that flag.
 if workflow.overwrite_configfiles:
-    CONFIG_FILES = [str(path) for path in workflow.overwrite_configfiles]
     config.clear()
     config.update(workflow.config_settings.overwrite_config)
 else:
-    CONFIG_FILES = [DEFAULT_CONFIG]
-    try:
-        # Snakemake's own loader says only "not valid JSON or YAML": read it first for the line.
-        read_yaml(DEFAULT_CONFIG)
-    except DprunerError as error:
-        exit_with(error)
 
     configfile: DEFAULT_CONFIG
 
@@ -35,7 +36,7 @@ try:
     expand_tasks(config, source=", ".join(CONFIG_FILES))
 except DprunerError as error:
     exit_with(error)
-problems = schema_errors(config)
+problems = config_errors(config)
 if problems:
     exit_with(f"{', '.join(CONFIG_FILES)} is invalid:\n" + "\n".join(f"  {p}" for p in problems))
 # Every source, template, label set, size and N:M pattern, before any job (`-n` included); job

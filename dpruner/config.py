@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import yaml
@@ -24,14 +25,39 @@ TASKS = REPO / "config" / "tasks.yaml"
 VALUE_CHARS = 80
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, but a key written twice in one mapping is an error: PyYAML keeps
+    the last value without a word. Keys a merge (`<<: *anchor`) brings in may be overridden."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    seen = key in first
+                except TypeError:  # an unhashable key: the base class says so
+                    continue
+                if seen:
+                    raise yaml.constructor.ConstructorError(
+                        problem=f"duplicate key {key!r} (first on line {first[key]})",
+                        problem_mark=key_node.start_mark,
+                    )
+                first[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> dict:
-    """A YAML mapping from `path`; invalid YAML names the file, line and column."""
+    """A YAML mapping from `path`; invalid YAML (a key written twice included) names the file,
+    line and column."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
         with path.open(encoding="utf-8") as f:
-            config = yaml.safe_load(f)
+            config = yaml.load(f, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -119,9 +145,34 @@ def schema_errors(config: dict) -> list[str]:
     return list(lines)
 
 
+def config_errors(config: dict) -> list[str]:
+    """The schema violations, or, for a config the schema accepts, what the schema cannot say:
+    two tasks of one domain with the same name (their results would be one)."""
+    return schema_errors(config) or duplicate_task_names(config)
+
+
+def duplicate_task_names(config: dict) -> list[str]:
+    """One line per task whose name an earlier task of its section has (after expand_tasks)."""
+    sections = {"general": config["general"]}
+    sections.update({f"domains.{name}": domain for name, domain in config["domains"].items()})
+    lines = []
+    for key, section in sections.items():
+        first: dict[str, int] = {}
+        for index, task in enumerate(section["tasks"]):
+            name = task["name"]
+            if name in first:
+                lines.append(
+                    f"{key}.tasks.{index}.name: {name!r} is also the name of task {first[name]}; "
+                    "give each task of a domain its own name (`name:` renames a catalogue task)"
+                )
+            first.setdefault(name, index)
+    return lines
+
+
 def validate_config(config: dict, source: str = "config") -> None:
-    """Raise ConfigError listing every schema violation, each with the key it concerns."""
-    lines = schema_errors(config)
+    """Raise ConfigError listing every problem config_errors finds, each with the key it
+    concerns."""
+    lines = config_errors(config)
     if lines:
         raise ConfigError(f"{source} is invalid:\n" + "\n".join(f"  {line}" for line in lines))
 
@@ -175,6 +226,14 @@ def _schema() -> dict:
 def schema_default(name: str):
     """The default of the schema's `$defs.<name>`: an option's default is written there only."""
     return _schema()["$defs"][name]["default"]
+
+
+def sparsity_token(value: float) -> str:
+    """A sparsity as file names and job ids write it: the shortest decimal that reads back as
+    the same float, without an exponent (1e-05 is `0.00001`, matching the workflow's wildcard
+    constraint). Distinct sparsities never share a job, and a job runs at exactly the configured
+    value (`1:3` at 0.3333333333333333, which its N:M check requires)."""
+    return format(Decimal(repr(float(value))), "f")
 
 
 # What a D-Pruner method's fine-tuning, and so its scores S, depends on (with the sparsity);

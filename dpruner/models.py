@@ -61,10 +61,49 @@ def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = _model_dir(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype), device_map=device)
+    # transformers initialises a missing or misshapen weight at random with a warning only (or
+    # raises on a shape); the loading info lets us stop instead, naming the tensors.
+    model, info = AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=torch_dtype(dtype),
+        device_map=device,
+        output_loading_info=True,
+        ignore_mismatched_sizes=True,
+    )
+    check_loaded_tensors(path, info)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
     return model, tokenizer
+
+
+def check_loaded_tensors(path: Path, info: dict) -> None:
+    """Stop unless the checkpoint in `path` held exactly the model's tensors, at their shapes.
+
+    `info` is from_pretrained's loading info, whose `missing_keys` leave out what is legitimately
+    absent (a tied lm_head, buffers the constructor builds such as rotary inv_freq)."""
+    problems = []
+    if info["missing_keys"]:
+        problems.append(f"no tensor for {', '.join(sorted(info['missing_keys']))}")
+    if info["unexpected_keys"]:
+        problems.append(
+            f"tensor(s) the model does not have: {', '.join(sorted(info['unexpected_keys']))}"
+        )
+    problems += [
+        f"{key} has shape {tuple(got)}, the model expects {tuple(want)}"
+        for key, got, want in sorted(info["mismatched_keys"])
+    ]
+    if problems:
+        raise ModelError(
+            f"{_weights_name(path)}: the checkpoint does not fit its config.json: "
+            f"{'; '.join(problems)} (re-create the model directory)"
+        )
+
+
+def _weights_name(path: Path) -> str:
+    """The weight file(s) of a model directory, for a message: the index of a sharded one."""
+    index = path / "model.safetensors.index.json"
+    files = [index] if index.is_file() else sorted(path.glob("*.safetensors"))
+    return ", ".join(map(str, files)) or str(path)
 
 
 def load_tokenizer(path: str | Path):

@@ -29,11 +29,21 @@ PARTS = ("calibration", "perplexity", "tasks")
 
 def local_paths(section: dict) -> list[str]:
     """The local files (`source: {path: ...}`) a section reads, for the jobs' inputs."""
-    sources = [entry["source"] for entry in section.get("calibration") or []]
+    return list(dict.fromkeys(s["path"] for s in _sources(section).values() if "path" in s))
+
+
+def _sources(section: dict) -> dict[str, dict]:
+    """{key of the entry: source} of every calibration entry, the perplexity entry and every
+    task of a section."""
+    sources = {
+        f"calibration[{index}]": entry["source"]
+        for index, entry in enumerate(section.get("calibration") or [])
+    }
     if section.get("perplexity"):
-        sources.append(section["perplexity"]["source"])
-    sources += [task["source"] for task in section.get("tasks") or []]
-    return list(dict.fromkeys(source["path"] for source in sources if "path" in source))
+        sources["perplexity"] = section["perplexity"]["source"]
+    for index, task in enumerate(section.get("tasks") or []):
+        sources[f"tasks[{index}] '{task['name']}'"] = task["source"]
+    return sources
 
 
 class _Checker:
@@ -253,6 +263,22 @@ class _Checker:
                     "do yet; set stream_blocks: false for this model or drop their quantize",
                 )
 
+    def braces(self) -> None:
+        """`results` and the local data files are parts of Snakemake's file patterns, where
+        `{name}` is a wildcard and no escape exists (and the rules `str.format` the patterns):
+        a brace there would stop the plan with Snakemake's WildcardError instead."""
+        why = "holds a brace, which Snakemake would read as a wildcard in its file names"
+        if {"{", "}"} & set(self.config["results"]):
+            self.problem("results", f"{self.config['results']!r} {why}; name another folder")
+        sections = {"general": self.config["general"], **self.config["domains"]}
+        for name, section in sections.items():
+            for key, source in _sources(section).items():
+                if {"{", "}"} & set(source.get("path", "")):
+                    self.problem(
+                        f"{name}.{key}.source.path",
+                        f"{source['path']!r} {why}; rename the file or its folder",
+                    )
+
     def section(self, name: str, section: dict, parts=PARTS) -> None:
         if "calibration" in parts:
             self.calibration(name, section)
@@ -310,6 +336,7 @@ def check_config(
     check_results_folder(config["results"], workdir)
     check_results_owner(config["results"], workdir)
     checker = _Checker(config, load, check_hub)
+    checker.braces()
     checker.section("general", config["general"])
     for name, section in config["domains"].items():
         checker.section(name, section)

@@ -27,7 +27,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dpruner.calibration import BlockSource
-from dpruner.models import ModelError, decoder_blocks, parameter_counts, prunable_linears
+from dpruner.models import (
+    ModelError,
+    check_loaded_tensors,
+    decoder_blocks,
+    parameter_counts,
+    prunable_linears,
+)
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -48,8 +54,11 @@ def checkpoint_files(path: str | Path) -> dict[str, Path]:
     )
 
 
-def _checkpoint_to_model_names(model: nn.Module, keys, path: Path) -> dict[str, str]:
-    """Checkpoint key -> state_dict name, by the renamings `from_pretrained` applies."""
+def _checkpoint_to_model_names(model: nn.Module, keys, path: Path) -> tuple[dict[str, str], set]:
+    """(checkpoint key -> state_dict name, by the renamings `from_pretrained` applies; the
+    renamed keys the model has no tensor for, but those transformers ignores on loading)."""
+    from types import SimpleNamespace
+
     from transformers.conversion_mapping import get_model_conversion_mapping
     from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
 
@@ -57,7 +66,7 @@ def _checkpoint_to_model_names(model: nn.Module, keys, path: Path) -> dict[str, 
     renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
     converters = [t for t in transforms if isinstance(t, WeightConverter)]
     meta = model.state_dict()
-    names = {}
+    names, unexpected = {}, set()
     for key in keys:
         name, pattern = rename_source_key(
             key, renamings, converters, getattr(model, "base_model_prefix", None), meta
@@ -67,9 +76,14 @@ def _checkpoint_to_model_names(model: nn.Module, keys, path: Path) -> dict[str, 
                 f"{path}: tensor {key} needs a weight conversion on loading ({pattern}), which "
                 "streaming does not do; prune this model without --stream-blocks"
             )
-        if name in meta:  # other keys are ignored, as from_pretrained ignores them
+        if name in meta:
             names[key] = name
-    return names
+        else:
+            unexpected.add(name)
+    # from_pretrained's own filter: patterns of the model class and legacy buffers (inv_freq).
+    info = SimpleNamespace(missing_keys=set(), unexpected_keys=unexpected)
+    model._adjust_missing_and_unexpected_keys(info)
+    return names, info.unexpected_keys
 
 
 def _tied_names(model: nn.Module) -> dict[str, list[str]]:
@@ -88,6 +102,40 @@ def _tied_names(model: nn.Module) -> dict[str, list[str]]:
             for name in group:
                 aliases[name] = group
     return aliases
+
+
+def _header_shapes(files: dict[str, Path]) -> dict[str, tuple[int, ...] | None]:
+    """Every checkpoint key's shape from its file's header (no tensor is read); None where the
+    file does not hold it (an index naming the wrong shard)."""
+    by_file: dict[Path, list[str]] = {}
+    for key, file in files.items():
+        by_file.setdefault(file, []).append(key)
+    shapes = {}
+    for file, keys in by_file.items():
+        with safe_open(file, framework="pt") as handle:
+            held = set(handle.keys())
+            for key in keys:
+                shapes[key] = tuple(handle.get_slice(key).get_shape()) if key in held else None
+    return shapes
+
+
+def _checkpoint_problems(model: nn.Module, names, unexpected, files, aliases) -> dict:
+    """from_pretrained's loading info for a streamed checkpoint, from the headers alone."""
+    shapes, meta = _header_shapes(files), model.state_dict()
+    held = {name for key, name in names.items() if shapes[key] is not None}
+    return {
+        "missing_keys": {
+            name
+            for name, _ in model.named_parameters()
+            if not held & set(aliases.get(name, [name]))
+        },
+        "unexpected_keys": unexpected,
+        "mismatched_keys": {
+            (key, shapes[key], tuple(meta[name].shape))
+            for key, name in names.items()
+            if shapes[key] not in (None, tuple(meta[name].shape))
+        },
+    }
 
 
 def _assign(model: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -125,8 +173,13 @@ class CheckpointBlocks(BlockSource):
         self.model, self.path, self.device = model, Path(path), torch.device(device)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.files = checkpoint_files(self.path)
-        names = _checkpoint_to_model_names(model, self.files, self.path)
+        names, unexpected = _checkpoint_to_model_names(model, self.files, self.path)
         self.aliases = _tied_names(model)
+        # Every tensor checked before any is read: a missing one would stay on meta, found only
+        # when the walk reaches its block.
+        check_loaded_tensors(
+            self.path, _checkpoint_problems(model, names, unexpected, self.files, self.aliases)
+        )
         self.prefix, blocks = decoder_blocks(model)
         self.block_keys: list[list[str]] = [[] for _ in blocks]
         outside = []
@@ -139,13 +192,6 @@ class CheckpointBlocks(BlockSource):
         self.zeros = 0
         self.shards = len(blocks) + 1
         self._load(outside)
-        missing = [
-            name
-            for name, param in model.named_parameters()
-            if param.is_meta and self._block_of(name, len(blocks)) is None
-        ]
-        if missing:
-            raise ModelError(f"{self.path}: the checkpoint has no tensor for {', '.join(missing)}")
         self._write(0, outside)
 
     def _block_of(self, name: str, n_blocks: int) -> int | None:
@@ -165,11 +211,6 @@ class CheckpointBlocks(BlockSource):
                     name = self.names[key]
                     target = self.model.get_parameter_or_buffer(name)
                     value = handle.get_tensor(key)
-                    if tuple(value.shape) != tuple(target.shape):
-                        raise ModelError(
-                            f"{file}: {key} has shape {tuple(value.shape)}, the model expects "
-                            f"{tuple(target.shape)}"
-                        )
                     dtype = target.dtype if value.is_floating_point() else value.dtype
                     value = value.to(device=self.device, dtype=dtype)
                     for alias in self.aliases.get(name, [name]):
@@ -190,11 +231,6 @@ class CheckpointBlocks(BlockSource):
 
     def load(self, index: int, block: nn.Module) -> None:
         self._load(self.block_keys[index])
-        for name, param in block.named_parameters():
-            if param.is_meta:
-                raise ModelError(
-                    f"{self.path}: the checkpoint has no tensor for {self.prefix}.{index}.{name}"
-                )
 
     def release(self, index: int, block: nn.Module) -> None:
         self.zeros += sum(int((m.weight == 0).sum()) for m in prunable_linears(block).values())

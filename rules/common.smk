@@ -11,6 +11,7 @@ from dpruner.config import (
     fine_tuned_methods,
     schema_default,
     scores_method,
+    sparsity_token,
     unquantized_twins,
 )
 from dpruner.lifecycle import WORKFLOW_PID_ENV
@@ -80,10 +81,6 @@ wildcard_constraints:
     pattern=r"unstructured|[0-9]+of[0-9]+",
     normalize="mean|none",
     variant=r"[^/]+",
-
-
-def sparsity_token(value):
-    return f"{value:g}"
 
 
 def pattern_token(pattern):

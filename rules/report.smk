@@ -49,8 +49,9 @@ rule aggregate:
         ),
     params:
         tables_dir=lambda w, output: os.path.dirname(output.tables[0]),
-        # What the tables' provenance line says about the run.
-        config=config_json(
+        # What the tables' provenance line says about the run; a function, since Snakemake reads
+        # `{name}` in a plain string param (a model path may hold braces) as a wildcard.
+        config=lambda w: config_json(
             **{key: config[key] for key in ("models", "sparsities", "patterns", "methods")},
             baselines=baseline_methods(config),
             intervals=config.get("intervals"),

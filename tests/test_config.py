@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from dpruner.config import (
+    catalogue_domains,
     domain_config,
     expand_tasks,
     load_catalogue,
@@ -43,6 +44,11 @@ def sparsity_above_one(config):
     config["sparsities"] = [1.5]
 
 
+def sparsity_below_its_bound(config):
+    # Its exact decimal would make file names too long long before 1e-300.
+    config["sparsities"] = [1e-10]
+
+
 def misspelt_method_option(config):
     config["methods"]["dpruner"]["lamda"] = config["methods"]["dpruner"].pop("lambda")
 
@@ -68,6 +74,7 @@ BAD_CONFIGS = [
     (misspelt_key, ["sparsites"]),
     (unknown_method, ["methods.wanda.kind", "wando"]),
     (sparsity_above_one, ["sparsities.0", "1.5"]),
+    (sparsity_below_its_bound, ["sparsities.0", "1e-10 is less than the minimum of 1e-09"]),
     (misspelt_method_option, ["methods.dpruner", "lamda"]),
     (misspelt_source_option, ["domains.legal.perplexity.source", "category"]),
     (underscore_in_domain_name, ["domains", "legal_eu"]),
@@ -193,3 +200,69 @@ def test_an_unknown_catalogue_task_is_one_line_naming_the_key(tmp_path):
     output = snakemake_dry_run(tmp_path, "--configfile", config_file)
     assert f"{config_file}: domains.medical.tasks.2.use: unknown task 'medmcq'" in output
     assert len(output.strip().splitlines()) <= 3, output
+
+
+def test_a_key_written_twice_names_file_line_and_key(tmp_path):
+    # PyYAML keeps the last value without a word; nested keys and flow mappings alike.
+    text = (REPO / "config" / "config.yaml").read_text()
+    text = text.replace("  nsamples: 16\n", "  nsamples: 16\n  nsamples: 32\n", 1)
+    line = text.splitlines().index("  nsamples: 32") + 1
+    config_file = tmp_path / "twice.yaml"
+    config_file.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        load_config(config_file)
+    message = f"{config_file}:{line}:3: invalid YAML: duplicate key 'nsamples' (first on line "
+    assert str(error.value).startswith(message)
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("a: {b: [1, {c: 1, c: 2}]}\n")
+    with pytest.raises(ConfigError, match=r"flow\.yaml:1:19: .*duplicate key 'c'"):
+        read_yaml(flow)
+    # Keys a merge brings in may be overridden (config/README.md's `<<: *dpruner` example).
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("a: &a {b: 1, c: 2}\nd: {<<: *a, c: 3}\n")
+    assert read_yaml(merged)["d"] == {"b": 1, "c": 3}
+    # The task catalogue is read the same way.
+    catalogue = tmp_path / "tasks.yaml"
+    piqa = json.dumps(load_catalogue()["piqa"])
+    catalogue.write_text(f"general:\n  piqa: {piqa}\n  piqa: {piqa}\n")
+    with pytest.raises(ConfigError, match=r"tasks\.yaml:3:3: .*duplicate key 'piqa'"):
+        catalogue_domains(catalogue)
+    # The workflow reads a --configfile with the same reader (Snakemake's keeps the last value).
+    output = snakemake_dry_run(tmp_path, "--configfile", config_file)
+    assert f"error: {message}" in output
+    assert len(output.strip().splitlines()) <= 3, output
+
+
+def test_two_tasks_of_one_domain_with_one_name_are_an_error(tmp_path):
+    # Their results would be one: the evaluation keys them by name.
+    config = default_config()
+    config["domains"]["legal"]["tasks"].append({"use": "multilexsum", "limit": 20})
+    config["general"]["tasks"].append({"use": "piqa", "name": "piqa-all"})
+    with pytest.raises(ConfigError) as error:
+        validate_config(expand_tasks(config), source="bad.yaml")
+    assert str(error.value) == (
+        "bad.yaml is invalid:\n  domains.legal.tasks.3.name: 'multilexsum' is also the name of "
+        "task 2; give each task of a domain its own name (`name:` renames a catalogue task)"
+    )
+    # The workflow stops on it when it plans (config/config.yaml as written, with `use:`).
+    text = (REPO / "config" / "config.yaml").read_text()
+    config_file = tmp_path / "twice.yaml"
+    config_file.write_text(text.replace("- {use: legal_support}", "- {use: licences_cloze}"))
+    output = snakemake_dry_run(tmp_path, "--configfile", config_file)
+    assert "domains.legal.tasks.1.name: 'licences_cloze' is also the name of task 0" in output
+
+
+def test_sparsity_tokens_are_exact_decimals():
+    from dpruner.config import sparsity_token
+    from dpruner.masks import SparsitySpec
+
+    # Distinct sparsities never share a file name; 1e-05 matches the wildcard `0\.[0-9]+`.
+    assert [sparsity_token(s) for s in (0.5, 0.5000001, 1e-05, 0.25)] == [
+        "0.5",
+        "0.5000001",
+        "0.00001",
+        "0.25",
+    ]
+    # A job runs at exactly the configured sparsity, so 1:3's N:M check accepts its token.
+    assert float(sparsity_token(1 / 3)) == 1 / 3
+    SparsitySpec.parse(float(sparsity_token(1 / 3)), "1:3")

@@ -72,3 +72,64 @@ def test_real_smollm2_materialises_from_the_package(smollm2_dir):
     with torch.no_grad():
         loss = model(input_ids=ids, labels=ids).loss
     assert float(loss.exp()) < 200, "real weights predict English far better than chance (49k)"
+
+
+def drop_tensor(tensors):
+    del tensors["model.layers.1.mlp.down_proj.weight"]
+    return "no tensor for model.layers.1.mlp.down_proj.weight"
+
+
+def add_tensor(tensors):
+    tensors["model.layers.1.mlp.extra.weight"] = torch.zeros(3)
+    return "the model does not have: model.layers.1.mlp.extra.weight"
+
+
+def reshape_tensor(tensors):
+    tensors["model.layers.2.self_attn.q_proj.weight"] = torch.zeros(32, 31)
+    return "model.layers.2.self_attn.q_proj.weight has shape (32, 31), the model expects (32, 32)"
+
+
+# A changed model.safetensors and what the error must say.
+CORRUPTIONS = [drop_tensor, add_tensor, reshape_tensor]
+
+
+def save_tiny(path, tie=True):
+    """A tiny llama directory (tied embeddings by default, as SmolLM2's) with a tokenizer."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tiny_model("llama", tie_word_embeddings=tie).save_pretrained(path)
+    vocab = {f"t{i}": i for i in range(96)}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    PreTrainedTokenizerFast(tokenizer_object=words).save_pretrained(path)
+    return path
+
+
+def corrupt(path, change) -> str:
+    """Apply `change` to the tensors of `path`/model.safetensors; the message it expects."""
+    from safetensors.torch import load_file, save_file
+
+    weights = path / "model.safetensors"
+    tensors = load_file(weights)
+    expected = change(tensors)
+    save_file(tensors, weights, metadata={"format": "pt"})
+    return expected
+
+
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_a_complete_checkpoint_loads_its_own_weights(tmp_path, tie):
+    # A tied lm_head is absent from the file and rotary inv_freq is built: neither is missing.
+    saved = tiny_model("llama", tie_word_embeddings=tie)
+    model, _ = load_model(save_tiny(tmp_path, tie))
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+
+
+@pytest.mark.parametrize("change", CORRUPTIONS, ids=[c.__name__ for c in CORRUPTIONS])
+def test_a_checkpoint_that_does_not_fit_is_an_error_naming_tensor_and_file(tmp_path, change):
+    # transformers would initialise the missing weight at random with a warning only.
+    expected = corrupt(save_tiny(tmp_path), change)
+    with pytest.raises(ModelError) as error:
+        load_model(tmp_path)
+    assert str(error.value).startswith(f"{tmp_path / 'model.safetensors'}: the checkpoint does")
+    assert expected in str(error.value)

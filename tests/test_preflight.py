@@ -276,3 +276,18 @@ def test_casehold_without_labels_would_drop_every_item():
     message = problems(copy.deepcopy(config), load=paper_loader, check_hub=True)
     assert "legal.tasks[0] 'casehold'.labels: 2 of 2 evaluation records" in message
     assert "values found: '0' (1), '1' (1)" in message
+
+
+def test_braces_in_the_results_folder_or_a_data_path_are_named(tmp_path):
+    # Snakemake reads `{x}` in a file path as a wildcard and has no escape for it.
+    config = fixture_config(tmp_path)
+    folder = tmp_path / "{x}"
+    folder.mkdir()
+    braced = str((tmp_path / "legal.jsonl").rename(folder / "legal.jsonl"))
+    config = json.loads(json.dumps(config).replace(str(tmp_path / "legal.jsonl"), braced))
+    config["results"] = "out/{x}"
+    message = problems(config)
+    why = "holds a brace, which Snakemake would read as a wildcard in its file names"
+    assert f"results: 'out/{{x}}' {why}; name another folder" in message
+    assert f"legal.calibration[0].source.path: '{braced}' {why}; rename" in message
+    assert f"legal.tasks[0] 'legal_mc'.source.path: '{braced}' {why}" in message

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_models import CORRUPTIONS, corrupt, save_tiny
 from tiny import random_tokens, tiny_model
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
@@ -19,6 +20,7 @@ from dpruner.masks import SparsitySpec
 from dpruner.methods import get_pruner
 from dpruner.methods.dpruner import general_importance, save_scores
 from dpruner.models import (
+    ModelError,
     decoder_blocks,
     load_model,
     load_skeleton,
@@ -241,8 +243,6 @@ def test_cli_perplexity_stream_blocks_equals_in_memory(tmp_path, checkpoint):
 
 
 def test_stream_blocks_needs_safetensors_weights(tmp_path):
-    from dpruner.models import ModelError
-
     path = save_checkpoint(tmp_path / "dense")
     (path / "model.safetensors").unlink()
     model, _ = load_skeleton(path)
@@ -260,3 +260,15 @@ def test_a_failed_streamed_prune_leaves_no_output(tmp_path, capsys):
     assert main([*args, "--stream-blocks", "--out", str(out)]) == 2
     assert "no tensor for model.layers.2.mlp.down_proj" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dense"]
+
+
+@pytest.mark.parametrize("change", CORRUPTIONS, ids=[c.__name__ for c in CORRUPTIONS])
+def test_a_streamed_checkpoint_is_checked_before_any_block_is_read(tmp_path, change):
+    expected = corrupt(save_tiny(tmp_path), change)
+    model, _ = load_skeleton(tmp_path)
+    with pytest.raises(ModelError) as error:
+        CheckpointBlocks(model, tmp_path)
+    assert str(error.value).startswith(f"{tmp_path / 'model.safetensors'}: the checkpoint does")
+    assert expected in str(error.value)
+    # A tied lm_head (absent from the file) is not missing.
+    CheckpointBlocks(load_skeleton(save_tiny(tmp_path / "tied"))[0], tmp_path / "tied")

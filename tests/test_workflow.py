@@ -821,3 +821,27 @@ def test_tiny_end_to_end_run_of_the_whole_dag(tmp_path):
     assert len(reports) == 5 and all(report["stream_blocks"] for report in reports)
     assert dry_run(config_file, workdir) == {}
     shutil.rmtree(workdir / "results" / "models")  # the largest files; tmp_path is kept a while
+
+
+def test_every_sparsity_plans_its_own_jobs_at_its_exact_value(tmp_path):
+    # 0.5 and 0.5000001 were one job (`{:g}`), 1e-05 missed the wildcard `0\.[0-9]+`.
+    config = tiny_config(tmp_path / "model")
+    config["sparsities"] = [0.5, 0.5000001, 1e-05]
+    config_file = write_config(tmp_path / "sparsities.yaml", config)
+    result = snakemake("-n", "-p", "--configfile", config_file, workdir=tmp_path)
+    counts = job_counts(result.stdout)
+    # Per sparsity: magnitude, Wanda and SparseGPT once, D-Pruner per domain (2).
+    assert (counts["prune"], counts["general_importance"], counts["domain_scores"]) == (15, 3, 6)
+    for token in ("0.5", "0.5000001", "0.00001"):
+        assert f"--sparsity {token} " in result.stdout
+        assert f"pruned/magnitude_none_s{token}_unstructured" in result.stdout
+
+
+def test_a_braced_results_folder_stops_the_plan_and_a_braced_model_path_plans(tmp_path):
+    config = tiny_config(tmp_path / "models" / "{x}")
+    assert dry_run(write_config(tmp_path / "braces.yaml", config), tmp_path)["aggregate"] == 1
+    config["results"] = "out/{x}"
+    config_file = write_config(tmp_path / "braces.yaml", config)
+    result = snakemake("-n", "--configfile", config_file, workdir=tmp_path, check=False)
+    assert result.returncode != 0
+    assert "results: 'out/{x}' holds a brace, which Snakemake would read" in result.stderr

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from dpruner.config import sparsity_token
 from dpruner.intervals import GENERAL_PERPLEXITY, PERPLEXITY
 from dpruner.io import atomic_output
 
@@ -188,7 +189,7 @@ def paired_markdown(table: pd.DataFrame, reference: str, reference_value: str, i
                 "metric": _flat_label((record["domain"], record["task"], metric)).split(": ")[1],
                 "method": record["method"],
                 **(
-                    {"sparsity": f"{record['sparsity']:g}", "pattern": record["pattern"]}
+                    {"sparsity": sparsity_token(record["sparsity"]), "pattern": record["pattern"]}
                     if with_setting
                     else {}
                 ),

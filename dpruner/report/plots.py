@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from dpruner.config import sparsity_token
 from dpruner.intervals import GENERAL_PERPLEXITY, PERPLEXITY
 from dpruner.io import atomic_output
 from dpruner.report.formatting import METRIC_LABELS, PERCENT_METRICS
@@ -23,7 +24,7 @@ def _row_labels(index: pd.MultiIndex) -> list[str]:
     for model, method, sparsity, pattern in index:
         label = method
         if with_setting and method != "dense":
-            label += f" ({pattern}, {sparsity:g})"
+            label += f" ({pattern}, {sparsity_token(sparsity)})"
         labels.append(f"{model}: {label}" if with_model else label)
     return labels
 
