@@ -4,7 +4,7 @@ from snakemake.utils import min_version
 
 from dpruner.config import expand_tasks, read_yaml, schema_errors
 from dpruner.errors import DprunerError, exit_with
-from dpruner.preflight import check_config
+from dpruner.preflight import check_config, check_device
 
 min_version("9.0")
 
@@ -44,6 +44,16 @@ if workflow.is_main_process:
         check_config(config, source=", ".join(CONFIG_FILES))
     except DprunerError as error:
         exit_with(error)
+
+
+# The configured device must exist where the jobs run: here, unless an executor (a cluster)
+# runs them, whose nodes may have the GPU that this submit host lacks. Not on a dry run (-n).
+onstart:
+    if workflow.local_exec:
+        try:
+            check_device(config.get("device", "cpu"), f"{', '.join(CONFIG_FILES)}: device")
+        except DprunerError as error:
+            exit_with(error)
 
 
 report: "workflow/report/workflow.rst"
