@@ -5,7 +5,7 @@ from snakemake.utils import min_version
 from dpruner.config import config_errors, expand_tasks, read_yaml
 from dpruner.errors import DprunerError, exit_with
 from dpruner.io import mark_results_folder
-from dpruner.preflight import check_config
+from dpruner.preflight import check_config, check_device
 
 min_version("9.0")
 
@@ -48,9 +48,16 @@ if workflow.is_main_process:
         exit_with(error)
 
 
-# The results folder is new, empty or dpruner's (the preflight): mark it as dpruner's before the
-# first job writes into it, so no later run takes it for a user's folder.
+# On start (not on a dry run): the configured device must exist where the jobs run, here unless
+# an executor (a cluster) runs them, whose nodes may have the GPU that this submit host lacks.
+# Then the results folder, new, empty or dpruner's (the preflight), is marked as dpruner's before
+# the first job writes into it, so no later run takes it for a user's folder.
 onstart:
+    if workflow.local_exec:
+        try:
+            check_device(config.get("device", "cpu"), f"{', '.join(CONFIG_FILES)}: device")
+        except DprunerError as error:
+            exit_with(error)
     mark_results_folder(config["results"])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -685,6 +686,18 @@ def cmd_check_config(args) -> dict:
     return {"config": args.config, "preflight": "passed"}
 
 
+def _run(args):
+    """The step; a full disk outside dpruner's own writers (which name their output) is one line
+    naming the file where the OSError does."""
+    try:
+        return args.func(args)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        raise DprunerError(f"{where}no space left on device") from error
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     start_step(args.command)
@@ -697,7 +710,11 @@ def main(argv: list[str] | None = None) -> int:
     from dpruner.distributed import launched, report_failure
 
     try:
-        summary = args.func(args)
+        if getattr(args, "device", None):
+            from dpruner.preflight import check_device
+
+            check_device(args.device, "--device")
+        summary = _run(args)
     except DprunerError as error:
         if launched():
             report_failure(error)

@@ -63,6 +63,10 @@ def read_yaml(path: str | Path) -> dict:
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: not UTF-8 text ({error.reason}); a config is a YAML text file"
+        ) from None
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: the config must be a mapping, got {type(config).__name__}")
     return config
@@ -214,6 +218,8 @@ def _message(error) -> str:
         return f"{value} {expected}"
     if error.validator == "required":
         return error.message
+    if error.validator == "maxLength":
+        return f"{value} is longer than {error.validator_value} characters"
     return f"{error.message.replace(json.dumps(error.instance), value)}"
 
 

@@ -16,6 +16,7 @@ temporary of a step that is still running.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -42,6 +43,28 @@ FILES_LEDGER = ".dpruner-files"
 
 class OutputError(DprunerError):
     """An output path would replace or delete something dpruner did not write."""
+
+
+def disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether a write into `folder` failed because its file system is full: ENOSPC, raised as
+    an OSError or quoted by a library's own error (safetensors), or an I/O error (torch.save's
+    RuntimeError does not say why) with no space left there. A DprunerError already says what
+    went wrong."""
+    if isinstance(error, DprunerError):
+        return False
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            return True
+        if os.strerror(errno.ENOSPC) in str(cause):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(error, (OSError, RuntimeError)):
+        return False
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
 
 
 def _temporary_prefix(path: Path) -> str:
@@ -93,6 +116,10 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
             raise OutputError(f"{path} exists and dpruner did not write it; it is left as it is")
         os.replace(tmp_path, path)
         _record_written(path)
+    except Exception as error:
+        if disk_full(error, path.parent):
+            raise OutputError(f"{path}: no space left on device") from error
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -322,6 +349,9 @@ def output_folder(
             shutil.rmtree(old)
         else:
             tmp.rename(out_dir)
-    except BaseException:
+    except BaseException as error:
+        full = isinstance(error, Exception) and disk_full(error, out_dir.parent)
         shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise OutputError(f"{out_dir}: no space left on device") from error
         raise

@@ -52,8 +52,21 @@ def _model_dir(path: str | Path) -> Path:
             f"model directory not found: looked for {path / 'config.json'}"
             " (run `python -m dpruner prepare-model` or point --model at a Hugging Face directory)"
         )
+    read_model_config(path / "config.json")
     check_weight_files(path)
     return path
+
+
+def read_model_config(config_file: Path) -> dict:
+    """A model's config.json; a file that is not a JSON object stops with its name instead of a
+    loader traceback."""
+    try:
+        config = json.loads(config_file.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"{config_file}: not a valid JSON file ({error})") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
+    return config
 
 
 def load_model(path: str | Path, dtype: str = "float32", device: str = "cpu"):
@@ -113,6 +126,8 @@ def load_tokenizer(path: str | Path):
     path = Path(path)
     if not path.is_dir():
         raise ModelError(f"model directory not found: {path}")
+    if (path / "config.json").is_file():
+        read_model_config(path / "config.json")  # the tokenizer reads it too
     return AutoTokenizer.from_pretrained(path)
 
 
@@ -262,8 +277,12 @@ def model_widths(entry: dict) -> dict[str, int]:
     config_file = Path(entry["path"]) / "config.json"
     if not config_file.is_file():
         raise ModelError(f"model directory not found: looked for {config_file}")
-    config = json.loads(config_file.read_text())
+    config = read_model_config(config_file)
     config = config.get("text_config", config)
+    needed = ("hidden_size", "num_attention_heads", "intermediate_size")
+    missing = [key for key in needed if key not in config]
+    if missing:
+        raise ModelError(f"{config_file}: no {', '.join(missing)}; the N:M check needs the widths")
     hidden = config["hidden_size"]
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or hidden // heads

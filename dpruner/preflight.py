@@ -13,14 +13,23 @@ test with fixtures): planning does not download data.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 from dpruner.config import domain_config, fine_tuned_methods
-from dpruner.data import describe_source, load_records, render, split_records, template_fields
+from dpruner.data import (
+    describe_source,
+    evaluation_text,
+    load_records,
+    render,
+    split_records,
+    template_fields,
+)
 from dpruner.data.instances import counted
 from dpruner.errors import ConfigError, DataError, DprunerError
-from dpruner.evaluation.items import gold_label, max_dropped_fraction
+from dpruner.evaluation.items import max_dropped_fraction, read_records, scaled
+from dpruner.evaluation.runner import evaluation_settings
 from dpruner.io import results_folder_problem
 
 Loader = Callable[[dict], list[dict]]
@@ -76,15 +85,41 @@ class _Checker:
         except DataError as error:
             self.problem(f"{where}.template", str(error))
             return False
-        available = set(records[0])
-        missing = [name for name in used if name not in available]
-        if missing:
-            self.problem(
-                f"{where}.template",
-                f"field '{missing[0]}' is not in the records of {describe_source(source)}; "
-                f"fields: {', '.join(sorted(available))}",
-            )
+        key = f"{where}.template"
+        return self.present(records, used, key, source) and self.renders(
+            records, template, used, key, source
+        )
+
+    def present(self, records: list[dict], names, key: str, source: dict) -> bool:
+        """Every record has the fields `names`, not only the first: one lacking a field is named
+        (every record of the part, not only those a task's limit reads, so no later change of
+        limit or seed can fail)."""
+        for name in names:
+            lacking = [record for record in records if name not in record]
+            if not lacking:
+                continue
+            if len(lacking) == len(records):
+                message = f"field '{name}' is not in the records of {describe_source(source)}"
+            else:
+                message = (
+                    f"field '{name}' is missing from {len(lacking)} of {len(records)} records of "
+                    f"{describe_source(source)}, first from record {lacking[0]['id']!r}"
+                )
+            self.problem(key, f"{message}; fields: {', '.join(sorted(lacking[0]))}")
             return False
+        return True
+
+    def renders(self, records: list[dict], template: str, used, key: str, source: dict) -> bool:
+        """Every record renders: a format spec (`{abstract:d}`) or an index fails only on the
+        values, which the field names alone do not show."""
+        for record in records:
+            # Only the fields it uses (and the id its errors name): half the time of whole records.
+            fields = {name: record[name] for name in (*used, "id")}
+            try:
+                render(template, fields, describe_source(source))
+            except DataError as error:
+                self.problem(key, str(error))
+                return False
         return True
 
     def part(self, records, part, where, holdout=True):
@@ -141,8 +176,26 @@ class _Checker:
         if records is None:
             return
         records = self.part(records, "evaluation", where, entry.get("holdout", True))
-        if records:
-            self.fields(records, entry["template"], where, entry["source"])
+        if records and self.fields(records, entry["template"], where, entry["source"]):
+            self.perplexity_window(where, records, entry)
+
+    def perplexity_window(self, where: str, records: list[dict], entry: dict) -> None:
+        """The evaluation text holds one perplexity window. A token covers at least one byte, so
+        a text of fewer bytes than the window (or a max_tokens below it) has too few tokens."""
+        settings = evaluation_settings(self.config.get("evaluation"))
+        options = settings["perplexity"]
+        # A BOS token (once, or at the start of every window) takes one place of the window.
+        needed = options["window"] - (options["bos"] != "none")
+        max_tokens = scaled(options["max_tokens"], settings["scale"])
+        text_bytes = len(evaluation_text(records, entry["template"], where).encode())
+        if min(text_bytes, max_tokens) < needed:
+            self.problem(
+                where,
+                f"evaluation.perplexity.window = {options['window']} tokens (bos: "
+                f"{options['bos']}), but the evaluation text of {describe_source(entry['source'])}"
+                f" has only {text_bytes} bytes (fewer tokens still) and max_tokens x scale keeps "
+                f"{max_tokens} tokens: lower the window or add text",
+            )
 
     def task(self, name: str, index: int, task: dict) -> None:
         where = f"{name}.tasks[{index}] '{task['name']}'"
@@ -152,46 +205,56 @@ class _Checker:
         records = self.part(records, "evaluation", where, task.get("holdout", True))
         if not records or not self.fields(records, task["template"], where, task["source"]):
             return
+        fields = [task["target_field"]] if task["kind"] == "summarization" else _field_names(task)
+        for field in fields:
+            key = f"{where}.{_field_key(task, field)}"
+            if not self.present(records, [field], key, task["source"]):
+                return
+        self.dropped(where, task, records)
+
+    def dropped(self, where: str, task: dict, records: list[dict]) -> None:
+        """Of the records `evaluate` reads (read_records: the same seeded order and limit),
+        at most evaluation.max_dropped_fraction may be dropped, and some must be usable."""
+        settings = evaluation_settings(self.config.get("evaluation"))
+        limit = scaled(task.get("limit"), settings["scale"])
+        try:
+            read = read_records(task, records, where, seed=self.config["seed"], limit=limit)
+        except (ConfigError, DataError) as error:
+            self.problem(where, str(error))
+            return
         source = describe_source(task["source"])
+        allowed = max_dropped_fraction(settings)
+        read_from = f"{len(read.usable) + len(read.dropped)} evaluation records read from {source}"
+        if not read.too_many_dropped(allowed):
+            if not read.usable:
+                self.problem(
+                    where,
+                    f"no usable evaluation items among the {len(records)} evaluation records of "
+                    f"{source} ({len(read.dropped)} dropped, {read.skipped} in skip_labels)",
+                )
+            return
+        share = f"(allowed at most {allowed:.0%}, evaluation.max_dropped_fraction)"
         if task["kind"] == "summarization":
-            self.fields(
-                records, f"{{{task['target_field']}}}", f"{where}.target_field", task["source"]
+            self.problem(
+                f"{where}.target_field",
+                f"{len(read.dropped)} of {read_from} have an empty '{task['target_field']}' "
+                f"{share}",
             )
             return
-        for field in _field_names(task):
-            if field not in records[0]:
-                key = "label_field" if field == task["label_field"] else "choices_field"
-                self.problem(
-                    f"{where}.{key}",
-                    f"field '{field}' is not in the records of {source}; "
-                    f"fields: {', '.join(sorted(records[0]))}",
-                )
-                return
-        dropped, found = 0, {}
-        skip = {str(v) for v in task.get("skip_labels") or []}
-        for record in records:
-            try:
-                _, labels, label, index_ = gold_label(task, record, where)
-            except (ConfigError, DataError) as error:
-                self.problem(where, str(error))
-                return
-            if index_ is None and label not in skip:
-                dropped += 1
-                found[label] = found.get(label, 0) + 1
-        limit = max_dropped_fraction(self.config.get("evaluation"))
-        if dropped and dropped / len(records) > limit:
-            values = ", ".join(f"{v!r} ({n})" for v, n in sorted(found.items())[:10])
-            self.problem(
-                f"{where}.labels",
-                f"{dropped} of {len(records)} evaluation records of {source} have a "
-                f"'{task['label_field']}' that matches no label (allowed at most "
-                f"{limit:.0%}, evaluation.max_dropped_fraction); labels {labels}; values found: "
-                f"{values}; list values to leave out on purpose under skip_labels",
-            )
+        values = ", ".join(f"{v!r} ({n})" for v, n in sorted(Counter(read.dropped).items())[:10])
+        labels = task.get("labels") or task.get("choices")
+        labels = [str(v) for v in labels] if labels else f"the records' {task['choices_field']}"
+        self.problem(
+            f"{where}.labels",
+            f"{len(read.dropped)} of {read_from} have a '{task['label_field']}' that matches no "
+            f"label {share}; labels {labels}; values found: {values}; list values to leave out "
+            "on purpose under skip_labels",
+        )
 
     def patterns(self) -> None:
         from dpruner.models import model_widths
 
+        widths_of = {}
         for pattern in self.config.get("patterns", []):
             if pattern == "unstructured":
                 continue
@@ -200,7 +263,13 @@ class _Checker:
                 self.problem("patterns", f"'{pattern}': N must be smaller than M")
                 continue
             for model, entry in self.config.get("models", {}).items():
-                widths = model_widths(entry)
+                if model not in widths_of:
+                    try:
+                        widths_of[model] = model_widths(entry)
+                    except DprunerError as error:
+                        self.problem(f"models.{model}", str(error))
+                        widths_of[model] = {}
+                widths = widths_of[model]
                 bad = sorted({w for w in widths.values() if w % m})
                 if bad:
                     self.problem(
@@ -296,6 +365,13 @@ class _Checker:
             )
 
 
+def _field_key(task: dict, field: str) -> str:
+    """The task key that names `field`."""
+    if task["kind"] == "summarization":
+        return "target_field"
+    return "label_field" if field == task["label_field"] else "choices_field"
+
+
 def _field_names(task: dict) -> list[str]:
     names = [task["label_field"]]
     choices_field = task.get("choices_field")
@@ -356,3 +432,22 @@ def check_section(
     checker = _Checker(config, load, check_hub=True)
     checker.section(domain, domain_config(config, domain), parts)
     checker.raise_if_any(f"domain '{domain}'")
+
+
+def check_device(device: str, key: str) -> None:
+    """`device` exists on this machine: a missing GPU is one line naming `key`, not a traceback
+    from the first model load. The Snakefile checks it when jobs start on this machine (not from
+    a cluster's submit host, which may have no GPU), and every step checks its --device."""
+    import torch
+
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            raise ConfigError(
+                f"{key}: {device!r}, but this machine has {count} CUDA device(s)"
+                f"{'' if torch.version.cuda else ' (this torch is built without CUDA)'}; "
+                "choose cpu, or run where the GPU is"
+            )
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{key}: 'mps', but this machine has no MPS device; choose cpu")

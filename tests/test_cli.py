@@ -186,3 +186,51 @@ def test_missing_model_and_empty_calibration_are_named(tmp_path, model_dir, caps
     assert "none/config.json" in capsys.readouterr().err
     assert main([*base, "--model", str(model_dir), "--calibration", str(empty)]) == 2
     assert "empty.txt" in capsys.readouterr().err
+
+
+def test_a_binary_config_file_is_one_line(tmp_path, capsys):
+    config = tmp_path / "config.yaml"
+    config.write_bytes(b"results: r\n\xff\xfe\x00binary")
+    assert main(["check-config", str(config)]) == 2
+    assert capsys.readouterr().err == f"error: {config}: not UTF-8 text (invalid start byte); " \
+        "a config is a YAML text file\n"  # fmt: skip
+
+
+def test_a_corrupt_model_config_json_is_one_line(tmp_path, model_dir, text_file, capsys):
+    (model_dir / "config.json").write_text('{"hidden_size": 64,')
+    args = ["perplexity", "--model", str(model_dir), "--data", str(text_file)]
+    assert main([*args, "--window", "32"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {model_dir / 'config.json'}: not a valid JSON file")
+    assert len(error.splitlines()) == 1
+
+
+def test_a_device_this_machine_lacks_is_one_line(model_dir, text_file, capsys):
+    args = ["perplexity", "--model", str(model_dir), "--data", str(text_file), "--window", "32"]
+    assert main([*args, "--device", "cuda:99"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: --device: 'cuda:99', but this machine has")
+    assert len(error.splitlines()) == 1
+
+
+def test_a_full_disk_is_one_line_naming_the_output(tmp_path, model_dir, text_file, capsys):
+    import errno
+    from pathlib import Path
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "ppl.json"
+    args = ["perplexity", "--model", str(model_dir), "--data", str(text_file), "--window", "32"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "write_text", full)
+        assert main([*args, "--out", str(out)]) == 2
+        error = capsys.readouterr().err  # progress bars, then the error
+        assert error.splitlines()[-1] == f"error: {out}: no space left on device"
+        assert "Traceback" not in error
+        # A folder output (its marker is the first write) is named the same way.
+        prune = ["prune", "--model", str(model_dir), "--method", "magnitude", "--sparsity", "0.5"]
+        assert main([*prune, "--out", str(tmp_path / "pruned")]) == 2
+        error = capsys.readouterr().err
+        assert error.splitlines()[-1] == f"error: {tmp_path / 'pruned'}: no space left on device"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calibration.txt", "dense"]

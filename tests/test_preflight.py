@@ -259,6 +259,7 @@ def paper_config() -> dict:
     # The fixtures are small: the sizes are the paper's, the schemas are what is checked here.
     config["calibration"]["nsamples"] = 1
     config["calibration"]["seqlen"] = 8
+    config["evaluation"]["perplexity"]["window"] = 8
     for section in [config["general"], *config["domains"].values()]:
         for entry in section["calibration"]:
             entry.pop("count", None)
@@ -291,3 +292,137 @@ def test_braces_in_the_results_folder_or_a_data_path_are_named(tmp_path):
     assert f"results: 'out/{{x}}' {why}; name another folder" in message
     assert f"legal.calibration[0].source.path: '{braced}' {why}; rename" in message
     assert f"legal.tasks[0] 'legal_mc'.source.path: '{braced}' {why}" in message
+
+
+# ---------------------------------------------------------------- late errors caught at plan time
+
+
+def rewrite_jsonl(path: Path, change) -> None:
+    """Apply `change(index, row)` to every row of a JSONL file."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for index, row in enumerate(rows):
+        change(index, row)
+    write_jsonl(path, rows)
+
+
+def test_a_perplexity_window_longer_than_the_text_names_domain_key_and_file(tmp_path):
+    config = fixture_config(tmp_path)
+    config["evaluation"]["perplexity"].update(window=5000, max_tokens=10000)
+    message = problems(config)
+    assert "legal.perplexity: evaluation.perplexity.window = 5000 tokens" in message
+    assert f"path:{tmp_path / 'legal.jsonl'} has only" in message
+    # max_tokens below the window leaves no window on any text.
+    config["evaluation"]["perplexity"].update(window=64, max_tokens=32)
+    assert "max_tokens x scale keeps 32 tokens" in problems(config)
+
+
+def test_a_field_missing_only_in_a_later_record_names_the_file_and_record(tmp_path):
+    config = fixture_config(tmp_path)
+    rewrite_jsonl(tmp_path / "legal.jsonl", lambda i, row: row.pop("label") if i == 23 else 0)
+    rewrite_jsonl(tmp_path / "medical.jsonl", lambda i, row: row.pop("abstract") if i == 23 else 0)
+    message = problems(config)
+    source = f"path:{tmp_path / 'medical.jsonl'}"
+    assert (
+        f"medical.perplexity.template: field 'abstract' is missing from 1 of 6 records of {source}"
+        ", first from record 'm23'; fields: id, label, title" in message
+    )
+    assert "legal.tasks[0] 'legal_mc'.label_field: field 'label' is missing from 1 of 6" in message
+    assert f"of path:{tmp_path / 'legal.jsonl'}, first from record 'l23'" in message
+
+
+def test_a_format_spec_that_fails_on_the_values_names_the_file_and_record(tmp_path):
+    config = fixture_config(tmp_path)
+    config["domains"]["medical"]["tasks"][0]["template"] = "{abstract:d}"
+    assert (
+        f"medical.tasks[0] 'medical_mc'.template: path:{tmp_path / 'medical.jsonl'}: template "
+        "'{abstract:d}' failed on record" in problems(config)
+    )
+
+
+def test_empty_summarization_targets_are_an_error_as_in_evaluate(tmp_path, tokenizer):
+    config = fixture_config(tmp_path)
+    rewrite_jsonl(tmp_path / "medical.jsonl", lambda i, row: row.update(title=" "))
+    assert (
+        "medical.tasks[1] 'medical_summary'.target_field: 6 of 6 evaluation records read from "
+        f"path:{tmp_path / 'medical.jsonl'} have an empty 'title'" in problems(config)
+    )
+    task = config["domains"]["medical"]["tasks"][1]
+    options = {"eval_fraction": 0.25, "max_prompt_tokens": None, "seed": config["seed"]}
+    with pytest.raises(DataError, match="no usable evaluation items"):
+        task_items(task, tokenizer, **options)
+
+
+@pytest.mark.parametrize("read_by_evaluate", [True, False])
+def test_dropped_labels_are_counted_on_the_records_evaluate_reads(
+    tmp_path, tokenizer, read_by_evaluate
+):
+    """The task reads its records in a seeded order until `limit` are usable: the preflight
+    judges the dropped share on those records, not on all of them."""
+    import random
+
+    order = list(range(40))
+    random.Random(0).shuffle(order)
+    # One bad label among the 6 records read (1 of 6 > 5 %), or three among the unread (3 of 40).
+    bad = order[:1] if read_by_evaluate else order[-3:]
+    rows = [
+        {"id": f"{i:02}", "text": f"t{i}", "label": "x" if i in bad else "good"} for i in range(40)
+    ]
+    task = {**labelled_task(tmp_path / "t.jsonl", rows), "limit": 5}
+    config = fixture_config(tmp_path)
+    config["domains"]["legal"]["tasks"] = [task]
+    options = {"eval_fraction": 0.25, "max_prompt_tokens": None, "seed": config["seed"]}
+    if read_by_evaluate:
+        assert "1 of 6 evaluation records read" in problems(config)
+        with pytest.raises(DataError, match="1 of 6 records read were dropped"):
+            task_items(task, tokenizer, **options)
+    else:
+        check_config(config)
+        assert task_items(task, tokenizer, **options).counts["dropped"] == 0
+
+
+def test_a_name_too_long_for_a_file_name_is_named_by_the_schema(tmp_path):
+    config = fixture_config(tmp_path)
+    config["domains"]["d" * 240] = config["domains"].pop("legal")
+    with pytest.raises(ConfigError, match=r'domains: "d{70}.*is longer than 64 characters'):
+        validate_config(config, "mine.yaml")
+
+
+def test_a_data_file_that_is_not_utf8_is_named_with_its_line(tmp_path):
+    config = fixture_config(tmp_path)
+    path = tmp_path / "legal.jsonl"
+    path.write_bytes(path.read_bytes().replace(b"Any modified", b"Any modifi\xe9d"))
+    assert f"{path}:2: not UTF-8 text (byte 0xe9 at offset" in problems(config)
+
+
+def test_a_corrupt_model_config_is_named_by_the_n_m_check(tmp_path):
+    config = fixture_config(tmp_path)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"hidden_size": 64,')
+    config["patterns"] = ["2:4"]
+    assert f"models.tiny: {tmp_path / 'model' / 'config.json'}: not a valid JSON" in problems(
+        config
+    )
+
+
+def test_a_device_missing_here_is_named_when_jobs_start_here(tmp_path):
+    import torch
+
+    from dpruner.preflight import check_device
+
+    check_device("cpu", "device")
+    with pytest.raises(ConfigError, match=r"mine.yaml: device: 'cuda:99', but this machine has"):
+        check_device("cuda:99", "mine.yaml: device")
+    if torch.cuda.is_available():
+        pytest.skip("the local run below needs a machine without a GPU")
+    from test_workflow import default_config_in, fake_env, snakemake
+
+    config_file = default_config_in(tmp_path / "work", device="cuda")
+    result = snakemake(
+        "--configfile", config_file, "--cores", "1", workdir=tmp_path / "work",
+        env=fake_env(tmp_path), check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"error: {config_file}: device: 'cuda', but this machine has 0" in result.stderr
+    assert not (tmp_path / "calls.txt").exists()  # no job ran
+    # Planning does not need the device (a cluster's submit host may have no GPU).
+    snakemake("-n", "--configfile", config_file, workdir=tmp_path / "work")

@@ -17,11 +17,13 @@ than cutting off its last ones. The ids depend only on the text, not on file ord
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from dpruner.data.text_files import read_utf8
 from dpruner.errors import DataError
 
 # corpus -> (pip distribution, data file or folder inside site-packages)
@@ -60,18 +62,19 @@ def document_id(text: str) -> str:
 
 def _rows(path: Path) -> Iterator[tuple[str, dict]]:
     """(`file:line`, object) for every non-blank line of a JSONL file."""
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{where}: invalid JSON: {error}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected an object, got {type(row).__name__}")
-            yield where, row
+    # Lines as a text-mode file gives them (universal newlines), not str.splitlines, which would
+    # also split at a U+2028 inside a JSON string.
+    for number, line in enumerate(io.StringIO(read_utf8(path), newline=None), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{where}: invalid JSON: {error}") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected an object, got {type(row).__name__}")
+        yield where, row
 
 
 def _get(row: dict, key: str, where: str) -> str:

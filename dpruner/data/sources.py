@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from dpruner.data.corpora import packaged_corpus
+from dpruner.data.text_files import read_utf8
 from dpruner.errors import DataError
 
 PATH_OPTIONS = {"path", "id_field"}
@@ -66,7 +67,7 @@ def _check_options(source: dict, allowed: set[str]) -> None:
 def _file_records(path: Path, id_field: str) -> list[dict]:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = []

@@ -129,6 +129,51 @@ def _item_choices(task: dict, record: dict, where: str) -> list[str]:
     return [str(c) for c in value] if isinstance(value, list) else str(value).split("\n")
 
 
+@dataclass
+class Reading:
+    """The records a task reads: the usable ones with their item fields (choices and gold, or
+    target), the value of each dropped one (a label that matches no label, an empty target) and
+    how many had a label of `skip_labels`."""
+
+    usable: list[tuple[dict, dict]]
+    dropped: list[str]
+    skipped: int
+
+    def too_many_dropped(self, max_dropped: float) -> bool:
+        """More than `max_dropped` of the records read (skipped ones aside) were dropped."""
+        return len(self.dropped) > max_dropped * (len(self.usable) + len(self.dropped))
+
+
+def read_records(
+    task: dict, records: list[dict], where: str, *, seed: int, limit: int | None
+) -> Reading:
+    """The records `evaluate` reads for a task: its evaluation records after a seeded shuffle,
+    until `limit` are usable. The preflight reads the same ones, so both judge the same
+    share of dropped records."""
+    records = list(records)
+    random.Random(seed).shuffle(records)
+    reading = Reading([], [], 0)
+    skip = {str(v) for v in task.get("skip_labels") or []}
+    for record in records:
+        if limit is not None and len(reading.usable) >= limit:
+            break
+        if task["kind"] == "multiple_choice":
+            choices, _, label, gold = gold_label(task, record, where)
+            if label in skip:
+                reading.skipped += 1
+            elif gold is None:
+                reading.dropped.append(label)
+            else:
+                reading.usable.append((record, {"choices": choices, "gold": gold}))
+            continue
+        target = str(_field(record, task["target_field"], where)).strip()
+        if target:
+            reading.usable.append((record, {"target": target}))
+        else:
+            reading.dropped.append(target)
+    return reading
+
+
 def task_items(
     task: dict,
     tokenizer,
@@ -155,35 +200,15 @@ def task_items(
     else:
         _require(task, where, "target_field")
     records = evaluation_records(task["source"], where, eval_fraction, task.get("holdout", True))
-    records = list(records)
-    random.Random(seed).shuffle(records)
-    limit = scaled(task.get("limit"), scale)
+    read = read_records(task, records, where, seed=seed, limit=scaled(task.get("limit"), scale))
     max_prompt_tokens = task.get("max_prompt_tokens", max_prompt_tokens)
     items, counts = [], {"evaluation_records": len(records), "prompts_truncated": 0}
     if kind == "multiple_choice":
-        counts["dropped_label_not_in_choices"] = 0
-        counts["skipped_labels"] = 0
-        skip = {str(v) for v in task.get("skip_labels") or []}
+        counts["dropped_label_not_in_choices"] = len(read.dropped)
+        counts["skipped_labels"] = read.skipped
     else:
-        counts["dropped_empty_target"] = 0
-    for record in records:
-        if limit is not None and len(items) >= limit:
-            break
-        if kind == "multiple_choice":
-            choices, _, label, gold = gold_label(task, record, where)
-            if label in skip:
-                counts["skipped_labels"] += 1
-                continue
-            if gold is None:
-                counts["dropped_label_not_in_choices"] += 1
-                continue
-            item = {"choices": choices, "gold": gold}
-        else:
-            target = str(_field(record, task["target_field"], where)).strip()
-            if not target:
-                counts["dropped_empty_target"] += 1
-                continue
-            item = {"target": target}
+        counts["dropped_empty_target"] = len(read.dropped)
+    for record, item in read.usable:
         prompt, truncated = fit_prompt(
             task["template"], record, tokenizer, max_prompt_tokens, where
         )
@@ -191,8 +216,8 @@ def task_items(
         items.append({"id": str(record["id"]), "prompt": prompt, **item})
     if not items:
         raise DataError(f"{where}: no usable evaluation items ({counts})")
-    dropped = sum(v for k, v in counts.items() if k.startswith("dropped_"))
-    if dropped > max_dropped * (len(items) + dropped):
+    dropped = len(read.dropped)
+    if read.too_many_dropped(max_dropped):
         raise DataError(
             f"{where}: {dropped} of {len(items) + dropped} records read were dropped ({counts}); "
             f"at most {max_dropped:.0%} may be (evaluation.max_dropped_fraction)"

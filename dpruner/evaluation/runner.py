@@ -13,12 +13,6 @@ import time
 
 import torch
 
-from dpruner.evaluation.harness import (
-    multiple_choice_task,
-    rolling_perplexity_task,
-    run_tasks,
-    summarization_task,
-)
 from dpruner.evaluation.items import (
     max_dropped_fraction,
     perplexity_documents,
@@ -89,6 +83,15 @@ def evaluate_model(
     Returns {"perplexity": {"domain": ...}, "tasks": {name: {...}},
     "settings": the evaluation values used}.
     """
+    # Imported here: lm-eval takes seconds to import, and the preflight (run by every plan)
+    # reads this module's settings only.
+    from dpruner.evaluation.harness import (
+        multiple_choice_task,
+        rolling_perplexity_task,
+        run_tasks,
+        summarization_task,
+    )
+
     settings = evaluation_settings(eval_config)
     device_type = next(model.parameters()).device.type
     settings["batch_size"] = evaluation_batch_size(settings.get("batch_size"), device_type)
