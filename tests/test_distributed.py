@@ -214,6 +214,7 @@ def test_slurm_profile_requests_a_gpu_per_process_on_one_node(tmp_path):
     # Inputs of one domain_scores job exist, so only that job is submitted.
     results = workdir / "results" / "paper"
     (results / "models" / "llama-2-7b" / "dense").mkdir(parents=True)
+    (results / ".dpruner-results").write_text("")  # as a run leaves it (the preflight checks)
     (results / "data" / "llama-2-7b" / "medical").mkdir(parents=True)
     (results / "data" / "llama-2-7b" / "medical" / "instances.jsonl").write_text("")
     scores = results / "scores" / "llama-2-7b"
