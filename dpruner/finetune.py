@@ -154,8 +154,8 @@ def domain_scores(
 
     With a `shard` (one rank of several, dpruner.distributed) the model is sharded with FSDP2
     unless it is already, every rank runs its rows of each global batch, and S holds the rank's
-    rows of each matrix (`gather_scores` assembles them); `importance` may hold whole matrices
-    or the rank's rows.
+    rows of each matrix (`dpruner.distributed.gather_scores` assembles them); `importance` may
+    hold whole matrices or the rank's rows.
     """
     if not texts:
         raise DprunerError("domain-scores needs at least one domain instance, got none")
