@@ -41,17 +41,13 @@ from dpruner.data import (
     held_back_texts,
     text_tokens,
 )
+from dpruner.errors import NonFiniteError
 from dpruner.evaluation.perplexity import sliding_window_perplexity
+from dpruner.finetune import FineTuneSettings, domain_scores
 from dpruner.masks import SparsitySpec
-from dpruner.methods.dpruner import (
-    DPrunerPruner,
-    FineTuneSettings,
-    NonFiniteError,
-    domain_scores,
-    load_scores,
-    save_scores,
-)
+from dpruner.methods.dpruner import DPrunerPruner
 from dpruner.models import load_model
+from dpruner.score_files import load_scores, save_scores
 
 SETTING_FIELDS = {f.name for f in fields(FineTuneSettings)}
 EXTRA_KEYS = {"instances", "importance", "group", "scores"}

@@ -25,9 +25,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from dpruner.calibration import layer_sequential
+from dpruner.finetune import FineTuneSettings, domain_scores
 from dpruner.masks import SparsitySpec, prune_mask
 from dpruner.methods.base import apply_mask
-from dpruner.methods.dpruner import FineTuneSettings, domain_scores
 from dpruner.methods.sparsegpt import HessianStatistics, sparsegpt_sweep
 from dpruner.models import prunable_weights, weight_matrix
 

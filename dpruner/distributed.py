@@ -144,12 +144,10 @@ def shard_model(model: nn.Module, shard: Shard) -> None:
 
 def load_score_rows(path, shapes: dict[str, torch.Size], shard: Shard) -> dict[str, torch.Tensor]:
     """This rank's rows of every named score tensor, read from the safetensors file by slices."""
-    from pathlib import Path
+    from dpruner.score_files import score_file
 
-    if not Path(path).is_file():
-        raise DprunerError(f"score file not found: {path}")
     rows = {}
-    with safe_open(str(path), framework="pt") as scores:
+    with safe_open(str(score_file(path)), framework="pt") as scores:
         names = set(scores.keys())
         for name, shape in shapes.items():
             if name not in names:
@@ -163,6 +161,24 @@ def load_score_rows(path, shapes: dict[str, torch.Size], shard: Shard) -> dict[s
             start, stop = shard.row_range(shape[0])
             rows[name] = part[start:stop]
     return rows
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This process's part of a parameter or gradient: a DTensor's local shard, else itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return any(hasattr(p, "to_local") for p in model.parameters())
+
+
+def gather_scores(scores: dict[str, torch.Tensor], model: nn.Module, shard: Shard) -> dict | None:
+    """Whole S matrices on rank 0 (None on the others) from every rank's rows, one at a time."""
+    from dpruner.models import prunable_weights
+
+    shapes = {name: m.weight.shape for name, m in prunable_weights(model).items()}
+    full = {name: shard.gather_rows(rows, shapes[name][0]) for name, rows in scores.items()}
+    return full if shard.rank == 0 else None
 
 
 def batch_rows(batch: dict[str, torch.Tensor], shard: Shard) -> dict[str, torch.Tensor]:

@@ -13,6 +13,10 @@ class DataError(DprunerError):
     """A data source, field or template is wrong, or a source is empty."""
 
 
+class NonFiniteError(DprunerError):
+    """A loss, gradient or score became NaN or infinite (a diverged fine-tuning)."""
+
+
 def exit_with(message) -> None:
     """Print one `error: ...` message and exit 1: the Snakefile's way to stop on a bad config
     without Snakemake's traceback of the Snakefile."""

@@ -15,12 +15,13 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-import dpruner.methods.dpruner as dp
+import dpruner.finetune as finetune
+import dpruner.fused_sgd as fused_sgd
 from dpruner.cli import entry
 
 
 def keep_weights(path: str) -> None:
-    original = dp.domain_scores
+    original = finetune.domain_scores
 
     def domain_scores(model, *args, **kwargs):
         result = original(model, *args, **kwargs)
@@ -32,18 +33,18 @@ def keep_weights(path: str) -> None:
             save_file(weights, path)
         return result
 
-    dp.domain_scores = domain_scores
+    finetune.domain_scores = domain_scores
 
 
 def fail_on(rank: int) -> None:
-    original = dp.FusedSGD.backward
+    original = fused_sgd.FusedSGD.backward
 
     def backward(self, loss, mode):
         if self.step == 1 and mode == "update" and int(os.environ["RANK"]) == rank:
             raise RuntimeError("injected fault")
         return original(self, loss, mode)
 
-    dp.FusedSGD.backward = backward
+    fused_sgd.FusedSGD.backward = backward
 
 
 def run(argv: list[str]) -> int:

@@ -122,7 +122,7 @@ def test_prune_reconstructs_a_dpruner_mask_on_mixed_rows(
 ):
     import torch
 
-    from dpruner.methods.dpruner import save_scores, scores_provenance
+    from dpruner.score_files import save_scores, scores_provenance
 
     provenance = scores_provenance("domain_scores", model_dir, 0.5)
     save_scores(random_scores(load_model(model_dir)[0]), tmp_path / "s.safetensors", provenance)

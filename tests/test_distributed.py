@@ -14,8 +14,8 @@ import yaml
 from safetensors.torch import load_file
 from tiny import tiny_model, tiny_tokenizer
 
-from dpruner.methods.dpruner import save_scores, scores_provenance
 from dpruner.models import prunable_weights
+from dpruner.score_files import save_scores, scores_provenance
 
 TESTS = Path(__file__).resolve().parent
 WORKER = TESTS / "distributed_worker.py"

@@ -5,22 +5,15 @@ import torch
 from tiny import random_scores, random_tokens, tiny_model
 
 from dpruner.calibration import layer_sequential
+from dpruner.errors import NonFiniteError
+from dpruner.finetune import FineTuneSettings, domain_scores, left_padded_batch
+from dpruner.fused_sgd import FusedSGD
 from dpruner.masks import SparsitySpec
-from dpruner.methods.dpruner import (
-    DPrunerPruner,
-    FineTuneSettings,
-    FusedSGD,
-    NonFiniteError,
-    domain_scores,
-    dual_importance_step,
-    general_importance,
-    learning_rate,
-    left_padded_batch,
-    save_scores,
-    stochastic_round_to_bf16,
-)
+from dpruner.methods.dpruner import DPrunerPruner, dual_importance_step, general_importance
 from dpruner.methods.sparsegpt import HessianStatistics
 from dpruner.models import prunable_weights
+from dpruner.score_files import save_scores
+from dpruner.sgd_step import learning_rate, stochastic_round_to_bf16
 
 
 class Tokens:

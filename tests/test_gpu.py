@@ -22,9 +22,10 @@ from tiny import random_scores, random_tokens, tiny_model, tiny_tokenizer
 from dpruner.gpu_tables import provenance, write_gpu_table
 from dpruner.masks import SparsitySpec, lowest_k, nm_mask, prune_mask
 from dpruner.methods import get_pruner
-from dpruner.methods.dpruner import general_importance, save_scores
+from dpruner.methods.dpruner import general_importance
 from dpruner.methods.sparsegpt import HessianStatistics, SparseGPTPruner
 from dpruner.models import load_model, load_skeleton, prunable_weights
+from dpruner.score_files import save_scores
 
 REPO = Path(__file__).resolve().parent.parent
 NO_CUDA = "needs a CUDA device (run `make gpu-check` on a GPU machine)"
@@ -227,13 +228,8 @@ def test_streamed_pruning_on_cuda_equals_in_memory(tmp_path):
 
 
 def test_fsdp2_over_nccl_with_one_process_gives_the_unsharded_scores(monkeypatch):
-    from dpruner.distributed import process_group, shard_model
-    from dpruner.methods.dpruner import (
-        FineTuneSettings,
-        domain_scores,
-        gather_scores,
-        prepare_for_training,
-    )
+    from dpruner.distributed import gather_scores, process_group, shard_model
+    from dpruner.finetune import FineTuneSettings, domain_scores, prepare_for_training
 
     texts = [" ".join(f"w{(i * 7 + j) % 60}" for j in range(12)) for i in range(6)]
     tokenizer = tiny_tokenizer(

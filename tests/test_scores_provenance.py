@@ -101,7 +101,7 @@ def test_prune_refuses_the_models_own_weights_as_scores(made, capsys):
 
 
 def test_prune_refuses_scores_that_do_not_name_their_model(made, capsys):
-    from dpruner.methods.dpruner import load_scores, save_scores
+    from dpruner.score_files import load_scores, save_scores
 
     unnamed = made["root"] / "unnamed.safetensors"
     save_scores(load_scores(made["general"]), unnamed, {"kind": "general_importance"})

@@ -18,7 +18,7 @@ from dpruner.evaluation.perplexity import sliding_window_perplexity
 from dpruner.io import FILES_LEDGER
 from dpruner.masks import SparsitySpec
 from dpruner.methods import get_pruner
-from dpruner.methods.dpruner import general_importance, save_scores
+from dpruner.methods.dpruner import general_importance
 from dpruner.models import (
     ModelError,
     decoder_blocks,
@@ -27,6 +27,7 @@ from dpruner.models import (
     prunable_weights,
     weight_matrix,
 )
+from dpruner.score_files import save_scores
 from dpruner.streaming import CheckpointBlocks, materialised_bytes, streamed_safetensors
 
 METHODS = [("magnitude", "matrix"), ("wanda", "row"), ("sparsegpt", "block"), ("dpruner", "matrix")]
