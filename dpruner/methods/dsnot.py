@@ -149,9 +149,9 @@ def dsnot_mask(
             prune = columns.gather(1, rank.argmin(dim=1, keepdim=True)).squeeze(1)
             partner = untouched.any(dim=1)
         keep_going = err.abs() > threshold
-        if same_sign:
+        if same_sign:  # judged on the swap that would happen; without a partner there is none
             after = err + d[rows, prune] - d[rows, regrow]
-            keep_going &= torch.sign(after) == sign0
+            keep_going &= (torch.sign(after) == sign0) | ~partner
         active &= keep_going & found
         swap = active & partner
         mask[rows[swap], regrow[swap]] = False
