@@ -3,12 +3,22 @@
 from dpruner.errors import DprunerError
 from dpruner.methods.base import Pruner, PruneResult
 from dpruner.methods.dpruner import DPrunerPruner
+from dpruner.methods.dsnot import DSnoTPruner
 from dpruner.methods.magnitude import MagnitudePruner
+from dpruner.methods.ria import RIAPruner
 from dpruner.methods.sparsegpt import SparseGPTPruner
 from dpruner.methods.wanda import WandaPruner
 
 PRUNERS: dict[str, type[Pruner]] = {
-    cls.name: cls for cls in (MagnitudePruner, WandaPruner, SparseGPTPruner, DPrunerPruner)
+    cls.name: cls
+    for cls in (
+        MagnitudePruner,
+        WandaPruner,
+        SparseGPTPruner,
+        DPrunerPruner,
+        RIAPruner,
+        DSnoTPruner,
+    )
 }
 
 

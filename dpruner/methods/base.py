@@ -9,10 +9,12 @@ in float32 they are the grid points exactly, in 16-bit dtypes rounded to that dt
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import time
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -21,6 +23,9 @@ from dpruner.calibration import BlockSource
 from dpruner.masks import SparsitySpec, check_mask
 from dpruner.models import parameter_counts, prunable_weights, weight_matrix
 from dpruner.quantize import QuantSpec, fake_quantize, model_storage
+
+if TYPE_CHECKING:
+    from dpruner.methods.owl import OwlAllocation
 
 
 @dataclass
@@ -62,6 +67,10 @@ class Pruner(ABC):
 
     Every method walks the blocks with `layer_sequential`, so `blocks` (a `BlockSource`) can
     stream them from a checkpoint instead of finding them in memory.
+
+    With `allocation=OwlAllocation(...)` each decoder block gets its own sparsity (OWL,
+    dpruner/methods/owl.py), chosen before the method's walk; a method prunes block i to
+    `self.block_spec(i, spec)`, which is `spec` itself without an allocation.
     """
 
     name: str
@@ -71,10 +80,18 @@ class Pruner(ABC):
     quantizes_in_sweep: bool = False
     quantizer_name: str = "rtn"
 
-    def __init__(self, quantize: QuantSpec | None = None):
+    def __init__(self, quantize: QuantSpec | None = None, allocation: OwlAllocation | None = None):
         self.warnings: list[str] = []
         self.details: dict = {}
         self.quantize = quantize
+        self.allocation = allocation
+        self.layer_sparsity: list[float] | None = None
+
+    def block_spec(self, index: int, spec: SparsitySpec) -> SparsitySpec:
+        """The spec block `index` is pruned to: `spec` at that block's allocated sparsity."""
+        if self.layer_sparsity is None:
+            return spec
+        return dataclasses.replace(spec, sparsity=self.layer_sparsity[index])
 
     def prune(
         self,
@@ -91,12 +108,18 @@ class Pruner(ABC):
             )
         if self.needs_calibration and (calibration is None or calibration.numel() == 0):
             raise DprunerError(f"{self.name} needs calibration data, and none was given")
+        if self.allocation is not None:
+            self.allocation.check(self.name, calibration, spec, blocks)
         weights = prunable_weights(model)
         for name, module in weights.items():
             spec.check_shape(name, weight_matrix(module).shape[1])
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
+        if self.allocation is not None:
+            self.layer_sparsity, owl = self.allocation.layer_sparsities(
+                model, calibration, spec.sparsity, getattr(self, "batch_size", 1)
+            )
         matrices = self._prune(model, calibration, spec, blocks)
         missing = set(weights) - set(matrices)
         if missing:
@@ -140,7 +163,7 @@ class Pruner(ABC):
             if torch.cuda.is_available()
             else None,
             warnings=list(self.warnings),
-            details=dict(self.details),
+            details={**self.details, **({"owl": owl} if self.allocation is not None else {})},
             quantization=quantization,
             stored=stored,
         )

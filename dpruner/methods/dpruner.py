@@ -12,6 +12,7 @@ Scores files are read and written by `dpruner.score_files`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
@@ -24,6 +25,9 @@ from dpruner.methods.base import Pruner, apply_mask
 from dpruner.methods.sparsegpt import SparseGPTPruner
 from dpruner.quantize import QuantSpec
 from dpruner.score_files import check_score_shapes, score_file
+
+if TYPE_CHECKING:
+    from dpruner.methods.owl import OwlAllocation
 
 
 def normalise_importance(saliency: torch.Tensor, mode: str) -> torch.Tensor:
@@ -103,8 +107,9 @@ class DPrunerPruner(Pruner):
         batch_size: int = 1,
         quantize: QuantSpec | None = None,
         hessian_dtype: str = "auto",
+        allocation: OwlAllocation | None = None,
     ):
-        super().__init__(quantize)
+        super().__init__(quantize, allocation)
         self.scores_path = scores_path
         self.hessian_dtype = hessian_dtype
         self.reconstruct = reconstruct
@@ -117,13 +122,14 @@ class DPrunerPruner(Pruner):
             shapes = {k: tuple(scores.get_slice(k).get_shape()) for k in scores.keys()}  # noqa: SIM118
             check_score_shapes(self.scores_path, shapes, model)
 
-            def mask_of(name: str) -> torch.Tensor:
-                return prune_mask(scores.get_tensor(name).float(), spec)
+            def mask_of(name: str, block_spec: SparsitySpec) -> torch.Tensor:
+                return prune_mask(scores.get_tensor(name).float(), block_spec)
 
             if self.reconstruct:
                 repair = SparseGPTPruner(
                     batch_size=self.batch_size, fixed_mask=mask_of, hessian_dtype=self.hessian_dtype
                 )
+                repair.layer_sparsity = self.layer_sparsity
                 reports = repair._prune(model, calibration, spec, blocks)
                 self.warnings += repair.warnings
                 self.details = {"reconstruction": "sparsegpt-fixed-mask", **repair.details}
@@ -131,8 +137,10 @@ class DPrunerPruner(Pruner):
             reports = {}
 
             def prune_block(index, linears, stats):
+                block_spec = self.block_spec(index, spec)
                 for name, module in linears.items():
-                    reports[name] = apply_mask(name, module, mask_of(name), spec)
+                    mask = mask_of(name, block_spec)
+                    reports[name] = apply_mask(name, module, mask, block_spec)
 
             layer_sequential(model, None, lambda name, module: None, prune_block, blocks=blocks)
         return reports

@@ -5,7 +5,8 @@ shared layer-sequential engine. D-Pruner's general importance is the saliency th
 at the start of every column block (`saliency=` argument). With `quant=` the sweep is SparseGPT's
 joint sparse + quantized one (SparseGPT paper, Algorithm 1 with GPTQ-style quantization). With
 `mask=` the sweep keeps a mask chosen elsewhere and only repairs the kept weights (D-Pruner with
-reconstruction: `SparseGPTPruner(fixed_mask=...)`).
+reconstruction: `SparseGPTPruner(fixed_mask=...)`). With `cross=CrossCalibration(...)` the sweep
+runs on a combination of the domain's and the general text's Hessians (dpruner/methods/cross.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +26,10 @@ from dpruner.masks import SparsitySpec, check_mask, lowest_k, nm_mask
 from dpruner.methods.base import Pruner
 from dpruner.models import weight_matrix
 from dpruner.quantize import Quantized, QuantSpec, grid_params, group_bounds, quantize_to_grid
+
+if TYPE_CHECKING:
+    from dpruner.methods.cross import CrossCalibration
+    from dpruner.methods.owl import OwlAllocation
 
 log = logging.getLogger(__name__)
 
@@ -211,10 +217,12 @@ class SparseGPTPruner(Pruner):
         record_saliency: bool = False,
         quantize: QuantSpec | None = None,
         saliency_sink: Callable[[str, torch.Tensor], None] | None = None,
-        fixed_mask: Callable[[str], torch.Tensor] | None = None,
+        fixed_mask: Callable[[str, SparsitySpec], torch.Tensor] | None = None,
         hessian_dtype: str = "auto",
+        allocation: OwlAllocation | None = None,
+        cross: CrossCalibration | None = None,
     ):
-        super().__init__(quantize)
+        super().__init__(quantize, allocation)
         group = quantize.group_size if quantize is not None else None
         if group and block_size % group and group % block_size:
             raise DprunerError(
@@ -227,22 +235,35 @@ class SparseGPTPruner(Pruner):
         self.saliency: dict[str, torch.Tensor] = {}
         # Where each matrix's saliency goes as its block finishes (default: kept in `saliency`).
         self.saliency_sink = saliency_sink or self.saliency.__setitem__
-        # Weight name -> the mask to keep (True = pruned): the sweep then only repairs the kept
-        # weights, and each mask is checked against the caller's spec instead of SparseGPT's.
+        # (weight name, its block's spec) -> the mask to keep (True = pruned): the sweep then only
+        # repairs the kept weights, and each mask is checked against that spec, not SparseGPT's.
         self.fixed_mask = fixed_mask
+        self.cross = cross
         # Checked here, before any model work, as every add_batch checks it again.
         hessian_product_dtype("cpu", torch.float32, hessian_dtype)
         self.hessian_dtype = hessian_dtype
 
     def _prune(self, model, calibration, spec: SparsitySpec, blocks=None) -> dict[str, dict]:
+        from dpruner.methods.cross import CrossStatistics
+
         reports, losses, dampings = {}, {}, {}
+        if self.cross is not None:
+            calibration, n_domain = self.cross.rows(calibration)
         n_sequences, seqlen = calibration.shape
 
         def statistics(name, module):
             weight = weight_matrix(module)
-            return HessianStatistics(weight.shape[1], weight.device, self.hessian_dtype)
+            if self.cross is None:
+                return HessianStatistics(weight.shape[1], weight.device, self.hessian_dtype)
+            return CrossStatistics(
+                HessianStatistics(weight.shape[1], weight.device, self.hessian_dtype),
+                HessianStatistics(weight.shape[1], weight.device, self.hessian_dtype),
+                n_domain,
+                self.cross.coefficient,
+            )
 
         def prune_block(index, linears, stats):
+            block_spec = self.block_spec(index, spec)
             for name, module in linears.items():
                 weight = weight_matrix(module)
                 sink = (
@@ -251,14 +272,14 @@ class SparseGPTPruner(Pruner):
                 result = sparsegpt_sweep(
                     weight,
                     stats[name].hessian,
-                    spec,
+                    block_spec,
                     self.percdamp,
                     self.max_damp,
                     self.block_size,
                     where=f"{name} (N={n_sequences}, L={seqlen})",
                     saliency=sink,
                     quant=self.quantize,
-                    mask=self.fixed_mask(name) if self.fixed_mask else None,
+                    mask=self.fixed_mask(name, block_spec) if self.fixed_mask else None,
                 )
                 if sink is not None:
                     self.saliency_sink(name, sink.cpu())
@@ -269,7 +290,9 @@ class SparseGPTPruner(Pruner):
                 weight.data.copy_(result.weight.to(weight.dtype))
                 own_blocks = not (spec.is_nm or self.fixed_mask)
                 check_spec = (
-                    SparsitySpec(spec.sparsity, "block", self.block_size) if own_blocks else spec
+                    SparsitySpec(block_spec.sparsity, "block", self.block_size)
+                    if own_blocks
+                    else block_spec
                 )
                 reports[name] = check_mask(name, weight.data, result.mask, check_spec)
                 losses[name] = result.loss
