@@ -82,7 +82,7 @@ def parse_pruned_id(text: str) -> dict[str, str]:
     if match is None:
         raise DprunerError(
             f"cannot read the pruned model id '{text}': expected "
-            "<method>_<calibration>_s<sparsity>_<pattern> or dense"
+            "<method>_<calibration>_s<sparsity>_<pattern>"
         )
     return match.groupdict()
 
