@@ -66,7 +66,8 @@ PRUNED_ID_PARTS = re.compile(
 
 
 def under(config: dict, template: str, **fields) -> str:
-    """`template` under the results folder, its `fields` filled (the others stay wildcards)."""
+    """`template` under the results folder: with `fields`, a path (every field filled), else a
+    template for a rule."""
     path = f"{config['results']}/{template}"
     return path.format(**fields) if fields else path
 
