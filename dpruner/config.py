@@ -242,37 +242,6 @@ def sparsity_token(value: float) -> str:
     return format(Decimal(repr(float(value))), "f")
 
 
-# What a D-Pruner method's fine-tuning, and so its scores S, depends on (with the sparsity);
-# not keep_gradients, which gives the same scores bit for bit.
-FINE_TUNING_OPTIONS = (
-    "lambda", "lr", "epochs", "batch_size", "max_length", "clip", "normalize",
-    "gradient_checkpointing", "seed", "processes",
-)  # fmt: skip
-
-
-def scores_method(methods: dict, name: str) -> str:
-    """The fine-tuned D-Pruner method whose scores `name` masks by: the first one with its
-    fine-tuning options, so variants that differ only in how they mask (group, quantize,
-    reconstruct) share one fine-tuning."""
-
-    def settings(options: dict) -> dict:
-        return {key: options.get(key) for key in FINE_TUNING_OPTIONS}
-
-    own = settings(methods[name])
-    return next(
-        other for other, options in fine_tuned_methods(methods).items() if settings(options) == own
-    )
-
-
-def fine_tuned_methods(methods: dict) -> dict:
-    """The D-Pruner methods that fine-tune per domain (not the general-only ablation)."""
-    return {
-        name: options
-        for name, options in methods.items()
-        if options["kind"] == "dpruner" and options.get("scores", "domain") == "domain"
-    }
-
-
 def baseline_methods(config: dict) -> list[str]:
     """The methods the report compares every model with: `baselines` where the config names
     them, else every method that is neither D-Pruner nor mixed-calibrated (the published ones)."""

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from dpruner.config import domain_config, fine_tuned_methods
+from dpruner.config import domain_config
 from dpruner.data import (
     describe_source,
     evaluation_text,
@@ -31,6 +31,7 @@ from dpruner.errors import ConfigError, DataError, DprunerError
 from dpruner.evaluation.items import max_dropped_fraction, read_records, scaled
 from dpruner.evaluation.runner import evaluation_settings
 from dpruner.io import results_folder_problem
+from dpruner.plan import fine_tuned_methods
 
 Loader = Callable[[dict], list[dict]]
 PARTS = ("calibration", "perplexity", "tasks")

@@ -1,17 +1,17 @@
-# Job lists, paths and command-line arguments derived from the validated config.
+# The DAG's glue: paths as Snakemake templates, wildcard constraints, resources, and the
+# functions of a job's wildcards that rules take as input, params and priority. What the DAG is
+# (its jobs, their paths and inputs, the pruned-model id) is dpruner/plan.py's.
 import json
 import os
 import re
 import shlex
 import sys
 
+from dpruner import plan
 from dpruner.config import (
     baseline_methods,
     calibration_size_series,
-    fine_tuned_methods,
     schema_default,
-    scores_method,
-    sparsity_token,
     unquantized_twins,
 )
 from dpruner.lifecycle import WORKFLOW_PID_ENV
@@ -27,9 +27,8 @@ os.environ.update(
 )
 
 RESULTS = config["results"]
-DOMAINS = list(config["domains"])
-# Every model is evaluated on each domain and on general text.
-EVAL_DOMAINS = ["general", *DOMAINS]
+DOMAINS = plan.domains(config)
+EVAL_DOMAINS = plan.eval_domains(config)
 MODELS = list(config["models"])
 METHODS = config["methods"]
 DEVICE = config.get("device", "cpu")
@@ -43,29 +42,22 @@ GPU_SLOTS = 0 if ON_CPU else 1
 # fill the cores while the data, general importance and fine-tuning that every D-Pruner model
 # waits for queue (seen in a default run: general importance started 17 minutes in).
 CRITICAL_PATH = 10
-# Then pruning before evaluating, and the longest evaluations first (evaluation_priority), so the
-# run ends on evaluations two at a time: in the timed default run at 9b16bdb the last evaluation
-# ran alone for 5 minutes, started behind a domain-calibrated pruning.
+# Then pruning before evaluating, and the longest evaluations first (plan.evaluation_priority), so
+# the run ends on evaluations two at a time: in the timed default run at 9b16bdb the last
+# evaluation ran alone for 5 minutes, started behind a domain-calibrated pruning.
 PRUNING = 2
 
-LOGS = f"{RESULTS}/logs"
-BENCHMARKS = f"{RESULTS}/benchmarks"
-
-DENSE_MODEL = f"{RESULTS}/models/{{model}}/dense"
-DATA = f"{RESULTS}/data/{{model}}/{{domain}}"
-GENERAL_IMPORTANCE = (
-    f"{RESULTS}/scores/{{model}}/general_importance_s{{sparsity}}_norm-{{normalize}}.safetensors"
-)
-DOMAIN_SCORES = (
-    f"{RESULTS}/scores/{{model}}/{{domain}}/domain_scores_{{method}}_s{{sparsity}}.safetensors"
-)
-# A pruned model's id: <method>_<calibration>_s<sparsity>_<pattern>. Names cannot contain "_"
-# (schema), so the id splits back unambiguously; calibration is `none`, `general` or a domain.
-PRUNED_ID = "{method}_{calib}_s{sparsity}_{pattern}"
-PRUNED_MODEL = f"{RESULTS}/models/{{model}}/pruned/{PRUNED_ID}"
-# prune.json is written last, inside the model directory: its presence means the model is complete.
-PRUNE_REPORT = f"{PRUNED_MODEL}/prune.json"
-METRICS = f"{RESULTS}/metrics/{{model}}/{{variant}}/{{domain}}.json"
+LOGS = plan.under(config, plan.LOGS)
+BENCHMARKS = plan.under(config, plan.BENCHMARKS)
+DENSE_MODEL = plan.under(config, plan.DENSE_MODEL)
+DATA = plan.under(config, plan.DATA)
+CALIBRATION = plan.under(config, plan.CALIBRATION)
+INSTANCES = plan.under(config, plan.INSTANCES)
+GENERAL_IMPORTANCE = plan.under(config, plan.GENERAL_IMPORTANCE)
+DOMAIN_SCORES = plan.under(config, plan.DOMAIN_SCORES)
+PRUNED_ID = plan.PRUNED_ID
+PRUNE_REPORT = plan.under(config, plan.PRUNE_REPORT)
+METRICS = plan.under(config, plan.METRICS)
 
 
 def one_of(names):
@@ -75,102 +67,16 @@ def one_of(names):
 wildcard_constraints:
     model=one_of(MODELS),
     method=one_of(METHODS),
-    calib=one_of(["none", *EVAL_DOMAINS]),
+    calib=one_of([plan.NO_CALIBRATION, *EVAL_DOMAINS]),
     domain=one_of(EVAL_DOMAINS),
-    sparsity=r"0\.[0-9]+",
-    pattern=r"unstructured|[0-9]+of[0-9]+",
+    sparsity=plan.SPARSITY_TOKEN,
+    pattern=plan.PATTERN_TOKEN,
     normalize="mean|none",
     variant=r"[^/]+",
 
 
-def pattern_token(pattern):
-    """`2:4` -> `2of4`: no colon in file names."""
-    return pattern.replace(":", "of")
-
-
-def pattern_option(token):
-    """The CLI's --pattern value of a path token, or None for unstructured."""
-    return None if token == "unstructured" else token.replace("of", ":")
-
-
-def sparsity_patterns():
-    """(sparsity, pattern token) pairs: unstructured at every sparsity, N:M at N/M."""
-    pairs = []
-    for pattern in config["patterns"]:
-        if pattern == "unstructured":
-            pairs += [(sparsity_token(s), "unstructured") for s in config["sparsities"]]
-        else:
-            n, m = (int(x) for x in pattern.split(":"))
-            pairs.append((sparsity_token(n / m), pattern_token(pattern)))
-    return list(dict.fromkeys(pairs))
-
-
-def calibrations(method):
-    """Calibration sets a method is pruned with: one shared set, or one per domain."""
-    options = METHODS[method]
-    if options["kind"] == "magnitude":
-        return ["none"]
-    if options["kind"] == "dpruner" and options.get("scores") == "general":
-        return ["general"]
-    if options["kind"] == "dpruner" or options.get("calibration") in ("domain", "mixed"):
-        return DOMAINS
-    return ["general"]
-
-
-def mixes_general(options):
-    """Whether a method calibrates on mixed rows: the domain's with the general set's."""
-    return "mixed" in (options.get("calibration"), options.get("reconstruct"))
-
-
-def pruned_jobs():
-    """Wildcards (without model) of every pruned model."""
-    return [
-        {"method": method, "calib": calib, "sparsity": sparsity, "pattern": pattern}
-        for method in METHODS
-        for calib in calibrations(method)
-        for sparsity, pattern in sparsity_patterns()
-    ]
-
-
-def dpruner_jobs(with_general_only=False):
-    """(method, sparsity) of every D-Pruner method and sparsity to prune at (the fine-tuned ones
-    only once per set of fine-tuning settings: the others reuse their scores)."""
-    return [
-        (method, sparsity)
-        for method, options in METHODS.items()
-        if options["kind"] == "dpruner"
-        and (
-            with_general_only
-            or (method in fine_tuned_methods(METHODS) and scores_method(METHODS, method) == method)
-        )
-        for sparsity in dict.fromkeys(s for s, _ in sparsity_patterns())
-    ]
-
-
-def general_importance_jobs():
-    """Wildcards of the general-importance files: one per model, sparsity and normalisation."""
-    keys = dict.fromkeys(
-        (sparsity, METHODS[method].get("normalize", "mean"))
-        for method, sparsity in dpruner_jobs(with_general_only=True)
-    )
-    return [
-        {"model": model, "sparsity": sparsity, "normalize": normalize}
-        for model in MODELS
-        for sparsity, normalize in keys
-    ]
-
-
-def domain_scores_jobs():
-    return [
-        {"model": model, "domain": domain, "method": method, "sparsity": sparsity}
-        for model in MODELS
-        for domain in DOMAINS
-        for method, sparsity in dpruner_jobs()
-    ]
-
-
-VARIANTS = ["dense", *(PRUNED_ID.format(**job) for job in pruned_jobs())]
-ALL_METRICS = expand(METRICS, model=MODELS, variant=VARIANTS, domain=EVAL_DOMAINS)
+VARIANTS = plan.variants(config)
+ALL_METRICS = plan.metrics_files(config)
 
 
 def model_dtype(wildcards):
@@ -224,40 +130,8 @@ def config_json(wildcards=None, section=(), **top):
     return json.dumps(sliced, sort_keys=True)
 
 
-def calibration_settings(wildcards):
-    """The calibration settings a domain's data depends on: with `match_dpruner`, the length
-    D-Pruner cuts its instances at, so the domain-calibrated baselines calibrate on exactly the
-    tokens D-Pruner fine-tunes on (dpruner.data.tokens.instance_rows)."""
-    settings = dict(config["calibration"])
-    lengths = {options["max_length"] for options in fine_tuned_methods(METHODS).values()}
-    if wildcards.domain != "general" and settings.get("match_dpruner") and lengths:
-        # The preflight allows one length only.
-        settings["instance_length"] = lengths.pop()
-    return settings
-
-
-def specialised_domain(variant):
-    """The domain a model was pruned for (its calibration), None for dense and shared models."""
-    calibration = None if variant == "dense" else variant.split("_")[1]
-    return calibration if calibration in DOMAINS else None
-
-
 def evaluation_parts(wildcards):
-    """{domain: the section parts evaluated}: a model pruned for one domain is evaluated on the
-    other domains by perplexity only (the cross-domain table), its tasks only on its own domain
-    and on general; every other model on everything."""
-    own = specialised_domain(wildcards.variant)
-    every = ("perplexity", "tasks")
-    return {
-        domain: every if own is None or domain in ("general", own) else ("perplexity",)
-        for domain in EVAL_DOMAINS
-    }
-
-
-def evaluation_priority(wildcards):
-    """Between 0 and 1, higher for a model whose tasks run on more domains (a longer job)."""
-    parts = evaluation_parts(wildcards).values()
-    return sum("tasks" in domain_parts for domain_parts in parts) / len(EVAL_DOMAINS)
+    return plan.evaluation_parts(config, wildcards.variant)
 
 
 def evaluation_source_files(wildcards):
@@ -327,33 +201,9 @@ def domain_scores_launcher(wildcards):
 
 
 def prune_inputs(wildcards):
-    kind = METHODS[wildcards.method]["kind"]
-    inputs = {"model": DENSE_MODEL.format(model=wildcards.model)}
-    if kind == "dpruner" and wildcards.calib == "general":
-        # The general-only ablation masks by G itself.
-        inputs["scores"] = GENERAL_IMPORTANCE.format(
-            model=wildcards.model,
-            sparsity=wildcards.sparsity,
-            normalize=METHODS[wildcards.method].get("normalize", "mean"),
-        )
-    elif kind == "dpruner":
-        # D-Pruner's scores are an input only here: baselines never wait for them.
-        inputs["scores"] = DOMAIN_SCORES.format(
-            model=wildcards.model,
-            domain=wildcards.calib,
-            method=scores_method(METHODS, wildcards.method),
-            sparsity=wildcards.sparsity,
-        )
-    options = METHODS[wildcards.method]
-    if kind in ("wanda", "sparsegpt") or "reconstruct" in options:
-        inputs["calibration"] = f"{DATA}/calibration.pt".format(
-            model=wildcards.model, domain=wildcards.calib
-        )
-    if mixes_general(options):
-        inputs["general_calibration"] = f"{DATA}/calibration.pt".format(
-            model=wildcards.model, domain="general"
-        )
-    return inputs
+    return plan.prune_inputs(
+        config, wildcards.model, wildcards.method, wildcards.calib, wildcards.sparsity
+    )
 
 
 def prune_options(wildcards):
@@ -366,8 +216,7 @@ def prune_options(wildcards):
     quantize = options.get("quantize", {})
     flags = " --symmetric" if quantize.get("symmetric") else ""
     flags += " --reconstruct" if "reconstruct" in options else ""
-    mixed = mixes_general(options)
-    hessians = options["kind"] == "sparsegpt" or "reconstruct" in options
+    mixed = plan.mixes_general(options)
     if stream_option(wildcards):
         flags += f" {stream_option(wildcards)}"
     return (
@@ -375,7 +224,11 @@ def prune_options(wildcards):
             {
                 "method": options["kind"],
                 "sparsity": wildcards.sparsity,
-                "pattern": pattern_option(wildcards.pattern),
+                "pattern": (
+                    None
+                    if wildcards.pattern == "unstructured"
+                    else plan.pattern_of_token(wildcards.pattern)
+                ),
                 "group": options.get("group"),
                 "scores": inputs.get("scores"),
                 "calibration": inputs.get("calibration"),
@@ -388,7 +241,9 @@ def prune_options(wildcards):
                 "seed": config["seed"] if calibrated else None,
                 "quantize_bits": quantize.get("bits"),
                 "group_size": quantize.get("group_size"),
-                "hessian_dtype": config.get("hessian_dtype") if hessians else None,
+                "hessian_dtype": (
+                    config.get("hessian_dtype") if plan.uses_hessians(options) else None
+                ),
                 "device": DEVICE,
                 "dtype": config["models"][wildcards.model].get("dtype", "float32"),
             }
@@ -397,23 +252,20 @@ def prune_options(wildcards):
     )
 
 
-def evaluated_model(wildcards):
-    if wildcards.variant == "dense":
-        return DENSE_MODEL.format(model=wildcards.model)
-    return f"{RESULTS}/models/{wildcards.model}/pruned/{wildcards.variant}/prune.json"
-
-
 def benchmark_files():
     """The benchmark file of every job that computes something, for the per-rule figures."""
     return [
         *expand(rules.prepare_model.benchmark, model=MODELS),
         *expand(rules.prepare_data.benchmark, model=MODELS, domain=EVAL_DOMAINS),
-        *[rules.general_importance.benchmark.format(**job) for job in general_importance_jobs()],
-        *[rules.domain_scores.benchmark.format(**job) for job in domain_scores_jobs()],
+        *[
+            rules.general_importance.benchmark.format(**job)
+            for job in plan.general_importance_jobs(config)
+        ],
+        *[rules.domain_scores.benchmark.format(**job) for job in plan.domain_scores_jobs(config)],
         *[
             rules.prune.benchmark.format(model=model, **job)
             for model in MODELS
-            for job in pruned_jobs()
+            for job in plan.pruned_jobs(config)
         ],
         *expand(rules.evaluate.benchmark, model=MODELS, variant=VARIANTS),
     ]

@@ -30,13 +30,16 @@ rule prepare_data:
         # Local data files: an edit reruns this domain's calibration data and what depends on it.
         sources=source_files("calibration"),
     output:
-        calibration=f"{DATA}/calibration.pt",
-        instances=f"{DATA}/instances.jsonl",
+        calibration=CALIBRATION,
+        instances=INSTANCES,
         # Written last: the summary of what the two files above hold.
         summary=f"{DATA}/calibration.json",
     params:
         config=lambda w: config_json(
-            w, section=["calibration"], calibration=calibration_settings(w), seed=config["seed"]
+            w,
+            section=["calibration"],
+            calibration=plan.calibration_settings(config, w.domain),
+            seed=config["seed"],
         ),
         out_dir=lambda w, output: os.path.dirname(output.summary),
     log:

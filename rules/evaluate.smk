@@ -5,7 +5,7 @@
 
 rule evaluate:
     input:
-        model=evaluated_model,
+        model=lambda w: plan.evaluated_model(config, w.model, w.variant),
         # Local data files of what is evaluated.
         sources=evaluation_source_files,
     output:
@@ -13,7 +13,7 @@ rule evaluate:
         expand(METRICS, domain=EVAL_DOMAINS, allow_missing=True),
     params:
         model_dir=lambda w, input: (
-            input.model if w.variant == "dense" else os.path.dirname(input.model)
+            input.model if w.variant == plan.DENSE else os.path.dirname(input.model)
         ),
         domains_and_outputs=lambda w, output: " ".join(
             f"--domain {shlex.quote(domain)} --out {shlex.quote(path)}"
@@ -27,7 +27,7 @@ rule evaluate:
     benchmark:
         f"{BENCHMARKS}/evaluate/{{model}}/{{variant}}.tsv"
     threads: MODEL_JOB_THREADS
-    priority: evaluation_priority
+    priority: lambda w: plan.evaluation_priority(config, w.variant)
     resources:
         gpu=GPU_SLOTS,
         mem_mb=8000,

@@ -5,7 +5,9 @@
 rule general_importance:
     input:
         model=DENSE_MODEL,
-        calibration=f"{RESULTS}/data/{{model}}/general/calibration.pt",
+        calibration=lambda w: plan.under(
+            config, plan.CALIBRATION, model=w.model, domain=plan.GENERAL
+        ),
     output:
         GENERAL_IMPORTANCE,
     params:
@@ -35,9 +37,9 @@ rule general_importance:
 rule domain_scores:
     input:
         model=DENSE_MODEL,
-        instances=f"{DATA}/instances.jsonl",
-        general_importance=lambda w: GENERAL_IMPORTANCE.format(
-            model=w.model, sparsity=w.sparsity, normalize=METHODS[w.method].get("normalize", "mean")
+        instances=INSTANCES,
+        general_importance=lambda w: plan.general_importance_file(
+            config, w.model, w.method, w.sparsity
         ),
     output:
         DOMAIN_SCORES,

@@ -20,7 +20,9 @@ TABLES = [
     *(expand(f"{TABLES_DIR}/vs_unquantized.{{ext}}", ext=["csv", "md"]) if QUANTIZED else []),
 ]
 # Curves over sparsity only exist when several sparsities are configured.
-UNSTRUCTURED_SPARSITIES = {s for s, pattern in sparsity_patterns() if pattern == "unstructured"}
+UNSTRUCTURED_SPARSITIES = {
+    s for s, pattern in plan.sparsity_patterns(config) if pattern == "unstructured"
+}
 CALIBRATION_SERIES = calibration_size_series(config)
 PLOT_KINDS = ["bars", "sparsity"] if len(UNSTRUCTURED_SPARSITIES) > 1 else ["bars"]
 PLOTS = [
@@ -130,7 +132,7 @@ if QUANTIZED:
 
     rule stored_size:
         input:
-            [PRUNE_REPORT.format(model=model, **job) for model in MODELS for job in pruned_jobs()],
+            plan.prune_reports(config),
         output:
             tables=report(
                 STORED_SIZE_TABLES,

@@ -8,17 +8,19 @@ from pathlib import Path
 import pandas as pd
 
 from dpruner.errors import DprunerError
+from dpruner.plan import BENCHMARKS
 
 
 def read_benchmarks(benchmark_files: Iterable[str | Path]) -> pd.DataFrame:
-    """One row per job: rule (the folder under `benchmarks/`), job, seconds, peak RSS in MB."""
+    """One row per job: rule (the folder under `benchmarks/`, `dpruner.plan.BENCHMARKS`), job,
+    seconds, peak RSS in MB."""
     rows = []
     for path in benchmark_files:
         path = Path(path)
         parts = path.parts
-        if "benchmarks" not in parts:
-            raise DprunerError(f"{path}: a benchmark file must lie under a 'benchmarks' folder")
-        below = parts[len(parts) - parts[::-1].index("benchmarks") :]
+        if BENCHMARKS not in parts:
+            raise DprunerError(f"{path}: a benchmark file must lie under a '{BENCHMARKS}' folder")
+        below = parts[len(parts) - parts[::-1].index(BENCHMARKS) :]
         rule = below[0] if len(below) > 1 else Path(below[0]).stem
         frame = pd.read_csv(path, sep="\t")
         for _, record in frame.iterrows():

@@ -1,15 +1,14 @@
 """The long frame: one row per (model, variant, domain, task, metric) value of the metrics JSON
 files, and what each value rests on (counts).
 
-The workflow lays metrics out as `<results>/metrics/<model>/<variant>/<domain>.json`, where the
-variant is `dense` or `<method>_<calibration>_s<sparsity>_<pattern>` (names contain no "_"), so a
-file's path says which model it measures; its content gives the values.
+The workflow lays metrics out as `<results>/metrics/<model>/<variant>/<domain>.json`
+(`dpruner.plan.METRICS`), where the variant is `dense` or a pruned model's id, so a file's path
+says which model it measures; its content gives the values.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,10 +16,8 @@ import pandas as pd
 
 from dpruner.errors import DprunerError
 from dpruner.intervals import GENERAL_PERPLEXITY, PERPLEXITY
+from dpruner.plan import DENSE, NO_CALIBRATION, parse_pruned_id, pattern_of_token
 
-VARIANT = re.compile(
-    r"^(?P<method>[^_]+)_(?P<calibration>[^_]+)_s(?P<sparsity>[0-9.]+)_(?P<pattern>[^_]+)$"
-)
 # Metric names as evaluators spell them -> the names used in tables.
 METRIC_ALIASES = {
     "acc": "accuracy",
@@ -43,19 +40,17 @@ METRIC_ALIASES = {
 
 
 def parse_variant(variant: str) -> dict:
-    """`dense` or `<method>_<calibration>_s<sparsity>_<pattern>` as a dict of those four."""
-    if variant == "dense":
-        return {"method": "dense", "calibration": "none", "sparsity": 0.0, "pattern": "dense"}
-    match = VARIANT.match(variant)
-    if match is None:
-        raise DprunerError(
-            f"cannot read the pruned model id '{variant}': expected "
-            "<method>_<calibration>_s<sparsity>_<pattern> or dense"
-        )
-    parts = match.groupdict()
-    parts["sparsity"] = float(parts["sparsity"])
-    parts["pattern"] = parts["pattern"].replace("of", ":")
-    return parts
+    """`dense` or a pruned model's id (`dpruner.plan.pruned_id`) as its method, calibration,
+    sparsity (a number) and pattern (`2:4`, `unstructured` or `dense`)."""
+    if variant == DENSE:
+        return {"method": DENSE, "calibration": NO_CALIBRATION, "sparsity": 0.0, "pattern": DENSE}
+    parts = parse_pruned_id(variant)
+    return {
+        "method": parts["method"],
+        "calibration": parts["calib"],
+        "sparsity": float(parts["sparsity"]),
+        "pattern": pattern_of_token(parts["pattern"]),
+    }
 
 
 def _number(value) -> float | None:

@@ -1,0 +1,310 @@
+"""The workflow's plan: the jobs a validated config asks for, where each writes, and the id of a
+pruned model, written and read back here only.
+
+Pure functions of the config, without Snakemake: the rules (rules/*.smk) are the DAG that calls
+them, and the report reads a metrics file's model back with `parse_pruned_id`. Paths are
+templates under the config's `results` folder whose `{fields}` are the rules' wildcards.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from dpruner.config import sparsity_token
+from dpruner.errors import DprunerError
+
+
+@dataclass(frozen=True)
+class KindInputs:
+    """What the workflow gives the prune jobs of one method kind."""
+
+    calibration: bool  # calibration rows, the inputs each block is pruned on
+    hessians: bool  # builds Hessians X^T X, so it takes the config's `hessian_dtype`
+    scores: bool  # masks by D-Pruner's scores: general importance, then fine-tuning per domain
+
+
+# One line per method kind of the schema (`methods.*.kind`): the one place the DAG tells kinds
+# apart. Options add to it: `reconstruct` repairs the kept weights with SparseGPT's sweep, so it
+# brings calibration rows and Hessians (`calibrates`, `uses_hessians`).
+KINDS = {
+    "magnitude": KindInputs(calibration=False, hessians=False, scores=False),
+    "wanda": KindInputs(calibration=True, hessians=False, scores=False),
+    "sparsegpt": KindInputs(calibration=True, hessians=True, scores=False),
+    "dpruner": KindInputs(calibration=False, hessians=False, scores=True),
+}
+
+DENSE = "dense"
+GENERAL = "general"
+# The calibration of a model pruned without calibration data (magnitude).
+NO_CALIBRATION = "none"
+
+DENSE_MODEL = "models/{model}/dense"
+DATA = "data/{model}/{domain}"
+CALIBRATION = f"{DATA}/calibration.pt"
+INSTANCES = f"{DATA}/instances.jsonl"
+GENERAL_IMPORTANCE = "scores/{model}/general_importance_s{sparsity}_norm-{normalize}.safetensors"
+DOMAIN_SCORES = "scores/{model}/{domain}/domain_scores_{method}_s{sparsity}.safetensors"
+# A pruned model's id. Names hold no "_" (the schema's `name`), so the id splits back
+# unambiguously; the calibration is `none`, `general` or a domain.
+PRUNED_ID = "{method}_{calib}_s{sparsity}_{pattern}"
+PRUNED_MODEL = f"models/{{model}}/pruned/{PRUNED_ID}"
+# prune.json is written last, inside the model directory: its presence means the model is complete.
+PRUNE_REPORT = f"{PRUNED_MODEL}/prune.json"
+# A variant is `dense` or a pruned model's id.
+METRICS = "metrics/{model}/{variant}/{domain}.json"
+LOGS = "logs"
+BENCHMARKS = "benchmarks"
+
+# The tokens of a sparsity (`sparsity_token`) and of a pattern (`pattern_token`) in paths.
+SPARSITY_TOKEN = r"0\.[0-9]+"
+PATTERN_TOKEN = r"unstructured|[0-9]+of[0-9]+"
+PRUNED_ID_PARTS = re.compile(
+    rf"(?P<method>[^_/]+)_(?P<calib>[^_/]+)_s(?P<sparsity>{SPARSITY_TOKEN})"
+    rf"_(?P<pattern>{PATTERN_TOKEN})"
+)
+
+
+def under(config: dict, template: str, **fields) -> str:
+    """`template` under the results folder: with `fields`, a path (every field filled), else a
+    template for a rule."""
+    path = f"{config['results']}/{template}"
+    return path.format(**fields) if fields else path
+
+
+def pruned_id(method: str, calib: str, sparsity: str, pattern: str) -> str:
+    """The id of a pruned model from its tokens (`pruned_jobs` gives them)."""
+    return PRUNED_ID.format(method=method, calib=calib, sparsity=sparsity, pattern=pattern)
+
+
+def parse_pruned_id(text: str) -> dict[str, str]:
+    """`pruned_id`'s tokens back from an id."""
+    match = PRUNED_ID_PARTS.fullmatch(text)
+    if match is None:
+        raise DprunerError(
+            f"cannot read the pruned model id '{text}': expected "
+            "<method>_<calibration>_s<sparsity>_<pattern>"
+        )
+    return match.groupdict()
+
+
+def pattern_token(pattern: str) -> str:
+    """`2:4` -> `2of4`: no colon in file names."""
+    return pattern.replace(":", "of")
+
+
+def pattern_of_token(token: str) -> str:
+    """`2of4` -> `2:4`; `unstructured` stays."""
+    return token.replace("of", ":")
+
+
+def domains(config: dict) -> list[str]:
+    return list(config["domains"])
+
+
+def eval_domains(config: dict) -> list[str]:
+    """Every model is evaluated on each domain and on general text."""
+    return [GENERAL, *domains(config)]
+
+
+def sparsity_patterns(config: dict) -> list[tuple[str, str]]:
+    """(sparsity, pattern token) pairs: unstructured at every sparsity, N:M at N/M."""
+    pairs = []
+    for pattern in config["patterns"]:
+        if pattern == "unstructured":
+            pairs += [(sparsity_token(s), "unstructured") for s in config["sparsities"]]
+        else:
+            n, m = (int(x) for x in pattern.split(":"))
+            pairs.append((sparsity_token(n / m), pattern_token(pattern)))
+    return list(dict.fromkeys(pairs))
+
+
+def calibrates(options: dict) -> bool:
+    """Whether a method's prune jobs read calibration rows."""
+    return KINDS[options["kind"]].calibration or "reconstruct" in options
+
+
+def uses_hessians(options: dict) -> bool:
+    """Whether a method's prune jobs build Hessians (and so take `hessian_dtype`)."""
+    return KINDS[options["kind"]].hessians or "reconstruct" in options
+
+
+def mixes_general(options: dict) -> bool:
+    """Whether a method calibrates on mixed rows: the domain's with the general set's."""
+    return "mixed" in (options.get("calibration"), options.get("reconstruct"))
+
+
+def calibrations(config: dict, method: str) -> list[str]:
+    """Calibration sets a method is pruned with: one shared set, or one per domain."""
+    options = config["methods"][method]
+    if KINDS[options["kind"]].scores:
+        # The general-only ablation masks by G alone, once; D-Pruner's S is per domain.
+        return [GENERAL] if options.get("scores") == GENERAL else domains(config)
+    if options.get("calibration") in ("domain", "mixed"):
+        return domains(config)
+    return [GENERAL] if calibrates(options) else [NO_CALIBRATION]
+
+
+def pruned_jobs(config: dict) -> list[dict[str, str]]:
+    """Wildcards (without model) of every pruned model."""
+    return [
+        {"method": method, "calib": calib, "sparsity": sparsity, "pattern": pattern}
+        for method in config["methods"]
+        for calib in calibrations(config, method)
+        for sparsity, pattern in sparsity_patterns(config)
+    ]
+
+
+def variants(config: dict) -> list[str]:
+    """Every evaluated model of one base model: dense, then the pruned ones."""
+    return [DENSE, *(pruned_id(**job) for job in pruned_jobs(config))]
+
+
+def prune_reports(config: dict) -> list[str]:
+    return [
+        under(config, PRUNE_REPORT, model=model, **job)
+        for model in config["models"]
+        for job in pruned_jobs(config)
+    ]
+
+
+def metrics_files(config: dict) -> list[str]:
+    return [
+        under(config, METRICS, model=model, variant=variant, domain=domain)
+        for model in config["models"]
+        for variant in variants(config)
+        for domain in eval_domains(config)
+    ]
+
+
+# What a D-Pruner method's fine-tuning, and so its scores S, depends on (with the sparsity);
+# not keep_gradients, which gives the same scores bit for bit.
+FINE_TUNING_OPTIONS = (
+    "lambda", "lr", "epochs", "batch_size", "max_length", "clip", "normalize",
+    "gradient_checkpointing", "seed", "processes",
+)  # fmt: skip
+
+
+def fine_tuned_methods(methods: dict) -> dict:
+    """The scored methods that fine-tune per domain (not the general-only ablation)."""
+    return {
+        name: options
+        for name, options in methods.items()
+        if KINDS[options["kind"]].scores and options.get("scores", "domain") == "domain"
+    }
+
+
+def scores_method(methods: dict, name: str) -> str:
+    """The fine-tuned D-Pruner method whose scores `name` masks by: the first one with its
+    fine-tuning options, so variants that differ only in how they mask (group, quantize,
+    reconstruct) share one fine-tuning."""
+
+    def settings(options: dict) -> dict:
+        return {key: options.get(key) for key in FINE_TUNING_OPTIONS}
+
+    own = settings(methods[name])
+    return next(
+        other for other, options in fine_tuned_methods(methods).items() if settings(options) == own
+    )
+
+
+def _scored(config: dict, fine_tuned_only: bool) -> list[tuple[str, str]]:
+    """(method, sparsity) of every scored method and sparsity to prune at; with
+    `fine_tuned_only`, each set of fine-tuning settings once (the others reuse its scores)."""
+    methods = config["methods"]
+    if fine_tuned_only:
+        names = [m for m in fine_tuned_methods(methods) if scores_method(methods, m) == m]
+    else:
+        names = [name for name, options in methods.items() if KINDS[options["kind"]].scores]
+    sparsities = dict.fromkeys(sparsity for sparsity, _ in sparsity_patterns(config))
+    return [(name, sparsity) for name in names for sparsity in sparsities]
+
+
+def general_importance_jobs(config: dict) -> list[dict[str, str]]:
+    """Wildcards of the general-importance files: one per model, sparsity and normalisation."""
+    keys = dict.fromkeys(
+        (sparsity, config["methods"][method]["normalize"])
+        for method, sparsity in _scored(config, fine_tuned_only=False)
+    )
+    return [
+        {"model": model, "sparsity": sparsity, "normalize": normalize}
+        for model in config["models"]
+        for sparsity, normalize in keys
+    ]
+
+
+def domain_scores_jobs(config: dict) -> list[dict[str, str]]:
+    return [
+        {"model": model, "domain": domain, "method": method, "sparsity": sparsity}
+        for model in config["models"]
+        for domain in domains(config)
+        for method, sparsity in _scored(config, fine_tuned_only=True)
+    ]
+
+
+def general_importance_file(config: dict, model: str, method: str, sparsity: str) -> str:
+    """The general importance G a scored method is regularised (or, general-only, masked) by."""
+    normalize = config["methods"][method]["normalize"]
+    return under(config, GENERAL_IMPORTANCE, model=model, sparsity=sparsity, normalize=normalize)
+
+
+def prune_inputs(config: dict, model: str, method: str, calib: str, sparsity: str) -> dict:
+    """The files one prune job reads: the dense model, and its scores and calibration rows."""
+    options = config["methods"][method]
+    inputs = {"model": under(config, DENSE_MODEL, model=model)}
+    if KINDS[options["kind"]].scores and calib == GENERAL:
+        inputs["scores"] = general_importance_file(config, model, method, sparsity)
+    elif KINDS[options["kind"]].scores:
+        # D-Pruner's scores are an input only here: baselines never wait for them.
+        scores = scores_method(config["methods"], method)
+        inputs["scores"] = under(
+            config, DOMAIN_SCORES, model=model, domain=calib, method=scores, sparsity=sparsity
+        )
+    if calibrates(options):
+        inputs["calibration"] = under(config, CALIBRATION, model=model, domain=calib)
+    if mixes_general(options):
+        inputs["general_calibration"] = under(config, CALIBRATION, model=model, domain=GENERAL)
+    return inputs
+
+
+def calibration_settings(config: dict, domain: str) -> dict:
+    """The calibration settings a domain's data depends on: with `match_dpruner`, the length
+    D-Pruner cuts its instances at, so the domain-calibrated baselines calibrate on exactly the
+    tokens D-Pruner fine-tunes on (dpruner.data.tokens.instance_rows)."""
+    settings = dict(config["calibration"])
+    lengths = {options["max_length"] for options in fine_tuned_methods(config["methods"]).values()}
+    if domain != GENERAL and settings.get("match_dpruner") and lengths:
+        # The preflight allows one length only.
+        settings["instance_length"] = lengths.pop()
+    return settings
+
+
+def specialised_domain(config: dict, variant: str) -> str | None:
+    """The domain a model was pruned for (its calibration), None for dense and shared models."""
+    calibration = None if variant == DENSE else parse_pruned_id(variant)["calib"]
+    return calibration if calibration in config["domains"] else None
+
+
+def evaluation_parts(config: dict, variant: str) -> dict[str, tuple[str, ...]]:
+    """{domain: the section parts evaluated}: a model pruned for one domain is evaluated on the
+    other domains by perplexity only (the cross-domain table), its tasks only on its own domain
+    and on general; every other model on everything."""
+    own = specialised_domain(config, variant)
+    every = ("perplexity", "tasks")
+    return {
+        domain: every if own is None or domain in (GENERAL, own) else ("perplexity",)
+        for domain in eval_domains(config)
+    }
+
+
+def evaluation_priority(config: dict, variant: str) -> float:
+    """Between 0 and 1, higher for a model whose tasks run on more domains (a longer job)."""
+    parts = evaluation_parts(config, variant).values()
+    return sum("tasks" in domain_parts for domain_parts in parts) / len(parts)
+
+
+def evaluated_model(config: dict, model: str, variant: str) -> str:
+    """What an evaluation waits for: the dense model's folder, or a pruned model's prune.json."""
+    if variant == DENSE:
+        return under(config, DENSE_MODEL, model=model)
+    return under(config, PRUNE_REPORT, model=model, **parse_pruned_id(variant))

@@ -1,0 +1,229 @@
+"""dpruner.plan: the pruned-model id written and read back, the job lists of the committed
+configs, what each kind's prune jobs read, and what each model is evaluated on."""
+
+from itertools import product
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dpruner import plan
+from dpruner.config import SCHEMA, load_config, sparsity_token
+from dpruner.errors import DprunerError
+from dpruner.methods import PRUNERS
+from dpruner.report.collect import parse_variant
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = [
+    REPO / "config" / "config.yaml",
+    REPO / "config" / "gpu.yaml",
+    REPO / "config" / "paper.yaml",
+    *sorted((REPO / "config" / "studies").glob("*.yaml")),
+]
+# The committed methods pruned once (without calibration data, or on general text), as the
+# configs' headers state them; every other committed method is pruned once per domain.
+PRUNED_ONCE = {
+    "magnitude": "none",
+    "magnitude-q4": "none",
+    "wanda": "general",
+    "wanda-q4": "general",
+    "sparsegpt": "general",
+    "sparsegpt-q4": "general",
+}
+# The one committed method that fine-tunes: the other D-Pruner methods mask by its scores.
+FINE_TUNED = "dpruner"
+
+
+def expected_sparsity_patterns(config: dict) -> list[tuple[str, str]]:
+    """Unstructured at every sparsity, then each N:M pattern at N/M (none of the committed
+    configs repeats a pair)."""
+    pairs = [(sparsity_token(s), "unstructured") for s in config["sparsities"]]
+    pairs = pairs if "unstructured" in config["patterns"] else []
+    for pattern in config["patterns"]:
+        if pattern != "unstructured":
+            n, m = pattern.split(":")
+            pairs.append((sparsity_token(int(n) / int(m)), f"{n}of{m}"))
+    return pairs
+
+
+def test_pruned_ids_read_back_exactly():
+    methods = ["magnitude", "wanda-domain", "dpruner-rec-mixed", "m.2", "A-b.c"]
+    calibrations = ["none", "general", "medical", "medical-n160"]
+    sparsities = [0.5, 1e-05, 1 / 3, 0.5000001, 0.9]
+    patterns = ["unstructured", "2:4", "4:8", "16:32"]
+    for method, calib, sparsity, pattern in product(methods, calibrations, sparsities, patterns):
+        tokens = {
+            "method": method,
+            "calib": calib,
+            "sparsity": sparsity_token(sparsity),
+            "pattern": plan.pattern_token(pattern),
+        }
+        text = plan.pruned_id(**tokens)
+        assert plan.parse_pruned_id(text) == tokens
+        assert plan.pruned_id(**plan.parse_pruned_id(text)) == text
+        # The report's reading: the exact sparsity and the pattern as the config writes it.
+        assert parse_variant(text) == {
+            "method": method,
+            "calibration": calib,
+            "sparsity": sparsity,
+            "pattern": pattern,
+        }
+
+
+def test_sparsity_tokens_are_exact_and_match_the_wildcard():
+    assert sparsity_token(1e-05) == "0.00001"
+    assert sparsity_token(1 / 3) == "0.3333333333333333"
+    assert plan.parse_pruned_id("wanda_general_s0.00001_unstructured")["sparsity"] == "0.00001"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "no_such",
+        "wanda_general_0.5_unstructured",
+        "wanda_general_s1.5_unstructured",
+        "wanda_general_s0.5_2:4",
+        "wanda_general_s0.5_unstructured_x",
+        "wanda-general-s0.5-unstructured",
+        "dense",
+    ],
+)
+def test_what_is_not_a_pruned_id_is_refused_by_name(text):
+    with pytest.raises(DprunerError, match=f"'{text}'"):
+        plan.parse_pruned_id(text)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[path.stem for path in CONFIGS])
+def test_job_lists_of_the_committed_configs(path):
+    config = load_config(path)
+    models, domains = list(config["models"]), list(config["domains"])
+    pairs = expected_sparsity_patterns(config)
+    assert plan.sparsity_patterns(config) == pairs
+    jobs = [
+        {"method": method, "calib": calib, "sparsity": sparsity, "pattern": pattern}
+        for method in config["methods"]
+        for calib in ([PRUNED_ONCE[method]] if method in PRUNED_ONCE else domains)
+        for sparsity, pattern in pairs
+    ]
+    assert plan.pruned_jobs(config) == jobs
+    ids = [f"{j['method']}_{j['calib']}_s{j['sparsity']}_{j['pattern']}" for j in jobs]
+    assert plan.variants(config) == ["dense", *ids]
+    results = config["results"]
+    assert plan.metrics_files(config) == [
+        f"{results}/metrics/{model}/{variant}/{domain}.json"
+        for model in models
+        for variant in ["dense", *ids]
+        for domain in ["general", *domains]
+    ]
+    assert plan.prune_reports(config) == [
+        f"{results}/models/{model}/pruned/{variant}/prune.json"
+        for model in models
+        for variant in ids
+    ]
+    sparsities = list(dict.fromkeys(sparsity for sparsity, _ in pairs))
+    assert plan.general_importance_jobs(config) == [
+        {"model": model, "sparsity": sparsity, "normalize": "mean"}
+        for model in models
+        for sparsity in sparsities
+    ]
+    assert plan.domain_scores_jobs(config) == [
+        {"model": model, "domain": domain, "method": FINE_TUNED, "sparsity": sparsity}
+        for model in models
+        for domain in domains
+        for sparsity in sparsities
+    ]
+
+
+def test_the_general_only_ablation_and_a_second_fine_tuning():
+    config = load_config(REPO / "config" / "config.yaml")
+    dpruner = config["methods"]["dpruner"]
+    config["methods"] = {
+        "dpruner-general": {**dpruner, "scores": "general", "normalize": "none"},
+        "dpruner-nolambda": {**dpruner, "lambda": 0},
+        "dpruner-row": {**dpruner, "lambda": 0, "group": "block"},
+    }
+    assert plan.calibrations(config, "dpruner-general") == ["general"]
+    # G per normalisation; one fine-tuning per domain, shared by the methods that mask differently.
+    assert plan.general_importance_jobs(config) == [
+        {"model": "smollm2-135m", "sparsity": "0.5", "normalize": normalize}
+        for normalize in ("none", "mean")
+    ]
+    assert [job["method"] for job in plan.domain_scores_jobs(config)] == ["dpruner-nolambda"] * 2
+    assert plan.scores_method(config["methods"], "dpruner-row") == "dpruner-nolambda"
+    scores = plan.prune_inputs(config, "smollm2-135m", "dpruner-general", "general", "0.5")
+    assert scores["scores"].endswith("general_importance_s0.5_norm-none.safetensors")
+
+
+def test_every_kind_of_the_schema_and_the_registry_is_declared_once():
+    kinds = yaml.safe_load(SCHEMA.read_text())["$defs"]["method"]["properties"]["kind"]["enum"]
+    assert set(plan.KINDS) == set(kinds) == set(PRUNERS)
+    # The prune step refuses a method without the calibration rows the plan gives it.
+    for kind, inputs in plan.KINDS.items():
+        assert inputs.calibration == PRUNERS[kind].needs_calibration, kind
+
+
+def test_prune_inputs_and_options_of_every_kind():
+    config = load_config(REPO / "config" / "config.yaml")
+    dpruner = config["methods"]["dpruner"]
+    config["methods"] = {
+        "magnitude": {"kind": "magnitude"},
+        "wanda": {"kind": "wanda", "calibration": "general"},
+        "sparsegpt-mixed": {"kind": "sparsegpt", "calibration": "mixed"},
+        "dpruner": dpruner,
+        "dpruner-rec": {**dpruner, "reconstruct": "domain"},
+    }
+    methods = config["methods"]
+    data, scores = "results/run/data/smollm2-135m", "results/run/scores/smollm2-135m"
+    model = {"model": "results/run/models/smollm2-135m/dense"}
+
+    def inputs(method, calib):
+        return plan.prune_inputs(config, "smollm2-135m", method, calib, "0.5")
+
+    assert inputs("magnitude", "none") == model
+    assert inputs("wanda", "general") == {**model, "calibration": f"{data}/general/calibration.pt"}
+    assert inputs("sparsegpt-mixed", "legal") == {
+        **model,
+        "calibration": f"{data}/legal/calibration.pt",
+        "general_calibration": f"{data}/general/calibration.pt",
+    }
+    domain_scores = f"{scores}/legal/domain_scores_dpruner_s0.5.safetensors"
+    assert inputs("dpruner", "legal") == {**model, "scores": domain_scores}
+    assert inputs("dpruner-rec", "legal") == {
+        **model,
+        "scores": domain_scores,
+        "calibration": f"{data}/legal/calibration.pt",
+    }
+    hessians = [name for name, options in methods.items() if plan.uses_hessians(options)]
+    assert hessians == ["sparsegpt-mixed", "dpruner-rec"]
+    mixed = [name for name, options in methods.items() if plan.mixes_general(options)]
+    assert mixed == ["sparsegpt-mixed"]
+
+
+def test_a_model_pruned_for_a_domain_is_evaluated_there_and_on_general_only_by_tasks():
+    config = load_config(REPO / "config" / "config.yaml")
+    every, perplexity = ("perplexity", "tasks"), ("perplexity",)
+    for variant in ("dense", "wanda_general_s0.5_unstructured", "magnitude_none_s0.5_unstructured"):
+        assert plan.evaluation_parts(config, variant) == dict.fromkeys(
+            ["general", "medical", "legal"], every
+        )
+        assert plan.evaluation_priority(config, variant) == 1.0
+    own = "dpruner_medical_s0.5_unstructured"
+    assert plan.evaluation_parts(config, own) == {
+        "general": every,
+        "medical": every,
+        "legal": perplexity,
+    }
+    assert plan.evaluation_priority(config, own) == 2 / 3
+    assert plan.evaluated_model(config, "smollm2-135m", own) == (
+        f"results/run/models/smollm2-135m/pruned/{own}/prune.json"
+    )
+    assert plan.evaluated_model(config, "smollm2-135m", "dense") == (
+        "results/run/models/smollm2-135m/dense"
+    )
+
+
+def test_domain_data_is_cut_at_the_fine_tuning_length_where_matched():
+    config = load_config(REPO / "config" / "config.yaml")
+    assert config["calibration"]["match_dpruner"]
+    assert plan.calibration_settings(config, "medical")["instance_length"] == 128
+    assert "instance_length" not in plan.calibration_settings(config, "general")
