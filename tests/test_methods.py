@@ -1,6 +1,6 @@
 import pytest
 import torch
-from tiny import LAYOUTS, random_tokens, tiny_model
+from tiny import LAYOUTS, layer_inputs, random_tokens, tiny_model
 
 from dpruner.masks import SparsitySpec, prune_mask
 from dpruner.methods import get_pruner
@@ -49,12 +49,8 @@ def test_wanda_mask_equals_brute_force_on_the_first_layer(threads):
     tokens = random_tokens(3, 16)
     name = "model.layers.0.self_attn.q_proj.weight"
     layer = prunable_weights(model)[name]
-    captured = []
-    handle = layer.register_forward_hook(lambda m, i, o: captured.append(i[0].reshape(-1, 32)))
-    with torch.no_grad():
-        model(input_ids=tokens)
-    handle.remove()
-    inputs, weight = captured[0], layer.weight.detach().clone()
+    inputs = layer_inputs(model, layer, tokens)
+    weight = layer.weight.detach().clone()
     d_out, d_in = weight.shape
     expected = torch.zeros(d_out, d_in, dtype=torch.bool)
     for i in range(d_out):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from tiny import random_tokens, tiny_model
+from tiny import layer_inputs, random_tokens, tiny_model
 
 from dpruner.masks import SparsitySpec, prune_mask
 from dpruner.methods import PRUNERS, get_pruner
@@ -76,12 +76,8 @@ def test_the_pruner_masks_by_the_activations_of_the_walk(threads):
     tokens = random_tokens(3, 16)
     name = "model.layers.0.mlp.up_proj.weight"
     layer = prunable_weights(model)[name]
-    captured = []
-    handle = layer.register_forward_hook(lambda m, i, o: captured.append(i[0].reshape(-1, 32)))
-    with torch.no_grad():
-        model(input_ids=tokens)
-    handle.remove()
-    norms = captured[0].double().pow(2).sum(0) / 3
+    inputs = layer_inputs(model, layer, tokens)
+    norms = inputs.double().pow(2).sum(0) / 3
     w = layer.weight.detach().double().abs()
     scores = (w / w.sum(0) + w / w.sum(1, keepdim=True)) * norms.sqrt().sqrt()
     order = sorted((float(s), k) for k, s in enumerate(scores.reshape(-1)))

@@ -53,6 +53,16 @@ def random_tokens(n: int, length: int, vocab_size: int = 96, seed: int = 0) -> t
     return torch.randint(0, vocab_size, (n, length), generator=generator)
 
 
+def layer_inputs(model, layer, tokens: torch.Tensor) -> torch.Tensor:
+    """The rows a dense forward pass of `tokens` feeds into `layer` (tokens x in_features)."""
+    captured = []
+    handle = layer.register_forward_hook(lambda m, i, o: captured.append(i[0]))
+    with torch.no_grad():
+        model(input_ids=tokens)
+    handle.remove()
+    return captured[0].reshape(-1, layer.in_features)
+
+
 def random_scores(model, seed: int = 0) -> dict[str, torch.Tensor]:
     """A uniform random score per prunable weight (a D-Pruner score file's content)."""
     from dpruner.models import prunable_weights
