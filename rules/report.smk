@@ -14,6 +14,8 @@ TABLES = [
     f"{TABLES_DIR}/counts.md",
     f"{TABLES_DIR}/vs_best_baseline.csv",
     f"{TABLES_DIR}/vs_best_baseline.md",
+    f"{TABLES_DIR}/leaderboard.csv",
+    f"{TABLES_DIR}/leaderboard.md",
     f"{TABLES_DIR}/benchmarks.csv",
     f"{TABLES_DIR}/benchmarks_by_rule.csv",
     f"{TABLES_DIR}/benchmarks_by_rule.md",
