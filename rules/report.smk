@@ -29,6 +29,8 @@ PLOTS = [
     *expand(f"{PLOTS_DIR}/{{kind}}_{{domain}}.png", kind=PLOT_KINDS, domain=EVAL_DOMAINS),
     # General against domain perplexity, Pareto-optimal models marked: one per domain.
     *expand(f"{PLOTS_DIR}/frontier_{{domain}}.png", domain=DOMAINS),
+    # Domain against general perplexity change of every pruned model, a panel per model.
+    f"{PLOTS_DIR}/domain_vs_general.png",
     # Metric against calibration size where domains differ only in their instance counts.
     *(f"{PLOTS_DIR}/calibration_size_{next(iter(s))}.png" for s in CALIBRATION_SERIES),
     f"{PLOTS_DIR}/benchmarks.png",
