@@ -16,6 +16,9 @@ from dpruner.report.formatting import METRIC_LABELS, PERCENT_METRICS
 from dpruner.report.tables import interval_tables, main_table
 
 Box = tuple[float, float, float, float]
+# Every figure's resolution. Scatter figures are drawn at it too, so the label extents measured to
+# keep labels apart are those of the image (font hinting does not scale with resolution).
+DPI = 110
 
 
 def _row_labels(index: pd.MultiIndex) -> list[str]:
@@ -208,9 +211,6 @@ def pareto_optimal(points: list[tuple[float, float]]) -> list[bool]:
 OFF_SCALE_FACTOR = 3.0
 LABEL_FONT = 7
 LABEL_PAD_POINTS = 5
-# Scatter figures are drawn at the resolution they are saved at, so the label extents measured
-# to keep labels apart are those of the image (font hinting does not scale with resolution).
-DPI = 110
 # Domain against general perplexity change of every pruned model, one panel per model.
 CHANGE_PLOT = "domain_vs_general.png"
 LEADER = {"arrowstyle": "-", "color": "0.5", "lw": 0.6, "shrinkA": 0, "shrinkB": 3}
