@@ -14,6 +14,8 @@ TABLES = [
     f"{TABLES_DIR}/counts.md",
     f"{TABLES_DIR}/vs_best_baseline.csv",
     f"{TABLES_DIR}/vs_best_baseline.md",
+    f"{TABLES_DIR}/leaderboard.csv",
+    f"{TABLES_DIR}/leaderboard.md",
     f"{TABLES_DIR}/benchmarks.csv",
     f"{TABLES_DIR}/benchmarks_by_rule.csv",
     f"{TABLES_DIR}/benchmarks_by_rule.md",
@@ -29,6 +31,8 @@ PLOTS = [
     *expand(f"{PLOTS_DIR}/{{kind}}_{{domain}}.png", kind=PLOT_KINDS, domain=EVAL_DOMAINS),
     # General against domain perplexity, Pareto-optimal models marked: one per domain.
     *expand(f"{PLOTS_DIR}/frontier_{{domain}}.png", domain=DOMAINS),
+    # Domain against general perplexity change of every pruned model, a panel per model.
+    f"{PLOTS_DIR}/domain_vs_general.png",
     # Metric against calibration size where domains differ only in their instance counts.
     *(f"{PLOTS_DIR}/calibration_size_{next(iter(s))}.png" for s in CALIBRATION_SERIES),
     f"{PLOTS_DIR}/benchmarks.png",

@@ -1,5 +1,6 @@
 """dpruner.report on hand-made metrics files: tables, relative change, cross-domain, plots."""
 
+import itertools
 import json
 from pathlib import Path
 
@@ -18,7 +19,14 @@ from dpruner.report.collect import (
     read_metrics,
 )
 from dpruner.report.formatting import write_benchmark_tables
-from dpruner.report.plots import pareto_optimal, plot
+from dpruner.report.plots import (
+    change_figure,
+    frontier_figure,
+    off_scale,
+    pareto_optimal,
+    place_labels,
+    plot,
+)
 from dpruner.report.summary import summary
 from dpruner.report.tables import cross_domain_table, main_table
 
@@ -299,6 +307,98 @@ def test_pareto_optimal_points_are_those_no_other_point_beats_on_both_axes():
     assert pareto_optimal(points) == [True, True, True, False, True, True]
 
 
+def overlapping(boxes) -> list[tuple]:
+    return [
+        (a, b)
+        for a, b in itertools.combinations(boxes, 2)
+        if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+    ]
+
+
+def test_place_labels_keeps_every_label_apart_and_inside():
+    within = (0, 0, 400, 300)
+    # Ten labels on one point, three near the right edge, one at the top.
+    anchors = [(100, 100)] * 10 + [(390, 50), (395, 52), (398, 49), (200, 299)]
+    sizes = [(60, 10)] * len(anchors)
+    boxes = place_labels(anchors, sizes, within, pad=5, avoid=[(95, 95, 105, 105)])
+    assert not overlapping([*boxes, (95, 95, 105, 105)])
+    assert all(min(b[:2]) >= 0 and b[2] <= 400 and b[3] <= 300 for b in boxes)
+    # Near the right edge a label goes left of its point; alone, it sits right above it.
+    assert all(b[2] <= x for b, (x, _) in zip(boxes[10:13], anchors[10:13], strict=True))
+    assert place_labels([(10, 10)], [(60, 10)], within, pad=5) == [(15, 15, 75, 25)]
+    assert place_labels(anchors, sizes, within, 5) == place_labels(anchors, sizes, within, 5)
+
+
+def test_off_scale_is_a_factor_over_the_median():
+    assert off_scale([30.0, 35.0, 41.0, 14.0, 354.0]) == [False, False, False, False, True]
+    assert off_scale([1.0, 2.0, 3.0]) == [False, False, False]
+
+
+def crowded_table(models=("m",)) -> tuple[pd.DataFrame, dict]:
+    """A main table of one domain: dense, eight methods within 2 % of each other on both
+    perplexities, and magnitude ten times worse; intervals +-3."""
+    methods = {"dense": (14.0, 17.0), "magnitude": (354.0, 417.0)}
+    methods.update({f"method-{i}": (30 + 0.1 * i, 35 - 0.05 * i) for i in range(8)})
+    index = pd.MultiIndex.from_tuples(
+        [(model, method, 0.5, "unstructured") for model in models for method in methods],
+        names=["model", "method", "sparsity", "pattern"],
+    )
+    columns = pd.MultiIndex.from_tuples(
+        [("medical", GENERAL_PERPLEXITY, "ppl"), ("medical", PERPLEXITY, "ppl")],
+        names=["domain", "task", "metric"],
+    )
+    values = [methods[method] for _, method, _, _ in index]
+    table = pd.DataFrame(values, index=index, columns=columns)
+    change = (table / table.xs("dense", level="method", drop_level=False).iloc[0] - 1) * 100
+    bounds = {"low": table - 3, "high": table + 3, "change": change}
+    bounds.update(change_low=change - 10, change_high=change + 10)
+    return table, bounds
+
+
+def labels_of(axis) -> list:
+    """Each label with its text's extent in the rendered figure (an annotation's own extent
+    includes its leader line)."""
+    from matplotlib.text import Text
+
+    axis.figure.canvas.draw()
+    renderer = axis.figure.canvas.get_renderer()
+    return [(text, Text.get_window_extent(text, renderer)) for text in axis.texts]
+
+
+def test_frontier_labels_never_overlap_and_an_outlier_sits_on_the_edge():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    table, bounds = crowded_table()
+    axis = frontier_figure(table, "medical", bounds).axes[0]
+    labels = labels_of(axis)
+    assert len(labels) == 10
+    assert not overlapping([tuple(extent.extents) for _, extent in labels])
+    inside = axis.get_window_extent()
+    assert all(inside.x0 <= e.x0 and e.x1 <= inside.x1 for _, e in labels)
+    # The cluster sets linear axes; magnitude sits in their top right corner with its values.
+    assert axis.get_xscale() == axis.get_yscale() == "linear"
+    assert axis.get_xlim()[1] < 100
+    (outlier,) = [text for text, _ in labels if text.get_text().startswith("magnitude")]
+    assert outlier.get_text() == "magnitude (off scale: general 354.0, medical 417.0)"
+    assert outlier.xy == (axis.get_xlim()[1], axis.get_ylim()[1])
+
+
+def test_change_figure_has_a_panel_per_model_and_labels_that_never_overlap():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    table, bounds = crowded_table(models=("small", "large"))
+    figure = change_figure(table, bounds)
+    assert [axis.get_title().split(":")[0] for axis in figure.axes] == ["small", "large"]
+    for axis in figure.axes:
+        labels = labels_of(axis)
+        assert len(labels) == 9  # no dense point: it is the reference, the dashed lines
+        assert not overlapping([tuple(extent.extents) for _, extent in labels])
+        texts = [text.get_text() for text, _ in labels]
+        assert "magnitude, medical (off scale: general +2429%, domain +2353%)" in texts
+
+
 def test_cross_domain_table(metrics_files):
     table = cross_domain_table(collect(metrics_files))
     rows = table.index.to_frame(index=False)
@@ -334,6 +434,7 @@ def test_aggregate_plot_summary(metrics_files, tmp_path):
         "bars_legal.png",
         "bars_medical.png",
         "benchmarks.png",
+        "domain_vs_general.png",
         "frontier_legal.png",
         "frontier_medical.png",
     ]

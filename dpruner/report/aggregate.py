@@ -9,7 +9,13 @@ from pathlib import Path
 from dpruner.io import atomic_output
 from dpruner.report.benchmarks import benchmarks_by_rule, read_benchmarks
 from dpruner.report.collect import collect, counts_table
-from dpruner.report.formatting import paired_markdown, write_table, write_text
+from dpruner.report.formatting import (
+    leaderboard_markdown,
+    paired_markdown,
+    write_table,
+    write_text,
+)
+from dpruner.report.leaderboard import leaderboard_table
 from dpruner.report.tables import cross_domain_table, interval_tables, main_table
 
 
@@ -61,8 +67,8 @@ def aggregate(
     config: dict | None = None,
 ) -> list[Path]:
     """Write the tables of out_dir: metrics_long.csv (every value with its interval and paired
-    change against dense), main / main_change / cross_domain / vs_best_baseline (and
-    vs_unquantized where the config quantizes) as CSV, Markdown (and LaTeX), counts, and
+    change against dense), main / main_change / cross_domain / vs_best_baseline / leaderboard
+    (and vs_unquantized where the config quantizes) as CSV, Markdown (and LaTeX), counts, and
     benchmarks.csv / benchmarks_by_rule.{csv,md}. Returns the paths."""
     from dpruner.config import baseline_methods, unquantized_twins
     from dpruner.intervals import (
@@ -110,6 +116,21 @@ def aggregate(
             "Every model of a domain's main columns against the best baseline of that domain (of "
             "the config's `baselines`, the one with the best point estimate), paired on the same "
             "units.",
+        ),
+    )
+    board = leaderboard_table(long, units, settings)
+    written += _paired_table(
+        board,
+        out_dir / "leaderboard",
+        header,
+        leaderboard_markdown(
+            board,
+            "Every pruned model of a domain's main columns ranked on each metric; each cell: its "
+            "rank (1: the best point estimate; perplexity lower is better, accuracy, macro-F1 and "
+            "ROUGE-L higher), its group letters, its value. Two methods that share a letter are "
+            "not told apart: the paired interval of their difference (of perplexity: their ratio) "
+            "contains no change; two without a common letter differ (every pair compared on the "
+            "same units at the intervals' level, without a multiplicity adjustment).",
         ),
     )
     twins = unquantized_twins(config)

@@ -11,6 +11,8 @@ import pandas as pd
 from dpruner.config import sparsity_token
 from dpruner.intervals import GENERAL_PERPLEXITY, PERPLEXITY
 from dpruner.io import atomic_output
+from dpruner.report.leaderboard import SETTING
+from dpruner.report.tables import column_order
 
 # Labels for Markdown, LaTeX and plots.
 METRIC_LABELS = {
@@ -203,3 +205,41 @@ def paired_markdown(table: pd.DataFrame, reference: str, reference_value: str, i
     return (
         intro + "\n\n" + pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) + "\n"
     )
+
+
+def leaderboard_markdown(table: pd.DataFrame, intro: str) -> str:
+    """One Markdown table per model, domain, sparsity and pattern of `leaderboard_table`, after
+    the paragraph `intro`: a row per method (in the order of the first column's ranks), a column
+    per metric, each cell `rank letters · value`."""
+    if table.empty:
+        return "No pruned model to rank.\n"
+    with_model = table["model"].nunique() > 1
+    with_setting = len(table[["sparsity", "pattern"]].drop_duplicates()) > 1
+    sections = [intro + "\n"]
+    for (model, domain, sparsity, pattern), part in table.groupby(SETTING, sort=False):
+        columns = column_order(
+            dict.fromkeys(zip(part["domain"], part["task"], part["metric"], strict=True)), [domain]
+        )
+        cells = {(r["task"], r["metric"], r["method"]): r for r in part.to_dict("records")}
+        ranked = sorted(
+            (r for r in cells.values() if (r["task"], r["metric"]) == columns[0][1:]),
+            key=lambda r: r["rank"],
+        )
+        methods = dict.fromkeys([*(r["method"] for r in ranked), *part["method"]])
+        rows = []
+        for method in methods:
+            row = {"method": method}
+            for column in columns:
+                cell = cells.get((*column[1:], method))
+                row[_flat_label(column).removeprefix(f"{domain}: ")] = (
+                    f"{cell['rank']} {cell['group']} · {_formatted(cell['value'], column[2])}"
+                    if cell
+                    else "–"
+                )
+            rows.append(row)
+        title = f"{model}: {domain}" if with_model else domain
+        if with_setting:
+            title += f" ({pattern}, {sparsity_token(sparsity)})"
+        body = pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+        sections.append(f"### {title}\n\n{body}\n")
+    return "\n".join(sections)

@@ -8,11 +8,12 @@ from pathlib import Path
 import pandas as pd
 
 from dpruner.report.formatting import write_text
+from dpruner.report.plots import CHANGE_PLOT
 from dpruner.report.tables import domain_order
 
 
 def summary(tables_dir: str | Path, plots_dir: str | Path, out_file: str | Path) -> Path:
-    """One Markdown page with the main, relative and cross-domain tables, the plots and the
+    """One Markdown page with the main, leaderboard and cross-domain tables, the plots and the
     per-rule benchmark figures; links are relative to the page."""
     tables_dir, plots_dir, out_file = Path(tables_dir), Path(plots_dir), Path(out_file)
 
@@ -28,6 +29,8 @@ def summary(tables_dir: str | Path, plots_dir: str | Path, out_file: str | Path)
         "row of its own in the other domains' columns: the cross-domain table has those).\n",
         "## Main comparison\n",
         (tables_dir / "main.md").read_text(),
+        "## Leaderboard: every pruned model ranked, ties as ties\n",
+        (tables_dir / "leaderboard.md").read_text(),
         "## Cross-domain: pruned for one domain, evaluated on every domain\n",
         (tables_dir / "cross_domain.md").read_text(),
         "## What each metric rests on\n",
@@ -38,7 +41,7 @@ def summary(tables_dir: str | Path, plots_dir: str | Path, out_file: str | Path)
     domains = domain_order(pd.read_csv(tables_dir / "metrics_long.csv"))
     kinds = ("bars", "frontier", "sparsity", "calibration_size")
     names = [f"{kind}_{d}.png" for kind in kinds for d in domains]
-    pngs = [plots_dir / name for name in [*names, "benchmarks.png"]]
+    pngs = [plots_dir / name for name in [*names, CHANGE_PLOT, "benchmarks.png"]]
     parts += [f"![{png.stem}]({rel(png)})\n" for png in pngs if png.is_file()]
     parts += [
         "## Time and memory per rule\n",

@@ -16,7 +16,7 @@ PRIMARY_METRICS = ("ppl", "accuracy", "rougeL")
 ROW_KEYS = ["model", "method", "sparsity", "pattern"]
 
 
-def _column_order(columns: Iterable[tuple], domains: list[str]) -> list[tuple]:
+def column_order(columns: Iterable[tuple], domains: list[str]) -> list[tuple]:
     """(domain, task, metric) columns: domains in order, then perplexity, the tasks, and general
     perplexity last; within a task the metrics in METRIC_ORDER."""
 
@@ -71,7 +71,7 @@ def _pivot(rows: pd.DataFrame, index: list[str], values: str, long: pd.DataFrame
     missing throughout (an interval that could not be computed)."""
     cells = rows.groupby([*index, "domain", "task", "metric"], sort=False)[values].first()
     table = cells.unstack(["domain", "task", "metric"])
-    table = table[_column_order(table.columns, domain_order(long))]
+    table = table[column_order(table.columns, domain_order(long))]
     return _rows_sorted(table, long)
 
 
