@@ -30,6 +30,7 @@ import torch
 
 from dpruner.data import evaluation_text, load_records, split_records, text_tokens
 from dpruner.evaluation.perplexity import sliding_window_perplexity
+from dpruner.io import write_text
 from dpruner.models import load_model, materialise_packaged
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,9 +181,10 @@ def main() -> None:
     )
     tables = Path(args.tables)
     tables.mkdir(parents=True, exist_ok=True)
-    table.to_csv(tables / "baselines.csv", index=False)
-    (tables / "baselines.md").write_text(
-        header + "\n" + table.to_markdown(index=False, floatfmt=".3f") + "\n"
+    write_text(tables / "baselines.csv", table.to_csv(index=False))
+    write_text(
+        tables / "baselines.md",
+        header + "\n" + table.to_markdown(index=False, floatfmt=".3f") + "\n",
     )
     print(header)
     print(table.to_markdown(index=False, floatfmt=".3f"))
@@ -210,7 +212,7 @@ def compare_with_anchor(tables: Path) -> None:
         "docs/reference-comparison.md.\n\n"
     )
     markdown = pd.DataFrame(rows).to_markdown(index=False)
-    (tables / "baselines_vs_anchor.md").write_text(header + markdown + "\n")
+    write_text(tables / "baselines_vs_anchor.md", header + markdown + "\n")
     print(markdown)
 
 

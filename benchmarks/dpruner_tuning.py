@@ -44,6 +44,7 @@ from dpruner.data import (
 from dpruner.errors import NonFiniteError
 from dpruner.evaluation.perplexity import sliding_window_perplexity
 from dpruner.finetune import FineTuneSettings, domain_scores
+from dpruner.io import write_text
 from dpruner.masks import SparsitySpec
 from dpruner.methods.dpruner import DPrunerPruner
 from dpruner.models import load_model
@@ -260,7 +261,7 @@ def table(args) -> None:
     )
     shown = frame[columns].astype(object).where(frame[columns].notna(), None)
     markdown = shown.to_markdown(index=False, floatfmt=".4g", missingval="–")
-    Path(args.out).write_text(header + markdown + "\n", encoding="utf-8")
+    write_text(args.out, header + markdown + "\n")
     print(Path(args.out).read_text())
 
 

@@ -26,6 +26,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from dpruner.calibration import layer_sequential
 from dpruner.finetune import FineTuneSettings, domain_scores
+from dpruner.io import write_text
 from dpruner.masks import SparsitySpec, prune_mask
 from dpruner.methods.base import apply_mask
 from dpruner.methods.sparsegpt import HessianStatistics, sparsegpt_sweep
@@ -195,7 +196,7 @@ def table(jsonl: str) -> str:
             peak = r["peak_gpu_gib_training"]
         lines.append(f"| {r['step']} | {r['device']} | {setting} | {time_text} | {peak} GiB |")
     out = Path(__file__).resolve().parent.parent / "results" / "tables" / "memory_7b.md"
-    out.write_text("\n".join(lines) + "\n")
+    write_text(out, "\n".join(lines) + "\n")
     return out.read_text()
 
 

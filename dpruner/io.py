@@ -124,10 +124,15 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
-def write_json(data: dict, path: str | Path) -> Path:
+def write_text(path: str | Path, text: str) -> Path:
+    """`text` into `path` through atomic_output (never over a file dpruner did not write)."""
     with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def write_json(data: dict, path: str | Path) -> Path:
+    return write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def is_dpruner_output(folder: Path) -> bool:

@@ -27,12 +27,12 @@ from dpruner.io import (
     output_folder,
     remove_stale_temporaries,
     write_json,
+    write_text,
 )
 from dpruner.lifecycle import ORPHANED_EXIT, WORKFLOW_PID_ENV
 from dpruner.models import ModelError, load_model, save_model
 from dpruner.preflight import check_results_owner
 from dpruner.published import publish
-from dpruner.report.formatting import write_text
 
 REPO = Path(__file__).resolve().parent.parent
 

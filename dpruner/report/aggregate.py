@@ -6,14 +6,13 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from dpruner.io import atomic_output
+from dpruner.io import atomic_output, write_text
 from dpruner.report.benchmarks import benchmarks_by_rule, read_benchmarks
 from dpruner.report.collect import collect, counts_table
 from dpruner.report.formatting import (
     leaderboard_markdown,
     paired_markdown,
     write_table,
-    write_text,
 )
 from dpruner.report.leaderboard import leaderboard_table
 from dpruner.report.tables import cross_domain_table, interval_tables, main_table

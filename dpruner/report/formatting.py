@@ -10,7 +10,7 @@ import pandas as pd
 
 from dpruner.config import sparsity_token
 from dpruner.intervals import GENERAL_PERPLEXITY, PERPLEXITY
-from dpruner.io import atomic_output
+from dpruner.io import atomic_output, write_text
 from dpruner.report.leaderboard import SETTING
 from dpruner.report.tables import column_order
 
@@ -133,12 +133,6 @@ def csv_frame(table: pd.DataFrame) -> pd.DataFrame:
     flat = table.copy()
     flat.columns = [_flat_label(c) for c in flat.columns]
     return flat.reset_index()
-
-
-def write_text(path: Path, text: str) -> Path:
-    with atomic_output(path) as tmp:
-        tmp.write_text(text)
-    return path
 
 
 def write_benchmark_tables(

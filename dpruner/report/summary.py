@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dpruner.report.formatting import write_text
+from dpruner.io import write_text
 from dpruner.report.plots import CHANGE_PLOT
 from dpruner.report.tables import domain_order
 
