@@ -150,13 +150,15 @@ def test_dry_run_study_configs(tmp_path, study):
     assert counts.get("stored_size") == (1 if study.stem == "quantization" else None)
     # Pruned models and D-Pruner fine-tunings as each config's header states them: beyond's
     # reconstructions and quantization's dpruner-q4 mask by `dpruner`'s scores (one fine-tuning
-    # per domain); sparsity fine-tunes once per sparsity, calibration size once per size.
+    # per domain); sparsity fine-tunes once per sparsity, calibration size once per size;
+    # leaderboard prunes 21 models and fine-tunes once per domain for each of its two models.
     assert (counts["prune"], counts["domain_scores"]) == {
         "beyond": (14, 2),
         "quantization": (18, 2),
         "third_domain": (6, 1),
         "sparsity": (42, 5),
         "calibration_size": (12, 4),
+        "leaderboard": (42, 4),
     }[study.stem]
 
 
