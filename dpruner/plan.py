@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from dpruner.config import sparsity_token
+from dpruner.config import schema_default, sparsity_token
 from dpruner.errors import DprunerError
 
 
@@ -25,14 +25,37 @@ class KindInputs:
 
 
 # One line per method kind of the schema (`methods.*.kind`): the one place the DAG tells kinds
-# apart. Options add to it: `reconstruct` repairs the kept weights with SparseGPT's sweep, so it
-# brings calibration rows and Hessians (`calibrates`, `uses_hessians`).
+# apart. Options add to it (`calibrates`, `uses_hessians`): `reconstruct` repairs the kept weights
+# with SparseGPT's sweep, so it brings calibration rows and Hessians; `allocation: owl` measures
+# outliers on calibration rows; DSnoT's `initial: sparsegpt` starts from SparseGPT's saliency,
+# which needs Hessians.
 KINDS = {
     "magnitude": KindInputs(calibration=False, hessians=False, scores=False),
     "wanda": KindInputs(calibration=True, hessians=False, scores=False),
     "sparsegpt": KindInputs(calibration=True, hessians=True, scores=False),
     "dpruner": KindInputs(calibration=False, hessians=False, scores=True),
+    "ria": KindInputs(calibration=True, hessians=False, scores=False),
+    "dsnot": KindInputs(calibration=True, hessians=False, scores=False),
 }
+
+# A kind's own options, each with the schema's `$defs` entry that holds its default: the flags
+# of the same names that `python -m dpruner prune` takes for that kind only (`method_options`).
+KIND_OPTIONS = {
+    "ria": {"alpha": "ria_alpha"},
+    "dsnot": {
+        key: f"dsnot_{key}"
+        for key in (
+            "initial",
+            "max_cycles",
+            "update_threshold",
+            "variance_power",
+            "same_sign",
+            "skip",
+        )
+    },
+}
+# OWL's options, taken by any calibrated kind with `allocation: owl`; `$defs` of the same names.
+OWL_OPTIONS = ("owl_m", "owl_lambda")
 
 DENSE = "dense"
 GENERAL = "general"
@@ -121,17 +144,47 @@ def sparsity_patterns(config: dict) -> list[tuple[str, str]]:
 
 def calibrates(options: dict) -> bool:
     """Whether a method's prune jobs read calibration rows."""
-    return KINDS[options["kind"]].calibration or "reconstruct" in options
+    return (
+        KINDS[options["kind"]].calibration
+        or "reconstruct" in options
+        or options.get("allocation") == "owl"
+    )
 
 
 def uses_hessians(options: dict) -> bool:
     """Whether a method's prune jobs build Hessians (and so take `hessian_dtype`)."""
-    return KINDS[options["kind"]].hessians or "reconstruct" in options
+    return (
+        KINDS[options["kind"]].hessians
+        or "reconstruct" in options
+        or method_options(options).get("initial") == "sparsegpt"
+    )
 
 
 def mixes_general(options: dict) -> bool:
     """Whether a method calibrates on mixed rows: the domain's with the general set's."""
     return "mixed" in (options.get("calibration"), options.get("reconstruct"))
+
+
+def reads_general(options: dict) -> bool:
+    """Whether a method's per-domain prune jobs also read the general calibration rows: mixed
+    into the domain's, or cross-calibrated (the two sets' Hessians combined)."""
+    return mixes_general(options) or options.get("calibration") == "cross"
+
+
+def method_options(options: dict) -> dict:
+    """A method's own options as its prune jobs take them (`KIND_OPTIONS`, OWL's with
+    `allocation: owl`, cross-calibration's `coefficient`), every default written out from the
+    schema: a job's command then changes, and it reruns, when a default does."""
+    own = {
+        key: options.get(key, schema_default(default))
+        for key, default in KIND_OPTIONS.get(options["kind"], {}).items()
+    }
+    if options.get("allocation") == "owl":
+        own["allocation"] = "owl"
+        own |= {key: options.get(key, schema_default(key)) for key in OWL_OPTIONS}
+    if options.get("calibration") == "cross":
+        own["coefficient"] = options["coefficient"]
+    return own
 
 
 def calibrations(config: dict, method: str) -> list[str]:
@@ -140,7 +193,7 @@ def calibrations(config: dict, method: str) -> list[str]:
     if KINDS[options["kind"]].scores:
         # The general-only ablation masks by G alone, once; D-Pruner's S is per domain.
         return [GENERAL] if options.get("scores") == GENERAL else domains(config)
-    if options.get("calibration") in ("domain", "mixed"):
+    if options.get("calibration") in ("domain", "mixed", "cross"):
         return domains(config)
     return [GENERAL] if calibrates(options) else [NO_CALIBRATION]
 
@@ -262,7 +315,7 @@ def prune_inputs(config: dict, model: str, method: str, calib: str, sparsity: st
         )
     if calibrates(options):
         inputs["calibration"] = under(config, CALIBRATION, model=model, domain=calib)
-    if mixes_general(options):
+    if reads_general(options):
         inputs["general_calibration"] = under(config, CALIBRATION, model=model, domain=GENERAL)
     return inputs
 

@@ -31,7 +31,7 @@ from dpruner.errors import ConfigError, DataError, DprunerError
 from dpruner.evaluation.items import max_dropped_fraction, read_records, scaled
 from dpruner.evaluation.runner import evaluation_settings
 from dpruner.io import results_folder_problem
-from dpruner.plan import fine_tuned_methods
+from dpruner.plan import fine_tuned_methods, pattern_of_token, sparsity_patterns
 
 Loader = Callable[[dict], list[dict]]
 PARTS = ("calibration", "perplexity", "tasks")
@@ -321,10 +321,12 @@ class _Checker:
                 self.problem(f"methods.{name}.quantize", str(error))
 
     def streaming(self) -> None:
-        """`prune --stream-blocks` refuses to quantize; say so before any job runs."""
+        """`prune --stream-blocks` refuses to quantize or allocate by OWL; say so before any job
+        runs."""
         quantized = [
             name for name, options in self.config["methods"].items() if "quantize" in options
         ]
+        owl = _owl_methods(self.config)
         for model, entry in self.config["models"].items():
             if entry.get("stream_blocks") and quantized:
                 self.problem(
@@ -332,6 +334,30 @@ class _Checker:
                     f"method(s) {', '.join(quantized)} quantize, which streamed pruning does not "
                     "do yet; set stream_blocks: false for this model or drop their quantize",
                 )
+            if entry.get("stream_blocks") and owl:
+                self.problem(
+                    f"models.{model}.stream_blocks",
+                    f"method(s) {', '.join(owl)} take allocation owl, which walks the dense model "
+                    "before pruning, as streamed pruning does not yet; set stream_blocks: false "
+                    "for this model or drop their allocation",
+                )
+
+    def allocation(self) -> None:
+        """`allocation: owl` with an N:M pattern, which the prune step would refuse
+        (OwlAllocation.check_plan), named before any job runs."""
+        from dpruner.masks import SparsitySpec
+        from dpruner.methods.owl import OwlAllocation
+
+        for name in _owl_methods(self.config):
+            for sparsity, token in sparsity_patterns(self.config):
+                try:
+                    spec = SparsitySpec.parse(float(sparsity), pattern_of_token(token))
+                except DprunerError:
+                    continue  # a bad pattern, which `patterns` names
+                try:
+                    OwlAllocation.check_plan(name, spec, streamed=False)
+                except DprunerError as error:
+                    self.problem(f"methods.{name}.allocation", str(error))
 
     def braces(self) -> None:
         """`results` and the local data files are parts of Snakemake's file patterns, where
@@ -364,6 +390,12 @@ class _Checker:
             raise ConfigError(
                 f"{source}: preflight found {len(self.problems)} problem(s):\n{lines}"
             )
+
+
+def _owl_methods(config: dict) -> list[str]:
+    return [
+        name for name, options in config["methods"].items() if options.get("allocation") == "owl"
+    ]
 
 
 def _field_key(task: dict, field: str) -> str:
@@ -422,6 +454,7 @@ def check_config(
     checker.baselines()
     checker.quantization()
     checker.streaming()
+    checker.allocation()
     checker.raise_if_any(source)
 
 

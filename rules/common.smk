@@ -95,12 +95,18 @@ def stream_option(wildcards):
 
 
 def cli_options(options):
-    """`--key value` for every option that is not None, keys with "-" for "_", values quoted."""
-    return " ".join(
-        f"--{key.replace('_', '-')} {shlex.quote(str(value))}"
-        for key, value in options.items()
-        if value is not None
-    )
+    """`--key value` for every option that is not None, keys with "-" for "_", values quoted; a
+    boolean as `--key` or `--no-key`, a list as `--key item...` (`--key` alone when empty)."""
+
+    def option(key, value):
+        flag = key.replace("_", "-")
+        if isinstance(value, bool):
+            return f"--{flag}" if value else f"--no-{flag}"
+        if isinstance(value, list):
+            return " ".join([f"--{flag}", *map(shlex.quote, map(str, value))])
+        return f"--{flag} {shlex.quote(str(value))}"
+
+    return " ".join(option(key, value) for key, value in options.items() if value is not None)
 
 
 def domain_section(domain):
@@ -246,6 +252,7 @@ def prune_options(wildcards):
                 ),
                 "device": DEVICE,
                 "dtype": config["models"][wildcards.model].get("dtype", "float32"),
+                **plan.method_options(options),
             }
         )
         + flags

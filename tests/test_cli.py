@@ -149,6 +149,79 @@ def test_prune_reconstructs_a_dpruner_mask_on_mixed_rows(
     assert "--method dpruner without --reconstruct calibrates on none" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("method", "extra", "options"),
+    [
+        ("ria", ["--alpha", "0.3"], {"alpha": 0.3}),
+        (
+            "dsnot",
+            ["--initial", "sparsegpt", "--max-cycles", "5", "--same-sign", "--skip"],
+            {"initial": "sparsegpt", "max_cycles": 5, "update_threshold": 0.1,
+             "variance_power": 1, "same_sign": True, "skip": []},
+        ),
+        (
+            "wanda",
+            ["--allocation", "owl", "--owl-m", "2"],
+            {"allocation": "owl", "owl_m": 2.0, "owl_lambda": 0.08},
+        ),
+        ("sparsegpt", ["--coefficient", "0.5"], {"coefficient": 0.5}),
+        (
+            "ria",
+            ["--allocation", "owl", "--owl-lambda", "0.05", "--coefficient", "0.5"],
+            None,
+        ),
+    ],
+)  # fmt: skip
+def test_prune_runs_the_new_methods_with_their_options(
+    tmp_path, model_dir, text_file, general_file, capsys, method, extra, options
+):
+    args = ["prune", "--model", str(model_dir), "--method", method, "--sparsity", "0.5",
+            "--calibration", str(text_file), "--nsamples", "4", "--seqlen", "16", *extra,
+            "--out", str(tmp_path / "o")]  # fmt: skip
+    if "--coefficient" in extra:
+        args += ["--general-calibration", str(general_file)]
+    if options is None:  # cross-calibration is for wanda and sparsegpt only
+        assert main(args) == 2 and not (tmp_path / "o").exists()
+        assert "--coefficient cross-calibrates wanda and sparsegpt" in capsys.readouterr().err
+        return
+    assert main(args) == 0
+    report = json.loads((tmp_path / "o" / "prune.json").read_text())
+    assert report["method"] == method and report["options"] == options
+    assert report["measured"]["sparsity_linear"] == pytest.approx(report["sparsity_linear"])
+    if "allocation" in options:
+        owl = report["details"]["owl"]
+        assert (owl["m"], owl["lambda"]) == (options["owl_m"], options["owl_lambda"])
+        assert sum(owl["layer_sparsity"]) / len(owl["layer_sparsity"]) == pytest.approx(0.5)
+        for name, matrix in report["matrices"].items():
+            target = owl["layer_sparsity"][int(name.split(".")[2])]
+            assert matrix["sparsity"] == pytest.approx(target, abs=1 / 32), name  # d_in 32, 64
+    else:
+        assert {matrix["sparsity"] for matrix in report["matrices"].values()} == {0.5}
+    if method == "sparsegpt":
+        assert report["general_calibration"] == str(general_file)
+
+
+def test_prune_masks_dpruner_scores_at_owl_layer_sparsities(tmp_path, model_dir, text_file, capsys):
+    from dpruner.score_files import save_scores, scores_provenance
+
+    provenance = scores_provenance("domain_scores", model_dir, 0.5)
+    save_scores(random_scores(load_model(model_dir)[0]), tmp_path / "s.safetensors", provenance)
+    base = ["prune", "--model", str(model_dir), "--method", "dpruner", "--sparsity", "0.5",
+            "--scores", str(tmp_path / "s.safetensors"), "--allocation", "owl",
+            "--owl-m", "1.5"]  # fmt: skip
+    # OWL measures outliers on calibration rows, which D-Pruner alone does not read.
+    assert main([*base, "--out", str(tmp_path / "o")]) == 2
+    assert "--allocation owl needs --calibration SOURCE" in capsys.readouterr().err
+    calibration = ["--calibration", str(text_file), "--nsamples", "4", "--seqlen", "16"]
+    assert main([*base, *calibration, "--out", str(tmp_path / "owl")]) == 0
+    report = json.loads((tmp_path / "owl" / "prune.json").read_text())
+    assert report["options"] == {"allocation": "owl", "owl_m": 1.5, "owl_lambda": 0.08}
+    sparsities = report["details"]["owl"]["layer_sparsity"]
+    for name, matrix in report["matrices"].items():
+        target = sparsities[int(name.split(".")[2])] * matrix["numel"]
+        assert abs(matrix["pruned"] - target) < 1, name  # one threshold per matrix: exact
+
+
 def test_perplexity_command(tmp_path, model_dir, text_file, capsys):
     out = tmp_path / "ppl.json"
     args = ["perplexity", "--model", str(model_dir), "--data", str(text_file)]
@@ -167,7 +240,17 @@ def test_perplexity_command(tmp_path, model_dir, text_file, capsys):
         (["--sparsity", "0.5", "--group-size", "16"], "need --quantize-bits"),
         (["--sparsity", "0.5", "--quantize-bits", "9"], "bits must lie in 2..8"),
         (["--sparsity", "0.5", "--reconstruct"], "--reconstruct repairs a D-Pruner mask"),
-        (["--sparsity", "0.5", "--domain-share", "0.5"], "--domain-share go together"),
+        (["--sparsity", "0.5", "--domain-share", "0.5"], "--general-calibration goes together"),
+        (["--sparsity", "0.5", "--coefficient", "0.5"], "--general-calibration goes together"),
+        (["--sparsity", "0.5", "--alpha", "0.3"], "--alpha is an option of --method ria"),
+        (["--sparsity", "0.5", "--skip", "mlp"], "--skip is an option of --method dsnot"),
+        (["--sparsity", "0.5", "--owl-m", "3"], "--owl-m needs --allocation owl"),
+        (["--sparsity", "0.5", "--pattern", "2:4", "--allocation", "owl"], "use unstructured"),
+        (["--sparsity", "0.5", "--allocation", "owl", "--stream-blocks"], "streamed blocks"),
+        (
+            ["--sparsity", "0.5", "--method", "magnitude", "--allocation", "owl"],
+            "not --method magnitude",
+        ),
     ],
 )
 def test_bad_arguments_give_one_clear_error(tmp_path, model_dir, text_file, capsys, extra, message):

@@ -199,6 +199,38 @@ def test_prune_inputs_and_options_of_every_kind():
     assert mixed == ["sparsegpt-mixed"]
 
 
+def test_the_new_methods_inputs_and_own_options():
+    config = load_config(REPO / "config" / "config.yaml")
+    dpruner = config["methods"]["dpruner"]
+    config["methods"] = {
+        "ria": {"kind": "ria", "alpha": 0.3},
+        "dsnot": {"kind": "dsnot", "initial": "sparsegpt"},
+        "wanda-cross": {"kind": "wanda", "calibration": "cross", "coefficient": 0.2},
+        "dpruner-owl": {**dpruner, "allocation": "owl", "owl_m": 7},
+    }
+    methods = config["methods"]
+    data = "results/run/data/smollm2-135m"
+    assert [plan.calibrations(config, m) for m in methods] == [
+        ["general"], ["general"], ["medical", "legal"], ["medical", "legal"],
+    ]  # fmt: skip
+    cross = plan.prune_inputs(config, "smollm2-135m", "wanda-cross", "legal", "0.5")
+    assert cross["calibration"] == f"{data}/legal/calibration.pt"
+    assert cross["general_calibration"] == f"{data}/general/calibration.pt"
+    owl = plan.prune_inputs(config, "smollm2-135m", "dpruner-owl", "legal", "0.5")
+    assert owl["calibration"] == f"{data}/legal/calibration.pt" and "scores" in owl
+    # DSnoT starting from SparseGPT's saliency builds Hessians; from Wanda's (default) it does not.
+    assert [m for m, options in methods.items() if plan.uses_hessians(options)] == ["dsnot"]
+    assert not plan.uses_hessians({"kind": "dsnot"})
+    own = {name: plan.method_options(options) for name, options in methods.items()}
+    assert own["ria"] == {"alpha": 0.3}
+    assert own["dsnot"] == {
+        "initial": "sparsegpt", "max_cycles": 50, "update_threshold": 0.1,
+        "variance_power": 1, "same_sign": False, "skip": ["mlp"],
+    }  # fmt: skip
+    assert own["wanda-cross"] == {"coefficient": 0.2}
+    assert own["dpruner-owl"] == {"allocation": "owl", "owl_m": 7, "owl_lambda": 0.08}
+
+
 def test_a_model_pruned_for_a_domain_is_evaluated_there_and_on_general_only_by_tasks():
     config = load_config(REPO / "config" / "config.yaml")
     every, perplexity = ("perplexity", "tasks"), ("perplexity",)

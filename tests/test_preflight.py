@@ -123,13 +123,19 @@ def test_a_count_beyond_the_records_is_an_error(tmp_path):
     assert "legal.calibration[0].count: 500 but the calibration part" in problems(config)
 
 
+def model_of_widths(folder: Path, hidden: int, intermediate: int) -> None:
+    """A model folder whose config.json alone gives its linears' input widths."""
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        json.dumps(
+            {"hidden_size": hidden, "num_attention_heads": 4, "intermediate_size": intermediate}
+        )
+    )
+
+
 def test_an_n_m_pattern_must_divide_every_width(tmp_path):
     config = fixture_config(tmp_path)
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text(
-        json.dumps({"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 96})
-    )
+    model_of_widths(tmp_path / "model", 64, 96)
     config["patterns"] = ["unstructured", "2:4", "3:5"]
     message = problems(config)
     assert "patterns '3:5': M = 5 does not divide the input width(s) [64, 96]" in message
@@ -147,6 +153,24 @@ def test_streamed_models_cannot_be_quantized_yet(tmp_path):
     assert (
         f"models.{model}.stream_blocks: method(s) magnitude-q4 quantize, which streamed pruning"
         in problems(config)
+    )
+
+
+def test_owl_allocation_under_n_m_or_streaming_is_named(tmp_path):
+    config = fixture_config(tmp_path)
+    model_of_widths(tmp_path / "model", 64, 96)
+    config["methods"]["wanda-owl"] = {"kind": "wanda", "allocation": "owl"}
+    check_config(config)
+    config["patterns"] = ["unstructured", "2:4"]
+    assert (
+        "methods.wanda-owl.allocation: wanda-owl: allocation owl gives each layer its own "
+        "sparsity, but pattern 2:4 fixes every layer at 2/4; use unstructured" in problems(config)
+    )
+    config["patterns"] = ["unstructured"]
+    name = next(iter(config["models"]))
+    config["models"][name]["stream_blocks"] = True
+    assert f"models.{name}.stream_blocks: method(s) wanda-owl take allocation owl" in problems(
+        config
     )
 
 

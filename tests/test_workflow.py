@@ -150,13 +150,15 @@ def test_dry_run_study_configs(tmp_path, study):
     assert counts.get("stored_size") == (1 if study.stem == "quantization" else None)
     # Pruned models and D-Pruner fine-tunings as each config's header states them: beyond's
     # reconstructions and quantization's dpruner-q4 mask by `dpruner`'s scores (one fine-tuning
-    # per domain); sparsity fine-tunes once per sparsity, calibration size once per size.
+    # per domain); sparsity fine-tunes once per sparsity, calibration size once per size;
+    # leaderboard prunes 21 models and fine-tunes once per domain for each of its two models.
     assert (counts["prune"], counts["domain_scores"]) == {
         "beyond": (14, 2),
         "quantization": (18, 2),
         "third_domain": (6, 1),
         "sparsity": (42, 5),
         "calibration_size": (12, 4),
+        "leaderboard": (42, 4),
     }[study.stem]
 
 
@@ -238,6 +240,20 @@ def test_ablations_are_config_entries(tmp_path):
     assert counts["evaluate"] == 1 + 3
 
 
+def planned_prunes(config: dict, workdir: Path) -> tuple[str, dict[str, str]]:
+    """A dry run's output until prune, and every prune command (after `python -m dpruner`, up to
+    its log) by the pruned model's id."""
+    config_file = write_config(workdir / "methods.yaml", config)
+    result = snakemake("-n", "-p", "--until", "prune", "--configfile", config_file, workdir=workdir)
+    output = result.stdout + result.stderr
+    commands = {}
+    for line in output.splitlines():
+        if "dpruner prune" in line:
+            command = line.split("python -m dpruner ", 1)[1].split(" > ")[0]
+            commands[re.search(r"--out \S+/pruned/(\S+)", command).group(1)] = command
+    return output, commands
+
+
 def test_mixed_and_reconstructing_methods_pass_their_calibration_to_prune(tmp_path):
     from dpruner.config import schema_default
 
@@ -250,18 +266,9 @@ def test_mixed_and_reconstructing_methods_pass_their_calibration_to_prune(tmp_pa
         "dpruner-rec": {**dpruner, "reconstruct": "domain"},
         "dpruner-recmix": {**dpruner, "reconstruct": "mixed", "domain_share": 0.75},
     }
-    config_file = write_config(tmp_path / "beyond.yaml", config)
-    result = snakemake(
-        "-n", "-p", "--until", "prune", "--configfile", config_file, workdir=tmp_path
-    )
-    output = result.stdout + result.stderr
+    output, commands = planned_prunes(config, tmp_path)
     # The reconstructing variants mask by the scores of `dpruner`: one fine-tuning per domain.
     assert job_counts(output)["domain_scores"] == 2
-    commands = {}
-    for line in output.splitlines():
-        if "dpruner prune" in line:
-            variant = re.search(r"--out \S+/pruned/(\S+)", line).group(1)
-            commands[variant] = line
     data = "results/run/data/smollm2-135m"
     for domain in ("medical", "legal"):
         both = f"--calibration {data}/{domain}/calibration.pt"
@@ -281,6 +288,71 @@ def test_mixed_and_reconstructing_methods_pass_their_calibration_to_prune(tmp_pa
             assert scores in command(method)
         assert not {"--calibration", "--reconstruct"} & set(command("dpruner").split())
     assert len(commands) == 10
+
+
+def test_new_methods_pass_their_options_and_calibration_to_prune(tmp_path):
+    import shlex
+
+    from dpruner.cli import build_parser
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    dpruner = config["methods"]["dpruner"]
+    config["hessian_dtype"] = "float32"
+    config["methods"] = {
+        "ria": {"kind": "ria"},
+        "dsnot": {"kind": "dsnot", "initial": "sparsegpt", "skip": []},
+        "wanda-owl": {"kind": "wanda", "allocation": "owl", "owl_lambda": 0.05},
+        "sparsegpt-cross": {"kind": "sparsegpt", "calibration": "cross", "coefficient": 0.3},
+        "dpruner": dpruner,
+        "dpruner-owl": {**dpruner, "allocation": "owl"},
+    }
+    output, planned_commands = planned_prunes(config, tmp_path)
+    # dpruner-owl masks by the scores of `dpruner` (same fine-tuning): one fine-tuning per domain.
+    assert job_counts(output)["domain_scores"] == 2
+    # Every flag is one of prune's.
+    commands = {
+        variant: (command, build_parser().parse_args(shlex.split(command)))
+        for variant, command in planned_commands.items()
+    }
+    # ria, dsnot and wanda-owl on general; the cross-calibrated and D-Pruner models per domain.
+    assert len(commands) == 3 + 2 * 3
+    data = "results/run/data/smollm2-135m"
+
+    def planned(method, calib="general"):
+        return commands[f"{method}_{calib}_s0.5_unstructured"]
+
+    ria, args = planned("ria")
+    assert (args.method, args.alpha, args.calibration) == (
+        "ria",
+        0.5,
+        f"{data}/general/calibration.pt",
+    )
+    assert "--hessian-dtype" not in ria and "--allocation" not in ria
+    dsnot, args = planned("dsnot")
+    assert "--initial sparsegpt --max-cycles 50 --update-threshold 0.1 --variance-power 1" in dsnot
+    assert (args.same_sign, args.skip, args.hessian_dtype) == (False, [], "float32")
+    owl, args = planned("wanda-owl")
+    assert "--allocation owl --owl-m 5 --owl-lambda 0.05" in owl and "--hessian-dtype" not in owl
+    for domain in ("medical", "legal"):
+        cross, args = planned("sparsegpt-cross", domain)
+        assert (args.calibration, args.general_calibration) == (
+            f"{data}/{domain}/calibration.pt",
+            f"{data}/general/calibration.pt",
+        )
+        assert args.coefficient == 0.3 and args.domain_share is None
+        plain, args = planned("dpruner", domain)
+        assert args.calibration is None and "--allocation" not in plain
+        dpruner_owl, args = planned("dpruner-owl", domain)
+        assert args.scores.endswith(f"{domain}/domain_scores_dpruner_s0.5.safetensors")
+        assert args.calibration == f"{data}/{domain}/calibration.pt"
+        assert (args.allocation, args.owl_m, args.owl_lambda) == ("owl", 5, 0.08)
+    # OWL cannot allocate under N:M: the plan stops, naming the method and key.
+    config["patterns"] = ["unstructured", "2:4"]
+    config_file = write_config(tmp_path / "nm.yaml", config)
+    result = snakemake("-n", "--configfile", config_file, workdir=tmp_path, check=False)
+    assert result.returncode != 0
+    assert "methods.wanda-owl.allocation: wanda-owl: allocation owl" in result.stderr
+    assert "methods.dpruner-owl.allocation" in result.stderr
 
 
 def paper_local_data(workdir: Path) -> None:

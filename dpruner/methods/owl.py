@@ -51,22 +51,28 @@ class OwlAllocation:
     m: float = field(default_factory=lambda: schema_default("owl_m"))
     lam: float = field(default_factory=lambda: schema_default("owl_lambda"))
 
-    def check(self, method: str, calibration, spec: SparsitySpec, blocks) -> None:
-        """Refuse what OWL cannot do, before any model work."""
+    @staticmethod
+    def check_plan(method: str, spec: SparsitySpec, streamed: bool) -> None:
+        """Refuse a pattern or streaming OWL cannot do: what the prune step and the preflight
+        know before any model or data is read."""
         if spec.is_nm:
             raise DprunerError(
                 f"{method}: allocation owl gives each layer its own sparsity, but pattern "
                 f"{spec.label} fixes every layer at {spec.n}/{spec.m}; use unstructured"
             )
+        if streamed:
+            raise DprunerError(
+                f"{method}: allocation owl walks the dense model once before pruning, which "
+                "streamed blocks do not support yet; prune without stream_blocks"
+            )
+
+    def check(self, method: str, calibration, spec: SparsitySpec, blocks) -> None:
+        """Refuse what OWL cannot do, before any model work."""
+        self.check_plan(method, spec, blocks is not None)
         if calibration is None or calibration.numel() == 0:
             raise DprunerError(
                 f"{method}: allocation owl needs calibration data (its outlier ratios come "
                 "from Wanda scores), and none was given"
-            )
-        if blocks is not None:
-            raise DprunerError(
-                f"{method}: allocation owl walks the dense model once before pruning, which "
-                "streamed blocks do not support yet; prune without stream_blocks"
             )
 
     def layer_sparsities(

@@ -3,11 +3,14 @@ sparse it is, the time and memory it took)."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
 import torch
 
+from dpruner import plan
+from dpruner.config import schema_default
 from dpruner.errors import DprunerError
 from dpruner.io import write_json
 from dpruner.steps.common import calibration_from_source, load_step_model
@@ -35,13 +38,22 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--general-calibration",
-        help="general calibration rows mixed into --calibration's domain rows (same forms)",
+        help="general calibration rows (same forms as --calibration): mixed into its domain rows "
+        "(--domain-share) or cross-calibrated with them (--coefficient)",
     )
     p.add_argument(
         "--domain-share",
         type=float,
         help="with --general-calibration: the share of domain rows in the mixed set",
     )
+    p.add_argument(
+        "--coefficient",
+        type=float,
+        help="cross-calibration (wanda, sparsegpt): calibrate on (1 - c) H_domain / tr + "
+        "c H_general / tr, H_domain from --calibration and H_general from --general-calibration "
+        "(no default)",
+    )
+    add_method_option_args(p)
     p.add_argument(
         "--quantize-bits",
         type=int,
@@ -59,6 +71,64 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+# The kinds whose schema entry takes `calibration: cross`.
+CROSS_METHODS = ("wanda", "sparsegpt")
+
+
+def add_method_option_args(p) -> None:
+    """The flags of `plan.method_options`: a kind's own options and OWL's, named as the config's
+    keys. Defaults are the schema's, filled in by `_method_options`, so that a flag given to a
+    method that does not take it is refused rather than ignored."""
+
+    def default(key: str) -> str:
+        return f"default: {schema_default(key)}"
+
+    p.add_argument(
+        "--allocation",
+        choices=["uniform", "owl"],
+        default=schema_default("allocation"),
+        help="owl: each decoder block's sparsity from its outlier ratio (OWL), averaging "
+        "--sparsity; calibrated methods and dpruner, unstructured only",
+    )
+    p.add_argument("--owl-m", type=float, help=f"OWL's outlier threshold M ({default('owl_m')})")
+    p.add_argument(
+        "--owl-lambda", type=float, help=f"OWL's spread lambda ({default('owl_lambda')})"
+    )
+    p.add_argument(
+        "--alpha", type=float, help=f"ria: exponent of the activation norm ({default('ria_alpha')})"
+    )
+    p.add_argument(
+        "--initial",
+        help=f"dsnot: the mask it starts from, wanda or sparsegpt ({default('dsnot_initial')})",
+    )
+    p.add_argument(
+        "--max-cycles", type=int, help=f"dsnot: swap cycles per row ({default('dsnot_max_cycles')})"
+    )
+    p.add_argument(
+        "--update-threshold",
+        type=float,
+        help=f"dsnot: a row's error it stops at ({default('dsnot_update_threshold')})",
+    )
+    p.add_argument(
+        "--variance-power",
+        type=float,
+        help=f"dsnot: power of Var(x_j) that regrowing divides by "
+        f"({default('dsnot_variance_power')})",
+    )
+    p.add_argument(
+        "--same-sign",
+        action=argparse.BooleanOptionalAction,
+        help=f"dsnot: also stop before a swap flips the error's sign "
+        f"({default('dsnot_same_sign')})",
+    )
+    p.add_argument(
+        "--skip",
+        nargs="*",
+        help=f"dsnot: linears with one of these path parts keep their initial mask "
+        f"({default('dsnot_skip')}; --skip alone: none)",
+    )
+
+
 def run(args) -> dict:
     from dpruner.fingerprint import model_fingerprint
     from dpruner.io import check_output_folder
@@ -72,15 +142,26 @@ def run(args) -> dict:
     # Checked before the model loads; save_model checks again before it replaces anything.
     check_output_folder(args.out, args.overwrite, (args.model,))
     spec = SparsitySpec.parse(args.sparsity, args.pattern, args.group or method_class.default_group)
-    pruner = get_pruner(args.method, **_pruner_options(args))
-    if pruner.needs_calibration and not args.calibration:
-        raise DprunerError(f"--method {args.method} needs --calibration SOURCE")
-    _check_mix_args(args, pruner.needs_calibration)
+    own = _method_options(args, spec)
+    pruner = get_pruner(args.method, **_pruner_options(args, own))
+    # OWL measures its outlier ratios on calibration rows, even for a method that has none.
+    calibrated = pruner.needs_calibration or pruner.allocation is not None
+    if calibrated and not args.calibration:
+        needs = f"--method {args.method}" if pruner.needs_calibration else "--allocation owl"
+        raise DprunerError(f"{needs} needs --calibration SOURCE")
+    _check_mix_args(args, calibrated)
     start = time.perf_counter()
     model, tokenizer = load_step_model(args)
     calibration, mix = None, None
-    if pruner.needs_calibration:
+    if calibrated:
         calibration, mix = _calibration(args, tokenizer)
+    if "coefficient" in own:
+        from dpruner.methods.cross import CrossCalibration
+
+        # The general rows need the tokenizer, so they join the pruner once it is loaded.
+        pruner.cross = CrossCalibration(
+            _rows(args, args.general_calibration, tokenizer), own["coefficient"]
+        )
     sources = (args.model, args.scores, args.calibration, args.general_calibration)
     inputs = tuple(p for p in sources if p and Path(p).exists())
     if args.stream_blocks:
@@ -104,6 +185,9 @@ def run(args) -> dict:
         "calibration": args.calibration,
         "calibration_shape": list(calibration.shape) if calibration is not None else None,
         "calibration_mix": mix,
+        "general_calibration": args.general_calibration,
+        # The method's own options as the workflow plans them (dpruner.plan.method_options).
+        "options": own,
         "measured": measured,
         "stream_blocks": args.stream_blocks,
         "total_wall_s": time.perf_counter() - start,
@@ -115,9 +199,50 @@ def run(args) -> dict:
     }
 
 
-def _pruner_options(args) -> dict:
-    """The method's options from the flags, refusing flags the method does not take."""
-    options = {}
+def _method_options(args, spec) -> dict:
+    """`plan.method_options` from the flags, the schema's defaults for those not given; a flag
+    of another kind, OWL's options without --allocation owl, and what OWL or cross-calibration
+    cannot do are refused before the model loads."""
+    entry = {"kind": args.method}
+    for kind, keys in plan.KIND_OPTIONS.items():
+        given = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
+        if given and kind != args.method:
+            raise DprunerError(f"{_flag(next(iter(given)))} is an option of --method {kind}")
+        entry |= given
+    owl = {key: getattr(args, key) for key in plan.OWL_OPTIONS if getattr(args, key) is not None}
+    if owl and args.allocation != "owl":
+        raise DprunerError(f"{_flag(next(iter(owl)))} needs --allocation owl")
+    if args.allocation == "owl":
+        if args.method == "magnitude":
+            raise DprunerError(
+                "--allocation owl is for calibrated methods and dpruner, not --method magnitude"
+            )
+        from dpruner.methods.owl import OwlAllocation
+
+        OwlAllocation.check_plan(args.method, spec, args.stream_blocks)
+        entry |= {"allocation": "owl", **owl}
+    if args.coefficient is not None:
+        if args.method not in CROSS_METHODS:
+            raise DprunerError(
+                f"--coefficient cross-calibrates {' and '.join(CROSS_METHODS)}, "
+                f"not --method {args.method}"
+            )
+        entry |= {"calibration": "cross", "coefficient": args.coefficient}
+    return plan.method_options(entry)
+
+
+def _flag(key: str) -> str:
+    return f"--{key.replace('_', '-')}"
+
+
+def _pruner_options(args, own: dict) -> dict:
+    """The pruner's options from the flags (`own`: `_method_options`), refusing flags the method
+    does not take."""
+    options = {key: own[key] for key in plan.KIND_OPTIONS.get(args.method, {})}
+    if own.get("allocation") == "owl":
+        from dpruner.methods.owl import OwlAllocation
+
+        options["allocation"] = OwlAllocation(own["owl_m"], own["owl_lambda"])
     if args.quantize_bits is not None:
         from dpruner.quantize import QuantSpec
 
@@ -127,7 +252,7 @@ def _pruner_options(args) -> dict:
         raise DprunerError("--group-size and --symmetric need --quantize-bits")
     if args.quantize_bits is not None and args.stream_blocks:
         raise DprunerError("--quantize-bits does not work with --stream-blocks yet")
-    if args.method in ("wanda", "sparsegpt", "dpruner"):
+    if args.method != "magnitude":
         options["batch_size"] = args.batch_size
     if args.method == "dpruner":
         from dpruner.score_files import SCORE_KINDS, check_scores
@@ -137,17 +262,21 @@ def _pruner_options(args) -> dict:
         check_scores(args.scores, "--scores", args.model, SCORE_KINDS, args.sparsity)
         options["scores_path"] = args.scores
         options["reconstruct"] = args.reconstruct
-    if args.method in ("sparsegpt", "dpruner"):
+    if args.method in ("sparsegpt", "dpruner", "dsnot"):
         options["hessian_dtype"] = args.hessian_dtype
-    elif args.reconstruct:
+    if args.reconstruct and args.method != "dpruner":
         raise DprunerError("--reconstruct repairs a D-Pruner mask: it needs --method dpruner")
     return options
 
 
 def _check_mix_args(args, calibrated: bool) -> None:
     """Mixing flags that go together, before the model loads."""
-    if (args.general_calibration is None) != (args.domain_share is None):
-        raise DprunerError("--general-calibration and --domain-share go together")
+    combined = [x for x in (args.domain_share, args.coefficient) if x is not None]
+    if (args.general_calibration is None) == bool(combined) or len(combined) > 1:
+        raise DprunerError(
+            "--general-calibration goes together with one of --domain-share (mixed rows) and "
+            "--coefficient (cross-calibration)"
+        )
     if args.general_calibration and not calibrated:
         method = f"{args.method} without --reconstruct" if args.method == "dpruner" else args.method
         raise DprunerError(
@@ -160,15 +289,11 @@ def _calibration(args, tokenizer) -> tuple[torch.Tensor, dict | None]:
     """The calibration rows, and what the mix holds when general rows are mixed in."""
     from dpruner.data.mixing import mix_calibration
 
-    def rows(source: str) -> torch.Tensor:
-        return calibration_from_source(
-            source, tokenizer, args.nsamples, args.seqlen, args.seed, args.template
-        )
-
-    calibration = rows(args.calibration)
-    if not args.general_calibration:
+    calibration = _rows(args, args.calibration, tokenizer)
+    if args.domain_share is None:
         return calibration, None
-    mix = mix_calibration(rows(args.general_calibration), calibration, args.domain_share, args.seed)
+    general = _rows(args, args.general_calibration, tokenizer)
+    mix = mix_calibration(general, calibration, args.domain_share, args.seed)
     summary = {
         "general_calibration": args.general_calibration,
         "domain_share": args.domain_share,
@@ -176,3 +301,9 @@ def _calibration(args, tokenizer) -> tuple[torch.Tensor, dict | None]:
         **mix.summary(),
     }
     return mix.tokens, summary
+
+
+def _rows(args, source: str, tokenizer) -> torch.Tensor:
+    return calibration_from_source(
+        source, tokenizer, args.nsamples, args.seqlen, args.seed, args.template
+    )
