@@ -15,8 +15,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_make_gpu_check_dry_runs_with_the_system_python_and_no_venv():
+    # Under `make test` the parent make's MAKELEVEL and MAKEFLAGS reach this make, which then
+    # prints "Entering directory" lines unless told not to.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     result = subprocess.run(
-        ["make", "-n", "gpu-check"], cwd=REPO, capture_output=True, text=True, check=True
+        ["make", "-n", "--no-print-directory", "gpu-check"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     )
     commands = result.stdout.strip().splitlines()
     assert commands == [
