@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from dpruner.errors import ConfigError
+from dpruner.errors import ConfigError, DprunerError
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
@@ -229,9 +229,36 @@ def _schema() -> dict:
         return yaml.safe_load(f)
 
 
+def schema_entry(name: str) -> dict:
+    """The schema's `$defs.<name>`."""
+    return _schema()["$defs"][name]
+
+
 def schema_default(name: str):
     """The default of the schema's `$defs.<name>`: an option's default is written there only."""
-    return _schema()["$defs"][name]["default"]
+    return schema_entry(name)["default"]
+
+
+def value_errors(name: str, value) -> list[str]:
+    """What the schema's `$defs.<name>` says against `value`, one line each."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema_entry(name))
+    return [_message(_most_specific(error)) for error in validator.iter_errors(value)]
+
+
+def method_kinds() -> list[str]:
+    """The method kinds the schema knows (`$defs.method.properties.kind`)."""
+    return _schema()["$defs"]["method"]["properties"]["kind"]["enum"]
+
+
+def kind_properties(kind: str) -> dict:
+    """The keys the schema allows a method of `kind`: its `$defs.method.allOf` entry's."""
+    for case in _schema()["$defs"]["method"]["allOf"]:
+        condition = case["if"]["properties"]["kind"]
+        if kind == condition.get("const") or kind in condition.get("enum", ()):
+            return case["then"]["properties"]
+    raise DprunerError(f"the config schema has no entry for method kind '{kind}'")
 
 
 def sparsity_token(value: float) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from dpruner.config import schema_default, sparsity_token
+from dpruner.config import kind_properties, schema_default, sparsity_token
 from dpruner.errors import DprunerError
 
 
@@ -24,36 +24,30 @@ class KindInputs:
     scores: bool  # masks by D-Pruner's scores: general importance, then fine-tuning per domain
 
 
-# One line per method kind of the schema (`methods.*.kind`): the one place the DAG tells kinds
-# apart. Options add to it (`calibrates`, `uses_hessians`): `reconstruct` repairs the kept weights
-# with SparseGPT's sweep, so it brings calibration rows and Hessians; `allocation: owl` measures
-# outliers on calibration rows; DSnoT's `initial: sparsegpt` starts from SparseGPT's saliency,
-# which needs Hessians.
-KINDS = {
-    "magnitude": KindInputs(calibration=False, hessians=False, scores=False),
-    "wanda": KindInputs(calibration=True, hessians=False, scores=False),
-    "sparsegpt": KindInputs(calibration=True, hessians=True, scores=False),
-    "dpruner": KindInputs(calibration=False, hessians=False, scores=True),
-    "ria": KindInputs(calibration=True, hessians=False, scores=False),
-    "dsnot": KindInputs(calibration=True, hessians=False, scores=False),
-}
+def kind_inputs(kind: str) -> KindInputs:
+    """What the prune jobs of `kind` read, as its Pruner class declares (dpruner/methods): the
+    one place the DAG tells kinds apart. Imported on first use, so that importing the plan stays
+    cheap. Options add to it (`calibrates`, `uses_hessians`): `reconstruct` repairs the kept
+    weights with SparseGPT's sweep, so it brings calibration rows and Hessians; `allocation: owl`
+    measures outliers on calibration rows; DSnoT's `initial: sparsegpt` starts from SparseGPT's
+    saliency, which needs Hessians."""
+    from dpruner.methods import PRUNERS
 
-# A kind's own options, each with the schema's `$defs` entry that holds its default: the flags
-# of the same names that `python -m dpruner prune` takes for that kind only (`method_options`).
-KIND_OPTIONS = {
-    "ria": {"alpha": "ria_alpha"},
-    "dsnot": {
-        key: f"dsnot_{key}"
-        for key in (
-            "initial",
-            "max_cycles",
-            "update_threshold",
-            "variance_power",
-            "same_sign",
-            "skip",
-        )
-    },
-}
+    pruner = PRUNERS[kind]
+    return KindInputs(pruner.needs_calibration, pruner.builds_hessians, pruner.masks_by_scores)
+
+
+def kind_options(kind: str) -> dict[str, str]:
+    """A kind's own options, each with the schema's `$defs` entry that holds its default: the
+    keys of its schema entry that refer to `$defs.<kind>_<key>`. They are the flags of the same
+    names that `python -m dpruner prune` takes for that kind only (`method_options`)."""
+    return {
+        key: f"{kind}_{key}"
+        for key, entry in kind_properties(kind).items()
+        if entry.get("$ref") == f"#/$defs/{kind}_{key}"
+    }
+
+
 # OWL's options, taken by any calibrated kind with `allocation: owl`; `$defs` of the same names.
 OWL_OPTIONS = ("owl_m", "owl_lambda")
 
@@ -145,7 +139,7 @@ def sparsity_patterns(config: dict) -> list[tuple[str, str]]:
 def calibrates(options: dict) -> bool:
     """Whether a method's prune jobs read calibration rows."""
     return (
-        KINDS[options["kind"]].calibration
+        kind_inputs(options["kind"]).calibration
         or "reconstruct" in options
         or options.get("allocation") == "owl"
     )
@@ -154,7 +148,7 @@ def calibrates(options: dict) -> bool:
 def uses_hessians(options: dict) -> bool:
     """Whether a method's prune jobs build Hessians (and so take `hessian_dtype`)."""
     return (
-        KINDS[options["kind"]].hessians
+        kind_inputs(options["kind"]).hessians
         or "reconstruct" in options
         or method_options(options).get("initial") == "sparsegpt"
     )
@@ -172,12 +166,12 @@ def reads_general(options: dict) -> bool:
 
 
 def method_options(options: dict) -> dict:
-    """A method's own options as its prune jobs take them (`KIND_OPTIONS`, OWL's with
+    """A method's own options as its prune jobs take them (`kind_options`, OWL's with
     `allocation: owl`, cross-calibration's `coefficient`), every default written out from the
     schema: a job's command then changes, and it reruns, when a default does."""
     own = {
         key: options.get(key, schema_default(default))
-        for key, default in KIND_OPTIONS.get(options["kind"], {}).items()
+        for key, default in kind_options(options["kind"]).items()
     }
     if options.get("allocation") == "owl":
         own["allocation"] = "owl"
@@ -190,7 +184,7 @@ def method_options(options: dict) -> dict:
 def calibrations(config: dict, method: str) -> list[str]:
     """Calibration sets a method is pruned with: one shared set, or one per domain."""
     options = config["methods"][method]
-    if KINDS[options["kind"]].scores:
+    if kind_inputs(options["kind"]).scores:
         # The general-only ablation masks by G alone, once; D-Pruner's S is per domain.
         return [GENERAL] if options.get("scores") == GENERAL else domains(config)
     if options.get("calibration") in ("domain", "mixed", "cross"):
@@ -243,7 +237,7 @@ def fine_tuned_methods(methods: dict) -> dict:
     return {
         name: options
         for name, options in methods.items()
-        if KINDS[options["kind"]].scores and options.get("scores", "domain") == "domain"
+        if kind_inputs(options["kind"]).scores and options.get("scores", "domain") == "domain"
     }
 
 
@@ -268,7 +262,7 @@ def _scored(config: dict, fine_tuned_only: bool) -> list[tuple[str, str]]:
     if fine_tuned_only:
         names = [m for m in fine_tuned_methods(methods) if scores_method(methods, m) == m]
     else:
-        names = [name for name, options in methods.items() if KINDS[options["kind"]].scores]
+        names = [name for name, options in methods.items() if kind_inputs(options["kind"]).scores]
     sparsities = dict.fromkeys(sparsity for sparsity, _ in sparsity_patterns(config))
     return [(name, sparsity) for name in names for sparsity in sparsities]
 
@@ -305,9 +299,9 @@ def prune_inputs(config: dict, model: str, method: str, calib: str, sparsity: st
     """The files one prune job reads: the dense model, and its scores and calibration rows."""
     options = config["methods"][method]
     inputs = {"model": under(config, DENSE_MODEL, model=model)}
-    if KINDS[options["kind"]].scores and calib == GENERAL:
+    if kind_inputs(options["kind"]).scores and calib == GENERAL:
         inputs["scores"] = general_importance_file(config, model, method, sparsity)
-    elif KINDS[options["kind"]].scores:
+    elif kind_inputs(options["kind"]).scores:
         # D-Pruner's scores are an input only here: baselines never wait for them.
         scores = scores_method(config["methods"], method)
         inputs["scores"] = under(

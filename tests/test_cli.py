@@ -244,6 +244,11 @@ def test_perplexity_command(tmp_path, model_dir, text_file, capsys):
         (["--sparsity", "0.5", "--coefficient", "0.5"], "--general-calibration goes together"),
         (["--sparsity", "0.5", "--alpha", "0.3"], "--alpha is an option of --method ria"),
         (["--sparsity", "0.5", "--skip", "mlp"], "--skip is an option of --method dsnot"),
+        (["--sparsity", "0.5", "--method", "ria", "--alpha", "-1"], "--alpha: -1.0 is less than"),
+        (
+            ["--sparsity", "0.5", "--method", "dsnot", "--initial", "magnitude"],
+            "--initial: \"magnitude\" expected one of ['wanda', 'sparsegpt']",
+        ),
         (["--sparsity", "0.5", "--owl-m", "3"], "--owl-m needs --allocation owl"),
         (["--sparsity", "0.5", "--pattern", "2:4", "--allocation", "owl"], "use unstructured"),
         (["--sparsity", "0.5", "--allocation", "owl", "--stream-blocks"], "streamed blocks"),

@@ -154,12 +154,43 @@ def test_the_general_only_ablation_and_a_second_fine_tuning():
     assert scores["scores"].endswith("general_importance_s0.5_norm-none.safetensors")
 
 
-def test_every_kind_of_the_schema_and_the_registry_is_declared_once():
+def test_every_kind_of_the_schema_has_a_discovered_pruner_that_declares_its_inputs():
     kinds = yaml.safe_load(SCHEMA.read_text())["$defs"]["method"]["properties"]["kind"]["enum"]
-    assert set(plan.KINDS) == set(kinds) == set(PRUNERS)
-    # The prune step refuses a method without the calibration rows the plan gives it.
-    for kind, inputs in plan.KINDS.items():
-        assert inputs.calibration == PRUNERS[kind].needs_calibration, kind
+    assert set(kinds) == set(PRUNERS)
+    # (calibration rows, Hessians, D-Pruner's scores), as each Pruner class declares them.
+    assert {kind: tuple(vars(plan.kind_inputs(kind)).values()) for kind in kinds} == {
+        "magnitude": (False, False, False),
+        "wanda": (True, False, False),
+        "sparsegpt": (True, True, False),
+        "dpruner": (False, False, True),
+        "ria": (True, False, False),
+        "dsnot": (True, False, False),
+    }
+    assert {kind: list(plan.kind_options(kind)) for kind in ("ria", "dsnot", "wanda")} == {
+        "ria": ["alpha"],
+        "dsnot": [
+            "initial",
+            "max_cycles",
+            "update_threshold",
+            "variance_power",
+            "same_sign",
+            "skip",
+        ],
+        "wanda": [],
+    }
+
+
+def test_importing_the_plan_does_not_import_the_methods():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dpruner.plan; print('torch' in sys.modules, 'dpruner.methods' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["False", "False"]
 
 
 def test_prune_inputs_and_options_of_every_kind():

@@ -10,6 +10,7 @@ in float32 they are the grid points exactly, in 16-bit dtypes rounded to that dt
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import resource
 import time
 from abc import ABC, abstractmethod
@@ -71,12 +72,19 @@ class Pruner(ABC):
     With `allocation=OwlAllocation(...)` each decoder block gets its own sparsity (OWL,
     dpruner/methods/owl.py), chosen before the method's walk; a method prunes block i to
     `self.block_spec(i, spec)`, which is `spec` itself without an allocation.
+
+    A subclass with a `name` is the method of that kind (`dpruner.methods` discovers it); its
+    class attributes tell the workflow's plan what its prune jobs read: calibration rows
+    (`needs_calibration`), Hessians and so the config's `hessian_dtype` (`builds_hessians`), and
+    D-Pruner's importance scores (`masks_by_scores`).
     """
 
     name: str
     default_group: str = "matrix"
     groups: tuple[str, ...] = ("matrix", "row", "block")
     needs_calibration: bool = True
+    builds_hessians: bool = False
+    masks_by_scores: bool = False
     quantizes_in_sweep: bool = False
     quantizer_name: str = "rtn"
 
@@ -86,6 +94,15 @@ class Pruner(ABC):
         self.quantize = quantize
         self.allocation = allocation
         self.layer_sparsity: list[float] | None = None
+
+    @classmethod
+    def from_options(cls, options: dict, offered: dict) -> Pruner:
+        """The pruner a prune job runs: its kind's own options (`plan.method_options`, the
+        schema's defaults filled in), and of what the prune step offers every method
+        (`offered`: batch_size, hessian_dtype, quantize, allocation, ...) those its constructor
+        takes."""
+        takes = inspect.signature(cls).parameters
+        return cls(**options, **{key: value for key, value in offered.items() if key in takes})
 
     def block_spec(self, index: int, spec: SparsitySpec) -> SparsitySpec:
         """The spec block `index` is pruned to: `spec` at that block's allocated sparsity."""

@@ -99,6 +99,7 @@ class DPrunerPruner(Pruner):
     name = "dpruner"
     default_group = "matrix"
     needs_calibration = False
+    masks_by_scores = True
 
     def __init__(
         self,

@@ -205,6 +205,7 @@ class SparseGPTPruner(Pruner):
     name = "sparsegpt"
     default_group = "block"
     groups = ("block",)
+    builds_hessians = True
     quantizes_in_sweep = True
     quantizer_name = "sparsegpt-joint-gptq"
 

@@ -4,13 +4,14 @@ sparse it is, the time and memory it took)."""
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from pathlib import Path
 
 import torch
 
 from dpruner import plan
-from dpruner.config import schema_default
+from dpruner.config import method_kinds, schema_default, schema_entry, value_errors
 from dpruner.errors import DprunerError
 from dpruner.io import write_json
 from dpruner.steps.common import calibration_from_source, load_step_model
@@ -94,46 +95,44 @@ def add_method_option_args(p) -> None:
     p.add_argument(
         "--owl-lambda", type=float, help=f"OWL's spread lambda ({default('owl_lambda')})"
     )
-    p.add_argument(
-        "--alpha", type=float, help=f"ria: exponent of the activation norm ({default('ria_alpha')})"
-    )
-    p.add_argument(
-        "--initial",
-        help=f"dsnot: the mask it starts from, wanda or sparsegpt ({default('dsnot_initial')})",
-    )
-    p.add_argument(
-        "--max-cycles", type=int, help=f"dsnot: swap cycles per row ({default('dsnot_max_cycles')})"
-    )
-    p.add_argument(
-        "--update-threshold",
-        type=float,
-        help=f"dsnot: a row's error it stops at ({default('dsnot_update_threshold')})",
-    )
-    p.add_argument(
-        "--variance-power",
-        type=float,
-        help=f"dsnot: power of Var(x_j) that regrowing divides by "
-        f"({default('dsnot_variance_power')})",
-    )
-    p.add_argument(
-        "--same-sign",
-        action=argparse.BooleanOptionalAction,
-        help=f"dsnot: also stop before a swap flips the error's sign "
-        f"({default('dsnot_same_sign')})",
-    )
-    p.add_argument(
-        "--skip",
-        nargs="*",
-        help=f"dsnot: linears with one of these path parts keep their initial mask "
-        f"({default('dsnot_skip')}; --skip alone: none)",
-    )
+    for flag, kind, key in _kind_flags():
+        p.add_argument(flag, **_kind_flag_argument(kind, key))
+
+
+def _kind_flags() -> list[tuple[str, str, str]]:
+    """(flag, kind, option) of every kind's own options (`plan.kind_options`), one flag per option
+    name: a kind that shares a name with another shares its flag, so it must share its type."""
+    flags = {}
+    for kind in method_kinds():
+        for key in plan.kind_options(kind):
+            flags.setdefault(_flag(key), (kind, key))
+    return [(flag, kind, key) for flag, (kind, key) in flags.items()]
+
+
+def _kind_flag_argument(kind: str, key: str) -> dict:
+    """argparse's arguments for a kind's option, from its schema entry: the type, and the help
+    from the first sentence of its description with the schema's default."""
+    entry = schema_entry(plan.kind_options(kind)[key])
+    about = re.split(r"[.;] ", entry.get("description", ""))[0].replace("%", "%%")
+    argument = {"help": f"{kind}: {about} (default: {entry['default']})"}
+    if entry.get("type") == "boolean":
+        argument["action"] = argparse.BooleanOptionalAction
+    elif entry.get("type") == "array":
+        argument["nargs"] = "*"
+    elif entry.get("type") in SCHEMA_TYPES:
+        argument["type"] = SCHEMA_TYPES[entry["type"]]
+    return argument
+
+
+# How a flag reads a value of a kind's option of this schema type (strings stay strings).
+SCHEMA_TYPES = {"integer": int, "number": float}
 
 
 def run(args) -> dict:
     from dpruner.fingerprint import model_fingerprint
     from dpruner.io import check_output_folder
     from dpruner.masks import SparsitySpec
-    from dpruner.methods import PRUNERS, get_pruner
+    from dpruner.methods import PRUNERS
     from dpruner.models import measured_sparsity, save_model
 
     method_class = PRUNERS.get(args.method)
@@ -143,7 +142,8 @@ def run(args) -> dict:
     check_output_folder(args.out, args.overwrite, (args.model,))
     spec = SparsitySpec.parse(args.sparsity, args.pattern, args.group or method_class.default_group)
     own = _method_options(args, spec)
-    pruner = get_pruner(args.method, **_pruner_options(args, own))
+    kind_options = {key: own[key] for key in plan.kind_options(args.method)}
+    pruner = method_class.from_options(kind_options, _offered(args, own, method_class))
     # OWL measures its outlier ratios on calibration rows, even for a method that has none.
     calibrated = pruner.needs_calibration or pruner.allocation is not None
     if calibrated and not args.calibration:
@@ -201,14 +201,20 @@ def run(args) -> dict:
 
 def _method_options(args, spec) -> dict:
     """`plan.method_options` from the flags, the schema's defaults for those not given; a flag
-    of another kind, OWL's options without --allocation owl, and what OWL or cross-calibration
-    cannot do are refused before the model loads."""
+    of another kind, a value the kind's schema entry refuses, OWL's options without
+    --allocation owl, and what OWL or cross-calibration cannot do are refused before the model
+    loads."""
     entry = {"kind": args.method}
-    for kind, keys in plan.KIND_OPTIONS.items():
-        given = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
-        if given and kind != args.method:
-            raise DprunerError(f"{_flag(next(iter(given)))} is an option of --method {kind}")
-        entry |= given
+    takes = plan.kind_options(args.method)
+    for flag, kind, key in _kind_flags():
+        if getattr(args, key) is None:
+            continue
+        if key not in takes:
+            raise DprunerError(f"{flag} is an option of --method {kind}")
+        problems = value_errors(takes[key], getattr(args, key))
+        if problems:
+            raise DprunerError(f"{flag}: {problems[0]}")
+        entry[key] = getattr(args, key)
     owl = {key: getattr(args, key) for key in plan.OWL_OPTIONS if getattr(args, key) is not None}
     if owl and args.allocation != "owl":
         raise DprunerError(f"{_flag(next(iter(owl)))} needs --allocation owl")
@@ -235,38 +241,34 @@ def _flag(key: str) -> str:
     return f"--{key.replace('_', '-')}"
 
 
-def _pruner_options(args, own: dict) -> dict:
-    """The pruner's options from the flags (`own`: `_method_options`), refusing flags the method
-    does not take."""
-    options = {key: own[key] for key in plan.KIND_OPTIONS.get(args.method, {})}
+def _offered(args, own: dict, method_class) -> dict:
+    """What the step offers every method's `from_options` (each takes those its constructor
+    does), from the flags (`own`: `_method_options`); flags no method of this kind uses are
+    refused."""
+    offered = {"batch_size": args.batch_size, "hessian_dtype": args.hessian_dtype}
     if own.get("allocation") == "owl":
         from dpruner.methods.owl import OwlAllocation
 
-        options["allocation"] = OwlAllocation(own["owl_m"], own["owl_lambda"])
+        offered["allocation"] = OwlAllocation(own["owl_m"], own["owl_lambda"])
     if args.quantize_bits is not None:
         from dpruner.quantize import QuantSpec
 
         # Round-to-nearest after the mask; SparseGPT quantizes inside its sweep instead.
-        options["quantize"] = QuantSpec(args.quantize_bits, args.group_size, args.symmetric)
+        offered["quantize"] = QuantSpec(args.quantize_bits, args.group_size, args.symmetric)
     elif args.group_size is not None or args.symmetric:
         raise DprunerError("--group-size and --symmetric need --quantize-bits")
     if args.quantize_bits is not None and args.stream_blocks:
         raise DprunerError("--quantize-bits does not work with --stream-blocks yet")
-    if args.method != "magnitude":
-        options["batch_size"] = args.batch_size
-    if args.method == "dpruner":
+    if method_class.masks_by_scores:
         from dpruner.score_files import SCORE_KINDS, check_scores
 
         if not args.scores:
-            raise DprunerError("--method dpruner needs --scores FILE (from `domain-scores`)")
+            raise DprunerError(f"--method {args.method} needs --scores FILE (from `domain-scores`)")
         check_scores(args.scores, "--scores", args.model, SCORE_KINDS, args.sparsity)
-        options["scores_path"] = args.scores
-        options["reconstruct"] = args.reconstruct
-    if args.method in ("sparsegpt", "dpruner", "dsnot"):
-        options["hessian_dtype"] = args.hessian_dtype
-    if args.reconstruct and args.method != "dpruner":
+        offered |= {"scores_path": args.scores, "reconstruct": args.reconstruct}
+    elif args.reconstruct:
         raise DprunerError("--reconstruct repairs a D-Pruner mask: it needs --method dpruner")
-    return options
+    return offered
 
 
 def _check_mix_args(args, calibrated: bool) -> None:

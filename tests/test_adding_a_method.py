@@ -1,0 +1,105 @@
+"""docs/adding-a-method.md's example, as written there: a method that is one module, its schema
+entry and a config line runs through the plan, the prune step and the report's tables with no
+other edit."""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_cli import model_dir  # noqa: F401 (a fixture)
+from test_report import flat, write
+
+from dpruner import config as config_module
+from dpruner import methods, plan
+from dpruner.cli import main
+from dpruner.config import load_config
+from dpruner.report.aggregate import aggregate
+
+REPO = Path(__file__).resolve().parent.parent
+DOC = REPO / "docs" / "adding-a-method.md"
+VARIANT = "random_none_s0.5_unstructured"
+
+
+def doc_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(), re.S)
+
+
+@pytest.fixture
+def random_method(tmp_path, monkeypatch):
+    """The doc's module in a package of its own (found by the registry's discovery, not dropped
+    into dpruner/methods/) and the doc's schema entry in a copy of the schema."""
+    package = tmp_path / "extra_methods"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "random.py").write_text(doc_blocks("python")[0])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = methods.discover("extra_methods")
+    assert list(found) == ["random"]
+    monkeypatch.setitem(methods.PRUNERS, "random", found["random"])
+    defs, case, _ = (yaml.safe_load(block) for block in doc_blocks("yaml"))
+    schema = yaml.safe_load(config_module.SCHEMA.read_text())
+    schema["$defs"] |= defs
+    schema["$defs"]["method"]["properties"]["kind"]["enum"].append("random")
+    schema["$defs"]["method"]["allOf"].append(case)
+    path = tmp_path / "config.schema.yaml"
+    path.write_text(yaml.safe_dump(schema))
+    monkeypatch.setattr(config_module, "SCHEMA", path)
+    config_module._schema.cache_clear()
+    yield
+    config_module._schema.cache_clear()
+    sys.modules.pop("extra_methods.random", None)
+    sys.modules.pop("extra_methods", None)
+
+
+def test_a_method_from_the_doc_runs_through_plan_prune_and_tables(
+    random_method,
+    tmp_path,
+    model_dir,  # noqa: F811
+    capsys,
+):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["methods"] = {
+        "magnitude": {"kind": "magnitude"},
+        **yaml.safe_load(doc_blocks("yaml")[2]),
+    }
+    config["sparsities"], config["patterns"] = [0.5], ["unstructured"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    config = load_config(path)
+    options = config["methods"]["random"]
+    assert plan.method_options(options) == {"mask_seed": 1}
+    assert not plan.calibrates(options) and not plan.uses_hessians(options)
+    assert VARIANT in plan.variants(config)
+    assert set(plan.prune_inputs(config, "m", "random", "none", "0.5")) == {"model"}
+    # The prune step's flags as the rule writes them (rules/common.smk `cli_options`).
+    flags = [
+        f"--{key.replace('_', '-')}={value}" for key, value in plan.method_options(options).items()
+    ]
+    out = tmp_path / VARIANT
+    command = ["prune", "--model", str(model_dir), "--method", "random", "--sparsity", "0.5"]
+    assert main([*command, *flags, "--out", str(out)]) == 0
+    report = json.loads((out / "prune.json").read_text())
+    assert (report["method"], report["options"]) == ("random", {"mask_seed": 1})
+    assert report["sparsity_linear"] == pytest.approx(0.5, abs=0.01)
+    # The flag is the kind's own, checked against its schema entry.
+    other = ["prune", "--model", str(model_dir), "--method", "magnitude", "--sparsity", "0.5"]
+    assert main([*other, "--mask-seed", "1", "--out", str(tmp_path / "o")]) == 2
+    assert "--mask-seed is an option of --method random" in capsys.readouterr().err
+    assert main([*command, "--mask-seed", "-1", "--out", str(tmp_path / "o")]) == 2
+    assert "--mask-seed: -1 is less than the minimum of 0" in capsys.readouterr().err
+    # The report finds the method in the pruned model's id: one more row of the tables.
+    files = [
+        write(tmp_path, variant, domain, flat(ppl, 20.0, 0.3))
+        for variant, ppl in (
+            ("dense", 10.0),
+            (VARIANT, 90.0),
+            ("magnitude_none_s0.5_unstructured", 40.0),
+        )
+        for domain in ("medical", "legal", "general")
+    ]
+    tables = tmp_path / "tables"
+    aggregate(files, tables, config=config)
+    assert "random" in (tables / "main.csv").read_text()
