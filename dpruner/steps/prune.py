@@ -11,7 +11,13 @@ from pathlib import Path
 import torch
 
 from dpruner import plan
-from dpruner.config import method_kinds, schema_default, schema_entry, value_errors
+from dpruner.config import (
+    kind_properties,
+    method_kinds,
+    schema_default,
+    schema_entry,
+    value_errors,
+)
 from dpruner.errors import DprunerError
 from dpruner.io import write_json
 from dpruner.steps.common import calibration_from_source, load_step_model
@@ -70,10 +76,6 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True)
     add_overwrite_arg(p)
     p.set_defaults(func=run)
-
-
-# The kinds whose schema entry takes `calibration: cross`.
-CROSS_METHODS = ("wanda", "sparsegpt")
 
 
 def add_method_option_args(p) -> None:
@@ -219,19 +221,20 @@ def _method_options(args, spec) -> dict:
     if owl and args.allocation != "owl":
         raise DprunerError(f"{_flag(next(iter(owl)))} needs --allocation owl")
     if args.allocation == "owl":
-        if args.method == "magnitude":
+        if "allocation" not in kind_properties(args.method):
             raise DprunerError(
-                "--allocation owl is for calibrated methods and dpruner, not --method magnitude"
+                "--allocation owl is for calibrated methods and dpruner, "
+                f"not --method {args.method}"
             )
         from dpruner.methods.owl import OwlAllocation
 
         OwlAllocation.check_plan(args.method, spec, args.stream_blocks)
         entry |= {"allocation": "owl", **owl}
     if args.coefficient is not None:
-        if args.method not in CROSS_METHODS:
+        if "coefficient" not in kind_properties(args.method):
+            takers = [kind for kind in method_kinds() if "coefficient" in kind_properties(kind)]
             raise DprunerError(
-                f"--coefficient cross-calibrates {' and '.join(CROSS_METHODS)}, "
-                f"not --method {args.method}"
+                f"--coefficient cross-calibrates {' and '.join(takers)}, not --method {args.method}"
             )
         entry |= {"calibration": "cross", "coefficient": args.coefficient}
     return plan.method_options(entry)
