@@ -3,10 +3,10 @@ known."""
 
 import itertools
 import json
-import math
 import random
 
 import pytest
+from test_report import window_perplexity
 
 from dpruner.evaluation.metrics import macro_f1
 from dpruner.intervals import DEFAULTS, PERPLEXITY, load_units, with_intervals
@@ -68,13 +68,7 @@ def metrics(nll_scale: float, correct: list[int], window_noise: float = 0.0) -> 
         return {"kind": "multiple_choice", "metrics": scores, "per_item": items}
 
     return {
-        "perplexity": {
-            "domain": {
-                "ppl": math.exp(sum(nll) / sum(tokens)),
-                "window_nll": nll,
-                "window_tokens": tokens,
-            }
-        },
+        "perplexity": window_perplexity(nll, tokens),
         "tasks": {"mc": task(correct), "same": task([i % 2 for i in range(N)])},
     }
 

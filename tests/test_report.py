@@ -145,6 +145,19 @@ def test_main_table_uses_each_domains_own_model(metrics_files):
     assert domains == ["general", "medical", "legal"]
 
 
+def window_perplexity(nll: list[float], tokens: list[int]) -> dict:
+    """A metrics file's `perplexity` section from per-window NLL sums and token counts."""
+    import math
+
+    return {
+        "domain": {
+            "ppl": math.exp(sum(nll) / sum(tokens)),
+            "window_nll": nll,
+            "window_tokens": tokens,
+        }
+    }
+
+
 def with_units(ppl_scale: float, predicted_shift: int, n: int = 200) -> dict:
     """A metrics file with per-window NLL and per-item scores: `ppl_scale` multiplies the
     perplexity of every window; `predicted_shift` items more are answered wrong."""
@@ -158,13 +171,7 @@ def with_units(ppl_scale: float, predicted_shift: int, n: int = 200) -> dict:
     ]
     acc = sum(item["gold"] == item["predicted"] for item in items) / n
     return {
-        "perplexity": {
-            "domain": {
-                "ppl": math.exp(sum(nll) / sum(tokens)),
-                "window_nll": nll,
-                "window_tokens": tokens,
-            }
-        },
+        "perplexity": window_perplexity(nll, tokens),
         "tasks": {"mc": {"kind": "multiple_choice", "metrics": {"acc": acc}, "per_item": items}},
     }
 
