@@ -15,6 +15,11 @@ HESSIAN_DTYPES = ("auto", "float32")
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
+def check_hessian_dtype(setting: str) -> None:
+    if setting not in HESSIAN_DTYPES:
+        raise DprunerError(f"hessian_dtype must be one of {HESSIAN_DTYPES}, got '{setting}'")
+
+
 def hessian_product_dtype(device_type: str, activations: torch.dtype, setting: str) -> torch.dtype:
     """The dtype X^T X multiplies in; its output and the running Hessian are fp32 either way.
 
@@ -24,8 +29,7 @@ def hessian_product_dtype(device_type: str, activations: torch.dtype, setting: s
     activations being bf16 already. Everywhere else, and with `float32`, the product is fp32 (the
     CPU has no such kernel in torch 2.13; older torch has none at all).
     """
-    if setting not in HESSIAN_DTYPES:
-        raise DprunerError(f"hessian_dtype must be one of {HESSIAN_DTYPES}, got '{setting}'")
+    check_hessian_dtype(setting)
     mixed = hasattr(torch.ops.aten.mm, "dtype")
     if setting == "auto" and device_type == "cuda" and activations in LOW_PRECISION and mixed:
         return activations

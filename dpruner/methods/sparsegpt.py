@@ -21,7 +21,7 @@ import torch
 
 from dpruner.calibration import LayerStatistics, layer_sequential
 from dpruner.errors import DprunerError
-from dpruner.hessian import hessian_product_dtype
+from dpruner.hessian import check_hessian_dtype, hessian_product_dtype
 from dpruner.masks import SparsitySpec, check_mask, lowest_k, nm_mask
 from dpruner.methods.base import Pruner
 from dpruner.models import weight_matrix
@@ -240,8 +240,8 @@ class SparseGPTPruner(Pruner):
         # repairs the kept weights, and each mask is checked against that spec, not SparseGPT's.
         self.fixed_mask = fixed_mask
         self.cross = cross
-        # Checked here, before any model work, as every add_batch checks it again.
-        hessian_product_dtype("cpu", torch.float32, hessian_dtype)
+        # Checked before any model work (every add_batch checks it again).
+        check_hessian_dtype(hessian_dtype)
         self.hessian_dtype = hessian_dtype
 
     def _prune(self, model, calibration, spec: SparsitySpec, blocks=None) -> dict[str, dict]:
