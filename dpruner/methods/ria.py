@@ -13,12 +13,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from dpruner.calibration import layer_sequential
 from dpruner.config import schema_default
-from dpruner.masks import SparsitySpec, prune_mask
-from dpruner.methods.base import Pruner, apply_mask
-from dpruner.methods.wanda import ChannelNormStatistics
-from dpruner.models import weight_matrix
+from dpruner.methods.wanda import WandaPruner
 from dpruner.quantize import QuantSpec
 
 if TYPE_CHECKING:
@@ -38,7 +34,9 @@ def ria_scores(weight: torch.Tensor, mean_sq_norm: torch.Tensor, a: float) -> to
     return importance * mean_sq_norm.sqrt().pow(a).unsqueeze(0)
 
 
-class RIAPruner(Pruner):
+class RIAPruner(WandaPruner):
+    """Wanda's walk and channel norms, masked by `ria_scores` (no cross-calibration)."""
+
     name = "ria"
     default_group = "matrix"
 
@@ -49,26 +47,8 @@ class RIAPruner(Pruner):
         quantize: QuantSpec | None = None,
         allocation: OwlAllocation | None = None,
     ):
-        super().__init__(quantize, allocation)
+        super().__init__(batch_size, quantize, allocation)
         self.alpha = schema_default("ria_alpha") if alpha is None else alpha
-        self.batch_size = batch_size
 
-    def _prune(self, model, calibration, spec: SparsitySpec, blocks=None) -> dict[str, dict]:
-        reports = {}
-
-        def statistics(name, module):
-            weight = weight_matrix(module)
-            return ChannelNormStatistics(weight.shape[1], weight.device)
-
-        def prune_block(index, linears, stats):
-            block_spec = self.block_spec(index, spec)
-            for name, module in linears.items():
-                weight = weight_matrix(module).detach()
-                scores = ria_scores(weight, stats[name].mean_sq_norm, self.alpha)
-                mask = prune_mask(scores, block_spec)
-                reports[name] = apply_mask(name, module, mask, block_spec)
-
-        layer_sequential(
-            model, calibration, statistics, prune_block, batch_size=self.batch_size, blocks=blocks
-        )
-        return reports
+    def scores(self, weight: torch.Tensor, mean_sq_norm: torch.Tensor) -> torch.Tensor:
+        return ria_scores(weight, mean_sq_norm, self.alpha)

@@ -54,6 +54,10 @@ class WandaPruner(Pruner):
         self.batch_size = batch_size
         self.cross = cross
 
+    def scores(self, weight: torch.Tensor, mean_sq_norm: torch.Tensor) -> torch.Tensor:
+        """Each weight's score from the walk's channel norms (a subclass scores otherwise)."""
+        return wanda_scores(weight, mean_sq_norm)
+
     def _prune(self, model, calibration, spec: SparsitySpec, blocks=None) -> dict[str, dict]:
         from dpruner.methods.cross import CrossStatistics
 
@@ -75,7 +79,7 @@ class WandaPruner(Pruner):
         def prune_block(index, linears, stats):
             block_spec = self.block_spec(index, spec)
             for name, module in linears.items():
-                scores = wanda_scores(weight_matrix(module).detach(), stats[name].mean_sq_norm)
+                scores = self.scores(weight_matrix(module).detach(), stats[name].mean_sq_norm)
                 mask = prune_mask(scores, block_spec)
                 reports[name] = apply_mask(name, module, mask, block_spec)
 
