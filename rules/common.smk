@@ -251,7 +251,7 @@ def prune_options(wildcards):
                     config.get("hessian_dtype") if plan.uses_hessians(options) else None
                 ),
                 "device": DEVICE,
-                "dtype": config["models"][wildcards.model].get("dtype", "float32"),
+                "dtype": model_dtype(wildcards),
                 **plan.method_options(options),
             }
         )
