@@ -280,7 +280,7 @@ def main() -> None:
     )
     p.add_argument(
         "--general-importance",
-        default="results/run/scores/smollm2-135m/general_importance_s0.5_norm-mean.safetensors",
+        default="results/run/scores/smollm2-135m/general/general_importance_s0.5_norm-mean.safetensors",
     )
     p.add_argument("--sparsity", type=float, default=0.5)
     p.add_argument("--max-tokens", type=int, default=8192)

@@ -56,14 +56,22 @@ GENERAL = "general"
 # The calibration of a model pruned without calibration data (magnitude).
 NO_CALIBRATION = "none"
 
+# A calibration set: `general` or a domain, drawn with the config's seed (draw 0), or
+# `<general or domain>+<d>`, its draw d (`calibration.draws`), drawn with seed + d. Names hold
+# no "+" (the schema's `name`), so the set splits back unambiguously.
+DRAW_MARK = "+"
+
 DENSE_MODEL = "models/{model}/dense"
+# {domain} in DATA and the scores is a calibration set.
 DATA = "data/{model}/{domain}"
 CALIBRATION = f"{DATA}/calibration.pt"
 INSTANCES = f"{DATA}/instances.jsonl"
-GENERAL_IMPORTANCE = "scores/{model}/general_importance_s{sparsity}_norm-{normalize}.safetensors"
+GENERAL_IMPORTANCE = (
+    "scores/{model}/{domain}/general_importance_s{sparsity}_norm-{normalize}.safetensors"
+)
 DOMAIN_SCORES = "scores/{model}/{domain}/domain_scores_{method}_s{sparsity}.safetensors"
 # A pruned model's id. Names hold no "_" (the schema's `name`), so the id splits back
-# unambiguously; the calibration is `none`, `general` or a domain.
+# unambiguously; the calibration is `none` or a calibration set.
 PRUNED_ID = "{method}_{calib}_s{sparsity}_{pattern}"
 PRUNED_MODEL = f"models/{{model}}/pruned/{PRUNED_ID}"
 # prune.json is written last, inside the model directory: its presence means the model is complete.
@@ -117,6 +125,32 @@ def pattern_of_token(token: str) -> str:
 
 def domains(config: dict) -> list[str]:
     return list(config["domains"])
+
+
+def draws(config: dict) -> range:
+    """The calibration draws of a run: 0 to `calibration.draws` - 1."""
+    return range(config["calibration"].get("draws", schema_default("draws")))
+
+
+def calibration_set(domain: str, draw: int) -> str:
+    """The calibration set of `domain` (or `general`) at `draw`: the name alone at draw 0."""
+    return domain if draw == 0 else f"{domain}{DRAW_MARK}{draw}"
+
+
+def split_calibration_set(name: str) -> tuple[str, int]:
+    """`calibration_set`'s domain and draw back from its name (`none` is draw 0)."""
+    domain, _, draw = name.partition(DRAW_MARK)
+    return domain, int(draw) if draw else 0
+
+
+def calibration_sets(config: dict, domain: str) -> list[str]:
+    """Every draw's calibration set of `domain` (or `general`)."""
+    return [calibration_set(domain, draw) for draw in draws(config)]
+
+
+def calibration_seed(config: dict, name: str) -> int:
+    """The seed a calibration set is drawn with: the config's seed plus its draw."""
+    return config["seed"] + split_calibration_set(name)[1]
 
 
 def eval_domains(config: dict) -> list[str]:
@@ -186,10 +220,14 @@ def calibrations(config: dict, method: str) -> list[str]:
     options = config["methods"][method]
     if kind_inputs(options["kind"]).scores:
         # The general-only ablation masks by G alone, once; D-Pruner's S is per domain.
-        return [GENERAL] if options.get("scores") == GENERAL else domains(config)
-    if options.get("calibration") in ("domain", "mixed", "cross"):
-        return domains(config)
-    return [GENERAL] if calibrates(options) else [NO_CALIBRATION]
+        sets = [GENERAL] if options.get("scores") == GENERAL else domains(config)
+    elif options.get("calibration") in ("domain", "mixed", "cross"):
+        sets = domains(config)
+    elif calibrates(options):
+        sets = [GENERAL]
+    else:
+        return [NO_CALIBRATION]
+    return [calibration_set(domain, draw) for draw in draws(config) for domain in sets]
 
 
 def pruned_jobs(config: dict) -> list[dict[str, str]]:
@@ -268,39 +306,54 @@ def _scored(config: dict, fine_tuned_only: bool) -> list[tuple[str, str]]:
 
 
 def general_importance_jobs(config: dict) -> list[dict[str, str]]:
-    """Wildcards of the general-importance files: one per model, sparsity and normalisation."""
+    """Wildcards of the general-importance files: one per model, general calibration set,
+    sparsity and normalisation."""
     keys = dict.fromkeys(
         (sparsity, config["methods"][method]["normalize"])
         for method, sparsity in _scored(config, fine_tuned_only=False)
     )
     return [
-        {"model": model, "sparsity": sparsity, "normalize": normalize}
+        {"model": model, "domain": general, "sparsity": sparsity, "normalize": normalize}
         for model in config["models"]
+        for general in calibration_sets(config, GENERAL)
         for sparsity, normalize in keys
     ]
 
 
 def domain_scores_jobs(config: dict) -> list[dict[str, str]]:
     return [
-        {"model": model, "domain": domain, "method": method, "sparsity": sparsity}
+        {"model": model, "domain": calibration, "method": method, "sparsity": sparsity}
         for model in config["models"]
-        for domain in domains(config)
+        for draw in draws(config)
+        for calibration in (calibration_set(domain, draw) for domain in domains(config))
         for method, sparsity in _scored(config, fine_tuned_only=True)
     ]
 
 
-def general_importance_file(config: dict, model: str, method: str, sparsity: str) -> str:
-    """The general importance G a scored method is regularised (or, general-only, masked) by."""
+def general_importance_file(
+    config: dict, model: str, method: str, sparsity: str, calibration: str
+) -> str:
+    """The general importance G a scored method is regularised (or, general-only, masked) by,
+    for the calibration set `calibration`: from the general set of the same draw."""
+    general = calibration_set(GENERAL, split_calibration_set(calibration)[1])
     normalize = config["methods"][method]["normalize"]
-    return under(config, GENERAL_IMPORTANCE, model=model, sparsity=sparsity, normalize=normalize)
+    return under(
+        config,
+        GENERAL_IMPORTANCE,
+        model=model,
+        domain=general,
+        sparsity=sparsity,
+        normalize=normalize,
+    )
 
 
 def prune_inputs(config: dict, model: str, method: str, calib: str, sparsity: str) -> dict:
     """The files one prune job reads: the dense model, and its scores and calibration rows."""
     options = config["methods"][method]
     inputs = {"model": under(config, DENSE_MODEL, model=model)}
-    if kind_inputs(options["kind"]).scores and calib == GENERAL:
-        inputs["scores"] = general_importance_file(config, model, method, sparsity)
+    domain, draw = split_calibration_set(calib)
+    if kind_inputs(options["kind"]).scores and domain == GENERAL:
+        inputs["scores"] = general_importance_file(config, model, method, sparsity, calib)
     elif kind_inputs(options["kind"]).scores:
         # D-Pruner's scores are an input only here: baselines never wait for them.
         scores = scores_method(config["methods"], method)
@@ -310,17 +363,24 @@ def prune_inputs(config: dict, model: str, method: str, calib: str, sparsity: st
     if calibrates(options):
         inputs["calibration"] = under(config, CALIBRATION, model=model, domain=calib)
     if reads_general(options):
-        inputs["general_calibration"] = under(config, CALIBRATION, model=model, domain=GENERAL)
+        inputs["general_calibration"] = under(
+            config, CALIBRATION, model=model, domain=calibration_set(GENERAL, draw)
+        )
     return inputs
 
 
 def calibration_settings(config: dict, domain: str) -> dict:
-    """The calibration settings a domain's data depends on: with `match_dpruner`, the length
-    D-Pruner cuts its instances at, so the domain-calibrated baselines calibrate on exactly the
-    tokens D-Pruner fine-tunes on (dpruner.data.tokens.instance_rows)."""
-    settings = dict(config["calibration"])
+    """The calibration settings a calibration set's data depends on: with `match_dpruner`, the
+    length D-Pruner cuts its instances at, so the domain-calibrated baselines calibrate on
+    exactly the tokens D-Pruner fine-tunes on (dpruner.data.tokens.instance_rows). A draw d > 0
+    gives its `draw`, which moves the instances' seed (dpruner.data.prepare); not the number of
+    draws: a set's data is the same whether other draws are made."""
+    settings = {k: v for k, v in config["calibration"].items() if k != "draws"}
+    draw = split_calibration_set(domain)[1]
+    if draw:
+        settings["draw"] = draw
     lengths = {options["max_length"] for options in fine_tuned_methods(config["methods"]).values()}
-    if domain != GENERAL and settings.get("match_dpruner") and lengths:
+    if split_calibration_set(domain)[0] != GENERAL and settings.get("match_dpruner") and lengths:
         # The preflight allows one length only.
         settings["instance_length"] = lengths.pop()
     return settings
@@ -328,8 +388,10 @@ def calibration_settings(config: dict, domain: str) -> dict:
 
 def specialised_domain(config: dict, variant: str) -> str | None:
     """The domain a model was pruned for (its calibration), None for dense and shared models."""
-    calibration = None if variant == DENSE else parse_pruned_id(variant)["calib"]
-    return calibration if calibration in config["domains"] else None
+    if variant == DENSE:
+        return None
+    domain = split_calibration_set(parse_pruned_id(variant)["calib"])[0]
+    return domain if domain in config["domains"] else None
 
 
 def evaluation_parts(config: dict, variant: str) -> dict[str, tuple[str, ...]]:

@@ -60,6 +60,10 @@ PRUNE_REPORT = plan.under(config, plan.PRUNE_REPORT)
 METRICS = plan.under(config, plan.METRICS)
 
 
+# Every calibration draw of general text and of each domain (`calibration.draws`).
+CALIBRATION_SETS = [name for domain in EVAL_DOMAINS for name in plan.calibration_sets(config, domain)]
+
+
 def one_of(names):
     return "|".join(re.escape(name) for name in names)
 
@@ -67,8 +71,9 @@ def one_of(names):
 wildcard_constraints:
     model=one_of(MODELS),
     method=one_of(METHODS),
-    calib=one_of([plan.NO_CALIBRATION, *EVAL_DOMAINS]),
-    domain=one_of(EVAL_DOMAINS),
+    calib=one_of([plan.NO_CALIBRATION, *CALIBRATION_SETS]),
+    # An evaluated domain (metrics) or a calibration set (data, scores).
+    domain=one_of(CALIBRATION_SETS),
     sparsity=plan.SPARSITY_TOKEN,
     pattern=plan.PATTERN_TOKEN,
     normalize="mean|none",
@@ -110,7 +115,9 @@ def cli_options(options):
 
 
 def domain_section(domain):
-    """The config section of `domain`: `general` or one entry of `domains`."""
+    """The config section of `domain` (or of a draw of it): `general` or one entry of
+    `domains`."""
+    domain = plan.split_calibration_set(domain)[0]
     if domain == "general":
         return config["general"]
     return config["domains"][domain]
@@ -129,10 +136,11 @@ def config_json(wildcards=None, section=(), **top):
     sliced = dict(top)
     if section:
         parts = section_parts(wildcards.domain, *section)
-        if wildcards.domain == "general":
+        domain = plan.split_calibration_set(wildcards.domain)[0]
+        if domain == "general":
             sliced["general"] = parts
         else:
-            sliced["domains"] = {wildcards.domain: parts}
+            sliced["domains"] = {domain: parts}
     return json.dumps(sliced, sort_keys=True)
 
 
@@ -244,7 +252,7 @@ def prune_options(wildcards):
                 ),
                 "nsamples": config["calibration"]["nsamples"] if calibrated else None,
                 "seqlen": config["calibration"]["seqlen"] if calibrated else None,
-                "seed": config["seed"] if calibrated else None,
+                "seed": plan.calibration_seed(config, wildcards.calib) if calibrated else None,
                 "quantize_bits": quantize.get("bits"),
                 "group_size": quantize.get("group_size"),
                 "hessian_dtype": (

@@ -39,8 +39,10 @@ rule prepare_data:
             w,
             section=["calibration"],
             calibration=plan.calibration_settings(config, w.domain),
-            seed=config["seed"],
+            seed=plan.calibration_seed(config, w.domain),
         ),
+        # The section the calibration set draws from: `medical` for `medical+1`.
+        section=lambda w: plan.split_calibration_set(w.domain)[0],
         out_dir=lambda w, output: os.path.dirname(output.summary),
     log:
         f"{LOGS}/prepare_data/{{model}}/{{domain}}.log",
@@ -56,5 +58,5 @@ rule prepare_data:
         "../envs/dpruner.yaml"
     shell:
         "python -m dpruner prepare-data --config-json {params.config:q}"
-        " --domain {wildcards.domain:q} --model {input.model:q} --out {params.out_dir:q}"
+        " --domain {params.section:q} --model {input.model:q} --out {params.out_dir:q}"
         " > {log:q} 2>&1"

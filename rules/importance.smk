@@ -5,9 +5,7 @@
 rule general_importance:
     input:
         model=DENSE_MODEL,
-        calibration=lambda w: plan.under(
-            config, plan.CALIBRATION, model=w.model, domain=plan.GENERAL
-        ),
+        calibration=CALIBRATION,
     output:
         GENERAL_IMPORTANCE,
     params:
@@ -16,9 +14,9 @@ rule general_importance:
         stream=stream_option,
         hessian=cli_options({"hessian_dtype": config.get("hessian_dtype")}),
     log:
-        f"{LOGS}/general_importance/{{model}}_s{{sparsity}}_norm-{{normalize}}.log",
+        f"{LOGS}/general_importance/{{model}}/{{domain}}_s{{sparsity}}_norm-{{normalize}}.log",
     benchmark:
-        f"{BENCHMARKS}/general_importance/{{model}}_s{{sparsity}}_norm-{{normalize}}.tsv"
+        f"{BENCHMARKS}/general_importance/{{model}}/{{domain}}_s{{sparsity}}_norm-{{normalize}}.tsv"
     threads: MODEL_JOB_THREADS
     priority: CRITICAL_PATH
     resources:
@@ -39,7 +37,7 @@ rule domain_scores:
         model=DENSE_MODEL,
         instances=INSTANCES,
         general_importance=lambda w: plan.general_importance_file(
-            config, w.model, w.method, w.sparsity
+            config, w.model, w.method, w.sparsity, w.domain
         ),
     output:
         DOMAIN_SCORES,

@@ -20,6 +20,12 @@ TABLES = [
     f"{TABLES_DIR}/benchmarks_by_rule.csv",
     f"{TABLES_DIR}/benchmarks_by_rule.md",
     *(expand(f"{TABLES_DIR}/vs_unquantized.{{ext}}", ext=["csv", "md"]) if QUANTIZED else []),
+    # Each value's range over the calibration draws, when there are several.
+    *(
+        expand(f"{TABLES_DIR}/draw_spread.{{ext}}", ext=["csv", "md"])
+        if len(plan.draws(config)) > 1
+        else []
+    ),
 ]
 # Curves over sparsity only exist when several sparsities are configured.
 UNSTRUCTURED_SPARSITIES = {

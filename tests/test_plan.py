@@ -48,7 +48,7 @@ def expected_sparsity_patterns(config: dict) -> list[tuple[str, str]]:
 
 def test_pruned_ids_read_back_exactly():
     methods = ["magnitude", "wanda-domain", "dpruner-rec-mixed", "m.2", "A-b.c"]
-    calibrations = ["none", "general", "medical", "medical-n160"]
+    calibrations = ["none", "general", "medical", "medical-n160", "general+1", "medical-n160+12"]
     sparsities = [0.5, 1e-05, 1 / 3, 0.5000001, 0.9]
     patterns = ["unstructured", "2:4", "4:8", "16:32"]
     for method, calib, sparsity, pattern in product(methods, calibrations, sparsities, patterns):
@@ -62,9 +62,11 @@ def test_pruned_ids_read_back_exactly():
         assert plan.parse_pruned_id(text) == tokens
         assert plan.pruned_id(**plan.parse_pruned_id(text)) == text
         # The report's reading: the exact sparsity and the pattern as the config writes it.
+        domain, _, draw = calib.partition("+")
         assert parse_variant(text) == {
             "method": method,
-            "calibration": calib,
+            "calibration": domain,
+            "draw": int(draw or 0),
             "sparsity": sparsity,
             "pattern": pattern,
         }
@@ -99,10 +101,20 @@ def test_job_lists_of_the_committed_configs(path):
     models, domains = list(config["models"]), list(config["domains"])
     pairs = expected_sparsity_patterns(config)
     assert plan.sparsity_patterns(config) == pairs
+    # Every calibration set at every draw (seeds.yaml has three), draw 0 by its name alone.
+    draws = range(config["calibration"].get("draws", 1))
+
+    def drawn(names):
+        return [name if d == 0 else f"{name}+{d}" for d in draws for name in names]
+
     jobs = [
         {"method": method, "calib": calib, "sparsity": sparsity, "pattern": pattern}
         for method in config["methods"]
-        for calib in ([PRUNED_ONCE[method]] if method in PRUNED_ONCE else domains)
+        for calib in (
+            ["none"]
+            if PRUNED_ONCE.get(method) == "none"
+            else drawn([PRUNED_ONCE[method]] if method in PRUNED_ONCE else domains)
+        )
         for sparsity, pattern in pairs
     ]
     assert plan.pruned_jobs(config) == jobs
@@ -122,14 +134,15 @@ def test_job_lists_of_the_committed_configs(path):
     ]
     sparsities = list(dict.fromkeys(sparsity for sparsity, _ in pairs))
     assert plan.general_importance_jobs(config) == [
-        {"model": model, "sparsity": sparsity, "normalize": "mean"}
+        {"model": model, "domain": general, "sparsity": sparsity, "normalize": "mean"}
         for model in models
+        for general in drawn(["general"])
         for sparsity in sparsities
     ]
     assert plan.domain_scores_jobs(config) == [
         {"model": model, "domain": domain, "method": FINE_TUNED, "sparsity": sparsity}
         for model in models
-        for domain in domains
+        for domain in drawn(domains)
         for sparsity in sparsities
     ]
 
@@ -145,13 +158,13 @@ def test_the_general_only_ablation_and_a_second_fine_tuning():
     assert plan.calibrations(config, "dpruner-general") == ["general"]
     # G per normalisation; one fine-tuning per domain, shared by the methods that mask differently.
     assert plan.general_importance_jobs(config) == [
-        {"model": "smollm2-135m", "sparsity": "0.5", "normalize": normalize}
+        {"model": "smollm2-135m", "domain": "general", "sparsity": "0.5", "normalize": normalize}
         for normalize in ("none", "mean")
     ]
     assert [job["method"] for job in plan.domain_scores_jobs(config)] == ["dpruner-nolambda"] * 2
     assert plan.scores_method(config["methods"], "dpruner-row") == "dpruner-nolambda"
     scores = plan.prune_inputs(config, "smollm2-135m", "dpruner-general", "general", "0.5")
-    assert scores["scores"].endswith("general_importance_s0.5_norm-none.safetensors")
+    assert scores["scores"].endswith("general/general_importance_s0.5_norm-none.safetensors")
 
 
 def test_every_kind_of_the_schema_has_a_discovered_pruner_that_declares_its_inputs():
@@ -290,3 +303,37 @@ def test_domain_data_is_cut_at_the_fine_tuning_length_where_matched():
     assert config["calibration"]["match_dpruner"]
     assert plan.calibration_settings(config, "medical")["instance_length"] == 128
     assert "instance_length" not in plan.calibration_settings(config, "general")
+
+
+def test_calibration_draws_give_every_calibrated_model_its_own_draw_of_every_input():
+    config = load_config(REPO / "config" / "studies" / "seeds.yaml")
+    assert config["calibration"]["draws"] == 3
+    # Magnitude is pruned once; each calibrated method once per draw of its calibration sets.
+    assert plan.calibrations(config, "magnitude") == ["none"]
+    assert plan.calibrations(config, "wanda") == ["general", "general+1", "general+2"]
+    assert plan.calibrations(config, "dpruner") == [
+        "medical", "legal", "medical+1", "legal+1", "medical+2", "legal+2"
+    ]  # fmt: skip
+    assert [plan.calibration_seed(config, name) for name in ("general", "legal+2")] == [0, 2]
+    assert plan.split_calibration_set("legal+2") == ("legal", 2)
+    # Draw 2's D-Pruner reads draw 2's instances through draw 2's fine-tuning, regularised by
+    # the general importance of draw 2's general windows.
+    inputs = plan.prune_inputs(config, "smollm2-135m", "dpruner", "legal+2", "0.5")
+    assert "/scores/smollm2-135m/legal+2/domain_scores_dpruner_s0.5" in inputs["scores"]
+    scores_job = {"model": "smollm2-135m", "domain": "legal+2", "method": "dpruner"}
+    assert {**scores_job, "sparsity": "0.5"} in plan.domain_scores_jobs(config)
+    assert "/general+2/general_importance_s0.5" in plan.general_importance_file(
+        config, "smollm2-135m", "dpruner", "0.5", "legal+2"
+    )
+    mixed = {**config, "methods": {"mix": {"kind": "wanda", "calibration": "mixed"}}}
+    inputs = plan.prune_inputs(mixed, "smollm2-135m", "mix", "medical+1", "0.5")
+    assert inputs["calibration"].endswith("data/smollm2-135m/medical+1/calibration.pt")
+    assert inputs["general_calibration"].endswith("data/smollm2-135m/general+1/calibration.pt")
+    # Draw 0's data settings are the run of one draw's; a later draw names its draw.
+    one_draw = load_config(REPO / "config" / "config.yaml")
+    assert plan.calibration_settings(config, "medical") == plan.calibration_settings(
+        one_draw, "medical"
+    )
+    assert plan.calibration_settings(config, "medical+1")["draw"] == 1
+    # A model pruned for a draw of a domain is that domain's.
+    assert plan.specialised_domain(config, "dpruner_medical+1_s0.5_unstructured") == "medical"

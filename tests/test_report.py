@@ -88,9 +88,12 @@ def test_parse_variant():
     assert parse_variant("dpruner_medical_s0.52_2of4") == {
         "method": "dpruner",
         "calibration": "medical",
+        "draw": 0,
         "sparsity": 0.52,
         "pattern": "2:4",
     }
+    drawn = parse_variant("dpruner_medical+2_s0.52_2of4")
+    assert (drawn["calibration"], drawn["draw"]) == ("medical", 2)
     assert parse_variant("dense")["method"] == "dense"
     with pytest.raises(DprunerError, match="no_such"):
         parse_variant("no_such")

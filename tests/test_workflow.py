@@ -159,7 +159,38 @@ def test_dry_run_study_configs(tmp_path, study):
         "sparsity": (42, 5),
         "calibration_size": (12, 4),
         "leaderboard": (42, 4),
+        "seeds": (25, 6),
     }[study.stem]
+
+
+def test_calibration_draws_reseed_the_calibration_and_keep_the_evaluation_sets(tmp_path):
+    # seeds.yaml: draw d's data, and the prune jobs that draw mixed rows, use seed d; every
+    # evaluation, of whichever draw's model, reads its tasks with the config's seed 0.
+    result = snakemake(
+        "-n", "-p", "--configfile", REPO / "config" / "studies" / "seeds.yaml", workdir=tmp_path
+    )
+    output = (result.stdout + result.stderr).splitlines()
+    commands = [c[c.index("python -m dpruner") :] for c in output if "python -m dpruner" in c]
+
+    def config_seed(command):
+        return json.loads(re.search(r"--config-json '([^']+)'", command).group(1))["seed"]
+
+    data_seeds = {
+        re.search(r"--out \S+/data/smollm2-135m/(\S+)", c).group(1): config_seed(c)
+        for c in commands
+        if " prepare-data " in c
+    }
+    assert data_seeds == {
+        name: int(name.partition("+")[2] or 0)
+        for domain in ("general", "medical", "legal")
+        for name in (domain, f"{domain}+1", f"{domain}+2")
+    }
+    evaluations = [c for c in commands if " evaluate " in c]
+    assert len(evaluations) == 26
+    assert {
+        json.loads(re.search(r"--config-json '([^']+)'", c).group(1))["seed"] for c in evaluations
+    } == {0}
+    assert any("dpruner_legal+2_s0.5_unstructured" in c for c in evaluations)
 
 
 GPU_CONFIG = REPO / "config" / "gpu.yaml"

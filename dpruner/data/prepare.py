@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from dpruner.config import domain_config
-from dpruner.data.instances import domain_instances, entry_texts
+from dpruner.data.instances import INSTANCE_SEED, domain_instances, entry_texts
 from dpruner.data.tokens import calibration_tokens, instance_rows
 from dpruner.io import atomic_output
 
@@ -25,7 +25,9 @@ def write_calibration(config: dict, domain: str, tokenizer, out_dir: str | Path)
     calibration.pt holds windows of the entries' texts (without `count`: every calibration-part
     record, in record order, which for `general` reproduces the anchor's sampling); the texts are
     shuffled with config seed, windows drawn with config seed. instances.jsonl holds the same
-    selection shuffled with seed 42: D-Pruner's fine-tuning instances. For a domain whose
+    selection shuffled with seed 42 plus the settings' `draw` (the workflow's calibration draw,
+    0 when absent; its config seed is already the draw's): D-Pruner's fine-tuning instances, a
+    `count` of them drawn with that seed. For a domain whose
     settings carry `instance_length` (data-matched baselines), calibration.pt holds instead
     exactly the tokens D-Pruner fine-tunes on (tokens.instance_rows).
     """
@@ -34,9 +36,10 @@ def write_calibration(config: dict, domain: str, tokenizer, out_dir: str | Path)
     settings = config["calibration"]
     eval_fraction = settings["eval_fraction"]
     seed = config["seed"]
+    instance_seed = INSTANCE_SEED + settings.get("draw", 0)
 
-    per_entry = [entry_texts(entry, eval_fraction) for entry in entries]
-    instances = domain_instances(entries, eval_fraction)
+    per_entry = [entry_texts(entry, eval_fraction, instance_seed) for entry in entries]
+    instances = domain_instances(entries, eval_fraction, instance_seed)
     # Set by the workflow for a domain when the baselines are data-matched to D-Pruner.
     instance_length = settings.get("instance_length") if domain != "general" else None
     if instance_length:
@@ -65,6 +68,7 @@ def write_calibration(config: dict, domain: str, tokenizer, out_dir: str | Path)
         "tokens": tokens.numel(),
         "matched_to_instances": bool(instance_length),
         "seed": seed,
+        "instance_seed": instance_seed,
         "sha256": tokens_sha256(tokens),
     }
     with atomic_output(out_dir / "calibration.pt") as tmp:

@@ -9,12 +9,18 @@ from pathlib import Path
 from dpruner.io import atomic_output, write_text
 from dpruner.report.benchmarks import benchmarks_by_rule, read_benchmarks
 from dpruner.report.collect import collect, counts_table
+from dpruner.report.draws import (
+    draw_count,
+    draw_spread_table,
+    draws_note,
+    first_draw,
+    leaderboard_with_draws,
+)
 from dpruner.report.formatting import (
     leaderboard_markdown,
     paired_markdown,
     write_table,
 )
-from dpruner.report.leaderboard import leaderboard_table
 from dpruner.report.tables import cross_domain_table, interval_tables, main_table
 
 
@@ -82,10 +88,13 @@ def aggregate(
     metrics_files = list(metrics_files)
     config = config or {}
     settings = {**DEFAULTS, **(config.get("intervals") or {})}
-    long = collect(metrics_files)  # names an unreadable file first
+    every_draw = collect(metrics_files)  # names an unreadable file first
     units = load_units(metrics_files)
-    long = with_intervals(long, units, settings)
-    header = provenance(config) + interval_note(settings)
+    every_draw = with_intervals(every_draw, units, settings)
+    draws = draw_count(every_draw)
+    spread = draw_spread_table(every_draw)
+    long = first_draw(every_draw)
+    header = provenance(config) + interval_note(settings) + draws_note(spread, draws)
     written = []
     with atomic_output(out_dir / "metrics_long.csv") as tmp:
         long.to_csv(tmp, index=False, float_format="%.6g")
@@ -117,7 +126,7 @@ def aggregate(
             "units.",
         ),
     )
-    board = leaderboard_table(long, units, settings)
+    board = leaderboard_with_draws(every_draw, units, settings)
     written += _paired_table(
         board,
         out_dir / "leaderboard",
@@ -132,6 +141,18 @@ def aggregate(
             "same units at the intervals' level, without a multiplicity adjustment).",
         ),
     )
+    if draws > 1:
+        written += _paired_table(
+            spread,
+            out_dir / "draw_spread",
+            header,
+            "Every value of a domain's main columns measured at several calibration draws: draw "
+            "0's value and bootstrap interval, the lowest and highest value over the draws, their "
+            "range, and the range in widths of draw 0's interval (above 1: the calibration draw "
+            "moves the value more than the evaluation sample's interval spans).\n\n"
+            + spread.to_markdown(index=False, floatfmt=".4g")
+            + "\n",
+        )
     twins = unquantized_twins(config)
     if twins:
         twinned = unquantized_table(long, units, settings, twins)

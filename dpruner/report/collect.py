@@ -16,7 +16,13 @@ import pandas as pd
 
 from dpruner.errors import DprunerError
 from dpruner.intervals import GENERAL_PERPLEXITY, PERPLEXITY
-from dpruner.plan import DENSE, NO_CALIBRATION, parse_pruned_id, pattern_of_token
+from dpruner.plan import (
+    DENSE,
+    NO_CALIBRATION,
+    parse_pruned_id,
+    pattern_of_token,
+    split_calibration_set,
+)
 
 # Metric names as evaluators spell them -> the names used in tables.
 METRIC_ALIASES = {
@@ -40,14 +46,23 @@ METRIC_ALIASES = {
 
 
 def parse_variant(variant: str) -> dict:
-    """`dense` or a pruned model's id (`dpruner.plan.pruned_id`) as its method, calibration,
-    sparsity (a number) and pattern (`2:4`, `unstructured` or `dense`)."""
+    """`dense` or a pruned model's id (`dpruner.plan.pruned_id`) as its method, calibration
+    (`general`, a domain or `none`), calibration draw, sparsity (a number) and pattern (`2:4`,
+    `unstructured` or `dense`)."""
     if variant == DENSE:
-        return {"method": DENSE, "calibration": NO_CALIBRATION, "sparsity": 0.0, "pattern": DENSE}
+        return {
+            "method": DENSE,
+            "calibration": NO_CALIBRATION,
+            "draw": 0,
+            "sparsity": 0.0,
+            "pattern": DENSE,
+        }
     parts = parse_pruned_id(variant)
+    calibration, draw = split_calibration_set(parts["calib"])
     return {
         "method": parts["method"],
-        "calibration": parts["calib"],
+        "calibration": calibration,
+        "draw": draw,
         "sparsity": float(parts["sparsity"]),
         "pattern": pattern_of_token(parts["pattern"]),
     }

@@ -201,6 +201,17 @@ def paired_markdown(table: pd.DataFrame, reference: str, reference_value: str, i
     )
 
 
+def _leaderboard_cell(cell: dict, metric: str) -> str:
+    """`rank letters · value`; with several calibration draws, then the ranges of the rank and
+    of the value over the draws, e.g. `2 ab · 36.1 (draws: 1–3, 35.2–36.9)`."""
+    text = f"{cell['rank']} {cell['group']} · {_formatted(cell['value'], metric)}"
+    if pd.isna(cell.get("rank_low", float("nan"))):
+        return text
+    ranks = f"{cell['rank_low']:.0f}–{cell['rank_high']:.0f}"
+    values = f"{_formatted(cell['value_low'], metric)}–{_formatted(cell['value_high'], metric)}"
+    return f"{text} (draws: {ranks}, {values})"
+
+
 def leaderboard_markdown(table: pd.DataFrame, intro: str) -> str:
     """One Markdown table per model, domain, sparsity and pattern of `leaderboard_table`, after
     the paragraph `intro`: a row per method (in the order of the first column's ranks), a column
@@ -226,9 +237,7 @@ def leaderboard_markdown(table: pd.DataFrame, intro: str) -> str:
             for column in columns:
                 cell = cells.get((*column[1:], method))
                 row[_flat_label(column).removeprefix(f"{domain}: ")] = (
-                    f"{cell['rank']} {cell['group']} · {_formatted(cell['value'], column[2])}"
-                    if cell
-                    else "–"
+                    _leaderboard_cell(cell, column[2]) if cell else "–"
                 )
             rows.append(row)
         title = f"{model}: {domain}" if with_model else domain
