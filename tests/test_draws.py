@@ -1,11 +1,9 @@
 """Calibration draws: each draw's data really differs while the evaluation sets stay the same,
 and the report ranks draw 0 with each value's and rank's range over the draws."""
 
-import json
-
 import pandas as pd
 import torch
-from test_leaderboard import N, metrics
+from test_leaderboard import N, metrics, write_metrics
 from tiny import tiny_tokenizer
 
 from dpruner.data.prepare import write_calibration
@@ -33,13 +31,7 @@ def write_run(folder, scales) -> list:
     for (method, draw), scale in scales.items():
         calib = "medical" if draw == 0 else f"medical+{draw}"
         models[f"{method}_{calib}_s0.5_unstructured"] = metrics(scale, right)
-    paths = []
-    for variant, data in models.items():
-        path = folder / "metrics" / "m" / variant / "medical.json"
-        path.parent.mkdir(parents=True)
-        path.write_text(json.dumps(data))
-        paths.append(path)
-    return paths
+    return write_metrics(folder, models)
 
 
 def test_the_spread_over_draws_and_the_rank_ranges_are_known_answers(tmp_path):

@@ -86,6 +86,17 @@ def chain() -> dict[str, list[int]]:
     }
 
 
+def write_metrics(folder, models: dict) -> list:
+    """One `medical` metrics file per variant of `models` (variant -> metrics) under `folder`."""
+    paths = []
+    for variant, data in models.items():
+        path = folder / "metrics" / "m" / variant / "medical.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(data))
+        paths.append(path)
+    return paths
+
+
 @pytest.fixture
 def files(tmp_path):
     right = chain()
@@ -97,13 +108,7 @@ def files(tmp_path):
         "beta_medical_s0.5_unstructured": metrics(1.2, right["b"]),
         "gamma_medical_s0.5_unstructured": metrics(1.21, right["c"], window_noise=0.1),
     }
-    paths = []
-    for variant, data in models.items():
-        path = tmp_path / "metrics" / "m" / variant / "medical.json"
-        path.parent.mkdir(parents=True)
-        path.write_text(json.dumps(data))
-        paths.append(path)
-    return paths
+    return write_metrics(tmp_path, models)
 
 
 def test_leaderboard_ranks_and_groups_known_answers(files):
