@@ -33,17 +33,22 @@ MARKDOWN_LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 
 
-def committed_text_files() -> dict[str, str]:
+def committed_files() -> list[str]:
+    """The repository's tracked file names (`git ls-files`); the test skips outside a clone."""
     try:
         listed = subprocess.run(
             ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("not a git checkout")
+    return [name for name in listed.decode().split("\0") if name]
+
+
+def committed_text_files() -> dict[str, str]:
     files = {}
-    for name in listed.decode().split("\0"):
+    for name in committed_files():
         path = ROOT / name
-        if not name or name in NOT_CHECKED or not path.is_file():
+        if name in NOT_CHECKED or not path.is_file():
             continue
         data = path.read_bytes()
         if b"\0" in data:

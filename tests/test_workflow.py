@@ -22,9 +22,12 @@ FAKE_PACKAGE = FIXTURES / "fake"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def snakemake(*args, workdir: Path, env: dict | None = None, check: bool = True, **kwargs):
-    """Run the repository's Snakefile in `workdir`; the default profile applies as for users."""
-    command = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
+def snakemake(
+    *args, workdir: Path, env: dict | None = None, check: bool = True, repo: Path = REPO, **kwargs
+):
+    """Run the Snakefile of `repo` (this repository's by default) in `workdir`; the default
+    profile applies as for users."""
+    command = [str(SNAKEMAKE), "--snakefile", str(repo / "Snakefile"), "--directory", str(workdir)]
     result = subprocess.run(
         [*command, *map(str, args)],
         capture_output=True,
@@ -892,6 +895,17 @@ def tiny_config(model_dir: Path) -> dict:
     }
 
 
+def run_tiny(config_file: Path, workdir: Path, **kwargs) -> None:
+    """A real run of the whole DAG on two cores; on a failure, the tails of the jobs' logs."""
+    result = snakemake(
+        "--configfile", config_file, "--cores", "2", workdir=workdir, check=False, **kwargs
+    )
+    if result.returncode != 0:
+        logs = sorted((workdir / "results" / "logs").rglob("*.log"))
+        tails = "\n".join(f"== {p}\n{p.read_text()[-1500:]}" for p in logs if p.stat().st_size)
+        pytest.fail(f"tiny run failed:\n{result.stderr[-4000:]}\n{tails}")
+
+
 @pytest.mark.slow
 def test_tiny_end_to_end_run_of_the_whole_dag(tmp_path):
     config = tiny_config(tiny_model_dir(tmp_path))
@@ -899,11 +913,7 @@ def test_tiny_end_to_end_run_of_the_whole_dag(tmp_path):
     config["models"]["tiny"]["stream_blocks"] = True
     config_file = write_config(tmp_path / "tiny.yaml", config)
     workdir = tmp_path / "work"
-    result = snakemake("--configfile", config_file, "--cores", "2", workdir=workdir, check=False)
-    if result.returncode != 0:
-        logs = sorted((workdir / "results" / "logs").rglob("*.log"))
-        tails = "\n".join(f"== {p}\n{p.read_text()[-1500:]}" for p in logs if p.stat().st_size)
-        pytest.fail(f"tiny run failed:\n{result.stderr[-4000:]}\n{tails}")
+    run_tiny(config_file, workdir)
     results = workdir / "results"
     for stem in ("main", "main_change", "cross_domain"):
         for ext in ("csv", "md", "tex"):
