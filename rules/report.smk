@@ -20,6 +20,12 @@ TABLES = [
     f"{TABLES_DIR}/benchmarks_by_rule.csv",
     f"{TABLES_DIR}/benchmarks_by_rule.md",
     *(expand(f"{TABLES_DIR}/vs_unquantized.{{ext}}", ext=["csv", "md"]) if QUANTIZED else []),
+    # Every model's ranks side by side, and how far the models' rankings agree.
+    *(
+        expand(f"{TABLES_DIR}/leaderboard_models.{{ext}}", ext=["csv", "md"])
+        if len(MODELS) > 1
+        else []
+    ),
     # Each value's range over the calibration draws, when there are several.
     *(
         expand(f"{TABLES_DIR}/draw_spread.{{ext}}", ext=["csv", "md"])

@@ -86,29 +86,33 @@ def chain() -> dict[str, list[int]]:
     }
 
 
-def write_metrics(folder, models: dict) -> list:
-    """One `medical` metrics file per variant of `models` (variant -> metrics) under `folder`."""
+def write_metrics(folder, models: dict, model: str = "m") -> list:
+    """One `medical` metrics file of `model` per variant of `models` (variant -> metrics) under
+    `folder`."""
     paths = []
     for variant, data in models.items():
-        path = folder / "metrics" / "m" / variant / "medical.json"
+        path = folder / "metrics" / model / variant / "medical.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(data))
         paths.append(path)
     return paths
 
 
+def chain_models(first: str = "alpha", last: str = "gamma") -> dict:
+    """Perplexity: `first` clearly best; beta and `last` about 20 % worse and tied (`last`: 1 %
+    worse than beta, with 10 % noise per window); on `mc` the chain of `chain`."""
+    right = chain()
+    return {
+        "dense": metrics(0.9, [1] * N),
+        f"{first}_medical_s0.5_unstructured": metrics(1.0, right["a"]),
+        "beta_medical_s0.5_unstructured": metrics(1.2, right["b"]),
+        f"{last}_medical_s0.5_unstructured": metrics(1.21, right["c"], window_noise=0.1),
+    }
+
+
 @pytest.fixture
 def files(tmp_path):
-    right = chain()
-    # Perplexity: A clearly best; B and C about 20 % worse and tied (C: 1 % worse than B, with
-    # 10 % noise per window).
-    models = {
-        "dense": metrics(0.9, [1] * N),
-        "alpha_medical_s0.5_unstructured": metrics(1.0, right["a"]),
-        "beta_medical_s0.5_unstructured": metrics(1.2, right["b"]),
-        "gamma_medical_s0.5_unstructured": metrics(1.21, right["c"], window_noise=0.1),
-    }
-    return write_metrics(tmp_path, models)
+    return write_metrics(tmp_path, chain_models())
 
 
 def test_leaderboard_ranks_and_groups_known_answers(files):

@@ -166,6 +166,21 @@ def test_dry_run_study_configs(tmp_path, study):
     }[study.stem]
 
 
+def test_dry_run_lists_the_leaderboard_across_models_only_with_several_models(tmp_path):
+    # leaderboard.yaml (two models) plans tables/leaderboard_models.md; the default config (one)
+    # has no rule that makes it.
+    def plan(config: str, results: str):
+        target = f"{results}/tables/leaderboard_models.md"
+        return snakemake(
+            "-n", target, "--configfile", REPO / "config" / config, workdir=tmp_path, check=False
+        )
+
+    two = plan("studies/leaderboard.yaml", "results/studies/leaderboard/run")
+    assert two.returncode == 0 and job_counts(two.stdout + two.stderr)["aggregate"] == 1
+    one = plan("config.yaml", "results/run")
+    assert one.returncode != 0 and "MissingRuleException" in one.stdout + one.stderr
+
+
 def test_calibration_draws_reseed_the_calibration_and_keep_the_evaluation_sets(tmp_path):
     # seeds.yaml: draw d's data, and the prune jobs that draw mixed rows, use seed d; every
     # evaluation, of whichever draw's model, reads its tasks with the config's seed 0.

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from dpruner.io import atomic_output, write_text
+from dpruner.report.across_models import agreement_table, side_by_side
 from dpruner.report.benchmarks import benchmarks_by_rule, read_benchmarks
 from dpruner.report.collect import collect, counts_table
 from dpruner.report.draws import (
@@ -18,6 +19,7 @@ from dpruner.report.draws import (
 )
 from dpruner.report.formatting import (
     leaderboard_markdown,
+    leaderboard_models_markdown,
     paired_markdown,
     write_table,
 )
@@ -73,7 +75,8 @@ def aggregate(
 ) -> list[Path]:
     """Write the tables of out_dir: metrics_long.csv (every value with its interval and paired
     change against dense), main / main_change / cross_domain / vs_best_baseline / leaderboard
-    (and vs_unquantized where the config quantizes) as CSV, Markdown (and LaTeX), counts, and
+    (and leaderboard_models where the metrics hold several models, vs_unquantized where the
+    config quantizes) as CSV, Markdown (and LaTeX), counts, and
     benchmarks.csv / benchmarks_by_rule.{csv,md}. Returns the paths."""
     from dpruner.config import baseline_methods, unquantized_twins
     from dpruner.intervals import (
@@ -141,6 +144,28 @@ def aggregate(
             "same units at the intervals' level, without a multiplicity adjustment).",
         ),
     )
+    if long["model"].nunique() > 1:
+        written += _paired_table(
+            side_by_side(board),
+            out_dir / "leaderboard_models",
+            header,
+            leaderboard_models_markdown(
+                board,
+                agreement_table(board),
+                "Does a method's place on one model hold on another? Each table below is one "
+                "ranking of leaderboard.md on every model side by side: a row per method, a cell "
+                "per model with its rank, group letters and value there (– where the method was "
+                "not run on that model). The agreement table compares two models' rankings over "
+                "the methods ranked on both: Kendall's tau-b of their ranks (1 the same order, "
+                "-1 the reverse, 0 unrelated; equal values count as ties, not as an order; – "
+                "where either model orders no pair), each model's best group (the methods "
+                "holding letter `a`) and whether it is the same on both, and the reversed pairs: "
+                "two methods whose paired interval tells them apart on both models, in opposite "
+                "orders. Read the best group and the reversed pairs first: ranks inside a group "
+                "are point estimates the intervals cannot separate, so swaps there lower tau-b "
+                "without evidence that the order changed; a reversed pair is such evidence.",
+            ),
+        )
     if draws > 1:
         written += _paired_table(
             spread,

@@ -11,6 +11,7 @@ import pandas as pd
 from dpruner.config import sparsity_token
 from dpruner.intervals import GENERAL_PERPLEXITY, PERPLEXITY
 from dpruner.io import atomic_output, write_text
+from dpruner.report.across_models import RANKING, method_order, model_order
 from dpruner.report.leaderboard import SETTING
 from dpruner.report.tables import column_order
 
@@ -241,6 +242,71 @@ def leaderboard_markdown(table: pd.DataFrame, intro: str) -> str:
                 )
             rows.append(row)
         title = f"{model}: {domain}" if with_model else domain
+        if with_setting:
+            title += f" ({pattern}, {sparsity_token(sparsity)})"
+        body = pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+        sections.append(f"### {title}\n\n{body}\n")
+    return "\n".join(sections)
+
+
+def _agreement_markdown(agreement: pd.DataFrame, with_setting: bool) -> str:
+    """One row per domain, metric (and setting) and pair of models of `agreement_table`; the
+    best groups' columns named after the models when there is one pair."""
+    pairs = agreement[["model_a", "model_b"]].drop_duplicates()
+    best = ["best a", "best b"] if len(pairs) > 1 else [f"best {m}" for m in pairs.iloc[0]]
+    rows = []
+    for r in agreement.to_dict("records"):
+        rows.append(
+            {
+                "domain": r["domain"],
+                "metric": _flat_label((r["domain"], r["task"], r["metric"])).split(": ")[1],
+                **(
+                    {"sparsity": sparsity_token(r["sparsity"]), "pattern": r["pattern"]}
+                    if with_setting
+                    else {}
+                ),
+                **(
+                    {"models (a / b)": f"{r['model_a']} / {r['model_b']}"} if len(pairs) > 1 else {}
+                ),
+                "methods": str(r["methods"]),
+                "tau-b": f"{r['tau_b']:.2f}" if _finite(r["tau_b"]) else "–",
+                best[0]: r["best_a"] or "–",
+                best[1]: r["best_b"] or "–",
+                "same best": {True: "yes", False: "no"}.get(r["same_best"], "–"),
+                "reversed": str(r["reversed"]),
+            }
+        )
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+
+
+def leaderboard_models_markdown(board: pd.DataFrame, agreement: pd.DataFrame, intro: str) -> str:
+    """The leaderboard across models, after the paragraph `intro`: the agreement table, then per
+    domain, sparsity, pattern and (task, metric) a row per method and a column per model, each
+    cell `rank letters · value` of that model's leaderboard (– where the method was not run on
+    it)."""
+    if agreement.empty:
+        return intro + "\n\nNo method ranked on two models.\n"
+    models = model_order(board)
+    with_setting = len(board[["sparsity", "pattern"]].drop_duplicates()) > 1
+    sections = [
+        intro + "\n",
+        "### Agreement\n\n" + _agreement_markdown(agreement, with_setting) + "\n",
+    ]
+    for (domain, sparsity, pattern, task, metric), part in board.groupby(RANKING, sort=False):
+        cells = {(r["model"], r["method"]): r for r in part.to_dict("records")}
+        rows = [
+            {
+                "method": method,
+                **{
+                    model: _leaderboard_cell(cells[model, method], metric)
+                    if (model, method) in cells
+                    else "–"
+                    for model in models
+                },
+            }
+            for method in method_order(part, models)
+        ]
+        title = _flat_label((domain, task, metric))
         if with_setting:
             title += f" ({pattern}, {sparsity_token(sparsity)})"
         body = pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
