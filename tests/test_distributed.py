@@ -217,7 +217,7 @@ def test_slurm_profile_requests_a_gpu_per_process_on_one_node(tmp_path):
     (results / ".dpruner-results").write_text("")  # as a run leaves it (the preflight checks)
     (results / "data" / "llama-2-7b" / "medical").mkdir(parents=True)
     (results / "data" / "llama-2-7b" / "medical" / "instances.jsonl").write_text("")
-    scores = results / "scores" / "llama-2-7b"
+    scores = results / "scores" / "llama-2-7b" / "general"
     scores.mkdir(parents=True)
     (scores / "general_importance_s0.5_norm-mean.safetensors").write_text("")
     result = snakemake(

@@ -486,7 +486,7 @@ def test_slurm_profile_passes_gpu_options_to_sbatch(tmp_path):
     (results / ".dpruner-results").write_text("")  # as a run leaves it (the preflight checks)
     (results / "data" / "llama-2-7b" / "general").mkdir(parents=True)
     (results / "data" / "llama-2-7b" / "general" / "calibration.pt").write_text("")
-    target = "results/paper/scores/llama-2-7b/general_importance_s0.5_norm-mean.safetensors"
+    target = "results/paper/scores/llama-2-7b/general/general_importance_s0.5_norm-mean.safetensors"
     result = snakemake(
         "--configfile",
         REPO / "config" / "paper.yaml",
