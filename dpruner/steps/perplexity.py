@@ -7,15 +7,23 @@ import torch
 
 from dpruner.errors import DprunerError
 from dpruner.io import check_output_file, write_json
+from dpruner.specs import Loading
 from dpruner.steps.common import load_step_model, source_spec
-from dpruner.steps.flags import add_model_args, add_overwrite_arg, add_stream_arg
+from dpruner.steps.flags import (
+    add_field_args,
+    add_model_arg,
+    add_overwrite_arg,
+    add_stream_arg,
+    from_args,
+)
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "perplexity", help="sliding-window perplexity of a model on a text source"
     )
-    add_model_args(p)
+    add_model_arg(p)
+    add_field_args(p, Loading)
     p.add_argument(
         "--data", required=True, help="token tensor (.pt), text/json/jsonl or corpus:NAME"
     )
@@ -44,15 +52,16 @@ def run(args) -> dict:
     from dpruner.evaluation.perplexity import sliding_window_perplexity
     from dpruner.evaluation.sizing import evaluation_batch_size
 
+    loading = from_args(args, Loading)
     if args.out:
         check_output_file(args.out, args.overwrite, (args.model, args.data))
     if args.semi_structured:
         from dpruner.semi_structured import check_target
 
-        check_target(args.device, args.dtype, args.semi_structured)
+        check_target(loading.device, loading.dtype, args.semi_structured)
         if args.stream_blocks:
             raise DprunerError("--semi-structured runs a whole model: not with --stream-blocks")
-    model, tokenizer = load_step_model(args)
+    model, tokenizer = load_step_model(args.model, loading, args.stream_blocks)
     if args.semi_structured:
         from dpruner.semi_structured import to_semi_structured
 
@@ -69,7 +78,7 @@ def run(args) -> dict:
     if args.stream_blocks:
         from dpruner.streaming import CheckpointBlocks
 
-        blocks = CheckpointBlocks(model, args.model, args.device)
+        blocks = CheckpointBlocks(model, args.model, loading.device)
     result = sliding_window_perplexity(
         model,
         ids,
@@ -77,7 +86,7 @@ def run(args) -> dict:
         args.stride,
         tokenizer.bos_token_id,
         args.bos,
-        evaluation_batch_size(args.batch_size, torch.device(args.device).type),
+        evaluation_batch_size(args.batch_size, torch.device(loading.device).type),
         blocks=blocks,
     )
     result.update(
