@@ -46,11 +46,7 @@ def run(args) -> dict:
     from dpruner.evaluation.runner import evaluate_domains
     from dpruner.preflight import check_device
 
-    spec = config_spec(args, EvaluateSpec, every_part, args.domain)
-    if args.device:
-        if args.spec:
-            raise DprunerError("--spec holds the device: not with --device")
-        spec = replace(spec, device=args.device)
+    spec = job_spec(args)
     check_device(spec.device, "--device")
     if missing := [domain for domain in args.domain if domain not in spec.domains]:
         raise DprunerError(f"--domain {', '.join(missing)}: not in the spec's domains")
