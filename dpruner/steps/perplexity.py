@@ -19,6 +19,10 @@ from dpruner.steps.flags import (
 
 
 def register(subparsers) -> None:
+    from dpruner.evaluation.runner import EVALUATION_DEFAULTS
+
+    # The evaluation's defaults: the same perplexity by hand as in the workflow.
+    default = EVALUATION_DEFAULTS["perplexity"]
     p = subparsers.add_parser(
         "perplexity", help="sliding-window perplexity of a model on a text source"
     )
@@ -28,10 +32,10 @@ def register(subparsers) -> None:
         "--data", required=True, help="token tensor (.pt), text/json/jsonl or corpus:NAME"
     )
     p.add_argument("--template", default="{text}")
-    p.add_argument("--window", type=int, default=512)
-    p.add_argument("--stride", type=int, default=512)
+    p.add_argument("--window", type=int, default=default["window"])
+    p.add_argument("--stride", type=int, default=default["stride"])
     p.add_argument("--max-tokens", type=int)
-    p.add_argument("--bos", default="none", choices=["none", "once", "window"])
+    p.add_argument("--bos", default=default["bos"], choices=["none", "once", "window"])
     p.add_argument(
         "--batch-size", type=int, help="windows per pass (default: 4 on a CPU, 32 on a GPU)"
     )
