@@ -31,7 +31,7 @@ else:
 
 
 # Tasks named `{use: NAME, ...}` get their config/tasks.yaml definition before the schema check,
-# so every job's --config-json slice (a params value) holds the full task.
+# so every job's --spec (a params value, dpruner.specs) holds the full task.
 try:
     expand_tasks(config, source=", ".join(CONFIG_FILES))
 except DprunerError as error:

@@ -128,17 +128,6 @@ def expand_tasks(config: dict, source: str = "config", catalogue: dict | None = 
     return config
 
 
-def parse_config_json(text: str) -> dict:
-    """The config slice a workflow rule passes to its step (validated by the workflow already)."""
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"--config-json is not valid JSON: {error}") from None
-    if not isinstance(config, dict):
-        raise ConfigError("--config-json must be a JSON object")
-    return config
-
-
 def schema_errors(config: dict) -> list[str]:
     """One line per schema violation: `key.path: message (value: ...)`."""
     import jsonschema

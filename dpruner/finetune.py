@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from torch import nn
@@ -21,40 +21,7 @@ from dpruner.errors import DprunerError, NonFiniteError
 from dpruner.fused_sgd import FusedSGD
 from dpruner.methods.base import peak_rss_mb
 from dpruner.sgd_step import learning_rate
-
-CLIP_MODES = ("two_pass", "one_pass")
-ROUNDING_MODES = ("stochastic", "nearest")
-
-
-@dataclass
-class FineTuneSettings:
-    """Step 2 hyper-parameters; defaults are the reference's (docs/methods.md)."""
-
-    lam: float = 0.1
-    lr: float = 0.03
-    epochs: int = 5
-    batch_size: int = 8
-    max_length: int = 1024
-    clip: str = "two_pass"
-    max_grad_norm: float = 1.0
-    warmup_fraction: float = 0.1
-    update_rounding: str = "stochastic"
-    gradient_checkpointing: bool = True
-    # two_pass from one backward pass: the norm pass keeps every regularised gradient (fp32, the
-    # size of the model) for the update instead of recomputing them (the reference's way).
-    keep_gradients: bool = False
-    seed: int = 42
-
-    def __post_init__(self):
-        if self.clip not in CLIP_MODES:
-            raise DprunerError(f"clip must be one of {CLIP_MODES}, got '{self.clip}'")
-        if self.update_rounding not in ROUNDING_MODES:
-            raise DprunerError(f"update_rounding must be one of {ROUNDING_MODES}")
-        if self.lam < 0 or self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
-            raise DprunerError(
-                "need lambda >= 0, lr > 0, epochs >= 1 and batch_size >= 1, got "
-                f"{self.lam}, {self.lr}, {self.epochs}, {self.batch_size}"
-            )
+from dpruner.specs import FineTuneSettings
 
 
 def left_padded_batch(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:

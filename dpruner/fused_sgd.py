@@ -18,7 +18,7 @@ from dpruner.models import prunable_weights
 from dpruner.sgd_step import stochastic_round_to_bf16
 
 if TYPE_CHECKING:
-    from dpruner.finetune import FineTuneSettings
+    from dpruner.specs import FineTuneSettings
 
 
 class FusedSGD:

@@ -7,7 +7,7 @@ import re
 import shlex
 import sys
 
-from dpruner import plan
+from dpruner import plan, specs
 from dpruner.config import (
     baseline_methods,
     calibration_size_series,
@@ -31,7 +31,7 @@ DOMAINS = plan.domains(config)
 EVAL_DOMAINS = plan.eval_domains(config)
 MODELS = list(config["models"])
 METHODS = config["methods"]
-DEVICE = config.get("device", "cpu")
+DEVICE = config.get("device", schema_default("device"))
 # On a CPU, model jobs run side by side with one thread each: two evaluations of SmolLM2-135M took
 # 205 s against 286 s one after the other with two threads each (same metrics). On a GPU they
 # queue for the one device (the `gpu` resource, profiles/default) and keep two host threads.
@@ -84,64 +84,24 @@ VARIANTS = plan.variants(config)
 ALL_METRICS = plan.metrics_files(config)
 
 
-def model_dtype(wildcards):
-    return config["models"][wildcards.model].get("dtype", "float32")
-
-
-def model_source(model):
-    """A model's entry without `stream_blocks`, which says how later steps read the model, not
-    what it is: switching it does not rebuild the dense model."""
-    return {key: value for key, value in config["models"][model].items() if key != "stream_blocks"}
-
-
-def stream_option(wildcards):
-    """`--stream-blocks` for a model with `stream_blocks: true` (docs/streaming.md)."""
-    return "--stream-blocks" if config["models"][wildcards.model].get("stream_blocks") else ""
-
-
 def cli_options(options):
-    """`--key value` for every option that is not None, keys with "-" for "_", values quoted; a
-    boolean as `--key` or `--no-key`, a list as `--key item...` (`--key` alone when empty)."""
-
-    def option(key, value):
-        flag = key.replace("_", "-")
-        if isinstance(value, bool):
-            return f"--{flag}" if value else f"--no-{flag}"
-        if isinstance(value, list):
-            return " ".join([f"--{flag}", *map(shlex.quote, map(str, value))])
-        return f"--{flag} {shlex.quote(str(value))}"
-
-    return " ".join(option(key, value) for key, value in options.items() if value is not None)
-
-
-def domain_section(domain):
-    """The config section of `domain` (or of a draw of it): `general` or one entry of
-    `domains`."""
-    domain = plan.split_calibration_set(domain)[0]
-    if domain == "general":
-        return config["general"]
-    return config["domains"][domain]
+    """`--key value` for every option that is not None, keys with "-" for "_", values quoted."""
+    return " ".join(
+        f"--{key.replace('_', '-')} {shlex.quote(str(value))}"
+        for key, value in options.items()
+        if value is not None
+    )
 
 
 def section_parts(domain, *parts):
-    """Only `parts` of the section of `domain`."""
-    section = domain_section(domain)
-    return {part: section[part] for part in parts if part in section}
+    """Only `parts` of the section of `domain`, or of the domain a calibration set draws from."""
+    domain = plan.split_calibration_set(domain)[0]
+    return specs.domain_parts(config, domain, parts).section()
 
 
-def config_json(wildcards=None, section=(), **top):
-    """The slice of the config a step reads, as the JSON text of its --config-json: the keys
-    `top` and, from the {domain} section, the parts `section`. A rule's params hold it, so a
-    change reruns exactly the jobs that read it, and no step reads a file outside its inputs."""
-    sliced = dict(top)
-    if section:
-        parts = section_parts(wildcards.domain, *section)
-        domain = plan.split_calibration_set(wildcards.domain)[0]
-        if domain == "general":
-            sliced["general"] = parts
-        else:
-            sliced["domains"] = {domain: parts}
-    return json.dumps(sliced, sort_keys=True)
+def config_json(**top):
+    """The config keys `top` as JSON, for a step that reads settings beside its job spec."""
+    return json.dumps(top, sort_keys=True)
 
 
 def evaluation_parts(wildcards):
@@ -159,41 +119,9 @@ def evaluation_source_files(wildcards):
     )
 
 
-def evaluation_config_json(wildcards):
-    """The config slice of an evaluation: the evaluated parts of every domain, the settings."""
-    sections = {
-        domain: section_parts(domain, *parts)
-        for domain, parts in evaluation_parts(wildcards).items()
-    }
-    general = sections.pop("general")
-    return config_json(
-        general=general,
-        domains=sections,
-        evaluation=config.get("evaluation"),
-        calibration={"eval_fraction": config["calibration"]["eval_fraction"]},
-        seed=config["seed"],
-    )
-
-
 def source_files(*parts):
     """Input function: the local data files the {domain} section's `parts` read."""
     return lambda wildcards: local_paths(section_parts(wildcards.domain, *parts))
-
-
-def domain_scores_options(wildcards):
-    options = METHODS[wildcards.method]
-    keys = ["lambda", "lr", "epochs", "batch_size", "max_length", "clip"]
-    checkpointing = "on" if options.get("gradient_checkpointing", True) else "off"
-    keep_gradients = "on" if options.get("keep_gradients", False) else "off"
-    # Seed 42 for the order of the fine-tuning data, as in the reference (docs/methods.md).
-    return cli_options(
-        {
-            **{key: options[key] for key in keys},
-            "gradient_checkpointing": checkpointing,
-            "keep_gradients": keep_gradients,
-            "seed": options.get("seed", 42),
-        }
-    )
 
 
 def dpruner_processes(wildcards):
@@ -220,51 +148,57 @@ def prune_inputs(wildcards):
     )
 
 
-def prune_options(wildcards):
-    """Every option of a prune job, its input files included. A function of the wildcards only:
-    Snakemake compares a job's params with the last run's only for those (a param function that
-    takes `input` or `output` is "derived" and never compared), so a changed option reruns it."""
-    options = METHODS[wildcards.method]
+def prune_files(wildcards):
+    """The flags of a prune job's input files other than the model (`--scores`,
+    `--calibration`, `--general-calibration`): which it reads depends on its method."""
     inputs = prune_inputs(wildcards)
-    calibrated = "calibration" in inputs
-    quantize = options.get("quantize", {})
-    flags = " --symmetric" if quantize.get("symmetric") else ""
-    flags += " --reconstruct" if "reconstruct" in options else ""
-    mixed = plan.mixes_general(options)
-    if stream_option(wildcards):
-        flags += f" {stream_option(wildcards)}"
-    return (
-        cli_options(
-            {
-                "method": options["kind"],
-                "sparsity": wildcards.sparsity,
-                "pattern": (
-                    None
-                    if wildcards.pattern == "unstructured"
-                    else plan.pattern_of_token(wildcards.pattern)
-                ),
-                "group": options.get("group"),
-                "scores": inputs.get("scores"),
-                "calibration": inputs.get("calibration"),
-                "general_calibration": inputs.get("general_calibration"),
-                "domain_share": (
-                    options.get("domain_share", schema_default("domain_share")) if mixed else None
-                ),
-                "nsamples": config["calibration"]["nsamples"] if calibrated else None,
-                "seqlen": config["calibration"]["seqlen"] if calibrated else None,
-                "seed": plan.calibration_seed(config, wildcards.calib) if calibrated else None,
-                "quantize_bits": quantize.get("bits"),
-                "group_size": quantize.get("group_size"),
-                "hessian_dtype": (
-                    config.get("hessian_dtype") if plan.uses_hessians(options) else None
-                ),
-                "device": DEVICE,
-                "dtype": model_dtype(wildcards),
-                **plan.method_options(options),
-            }
-        )
-        + flags
-    )
+    return cli_options({key: path for key, path in inputs.items() if key != "model"})
+
+
+# Each rule passes its job's spec (dpruner.specs) as `--spec JSON` from these functions of the
+# wildcards only: Snakemake compares a job's params with the last run's only for those (a param
+# function that takes `input` or `output` is "derived" and never compared), so a changed option
+# or default reruns exactly the jobs whose spec it changes.
+
+
+def prepare_model_spec(wildcards):
+    return specs.prepare_model_spec(config, wildcards.model).to_json()
+
+
+def prepare_data_spec(wildcards):
+    return specs.prepare_data_spec(
+        config, wildcards.domain, plan.calibration_seed(config, wildcards.domain)
+    ).to_json()
+
+
+def general_importance_spec(wildcards):
+    return specs.general_importance_spec(
+        config,
+        wildcards.model,
+        wildcards.sparsity,
+        wildcards.normalize,
+        plan.calibration_seed(config, wildcards.domain),
+    ).to_json()
+
+
+def domain_scores_spec(wildcards):
+    return specs.domain_scores_spec(config, wildcards.model, wildcards.method).to_json()
+
+
+def prune_spec(wildcards):
+    return specs.prune_spec(
+        config,
+        wildcards.model,
+        wildcards.method,
+        wildcards.calib,
+        wildcards.sparsity,
+        wildcards.pattern,
+        plan.calibration_seed(config, wildcards.calib),
+    ).to_json()
+
+
+def evaluate_spec(wildcards):
+    return specs.evaluate_spec(config, evaluation_parts(wildcards)).to_json()
 
 
 def benchmark_files():

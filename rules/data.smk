@@ -7,8 +7,7 @@ rule prepare_model:
         # save_model writes a temporary sibling and renames it: the directory is never half-written.
         directory(DENSE_MODEL),
     params:
-        # The config slice this output depends on: a change here reruns it, nothing else does.
-        config=lambda w: config_json(models={w.model: model_source(w.model)}),
+        spec=prepare_model_spec,
     log:
         f"{LOGS}/prepare_model/{{model}}.log",
     benchmark:
@@ -20,8 +19,8 @@ rule prepare_model:
     conda:
         "../envs/dpruner.yaml"
     shell:
-        "python -m dpruner prepare-model --config-json {params.config:q} --model {wildcards.model:q}"
-        " --out {output:q} --overwrite > {log:q} 2>&1"
+        "python -m dpruner prepare-model --spec {params.spec:q} --out {output:q} --overwrite"
+        " > {log:q} 2>&1"
 
 
 rule prepare_data:
@@ -35,14 +34,7 @@ rule prepare_data:
         # Written last: the summary of what the two files above hold.
         summary=f"{DATA}/calibration.json",
     params:
-        config=lambda w: config_json(
-            w,
-            section=["calibration"],
-            calibration=plan.calibration_settings(config, w.domain),
-            seed=plan.calibration_seed(config, w.domain),
-        ),
-        # The section the calibration set draws from: `medical` for `medical+1`.
-        section=lambda w: plan.split_calibration_set(w.domain)[0],
+        spec=prepare_data_spec,
         out_dir=lambda w, output: os.path.dirname(output.summary),
     log:
         f"{LOGS}/prepare_data/{{model}}/{{domain}}.log",
@@ -57,6 +49,5 @@ rule prepare_data:
     conda:
         "../envs/dpruner.yaml"
     shell:
-        "python -m dpruner prepare-data --config-json {params.config:q}"
-        " --domain {params.section:q} --model {input.model:q} --out {params.out_dir:q}"
-        " > {log:q} 2>&1"
+        "python -m dpruner prepare-data --spec {params.spec:q} --model {input.model:q}"
+        " --out {params.out_dir:q} > {log:q} 2>&1"

@@ -19,9 +19,7 @@ rule evaluate:
             f"--domain {shlex.quote(domain)} --out {shlex.quote(path)}"
             for domain, path in zip(EVAL_DOMAINS, output, strict=True)
         ),
-        # The config slice the metrics files depend on.
-        config=evaluation_config_json,
-        device=DEVICE,
+        spec=evaluate_spec,
     log:
         f"{LOGS}/evaluate/{{model}}/{{variant}}.log",
     benchmark:
@@ -36,4 +34,4 @@ rule evaluate:
         "../envs/dpruner.yaml"
     shell:
         "python -m dpruner evaluate --model {params.model_dir:q} {params.domains_and_outputs}"
-        " --device {params.device:q} --config-json {params.config:q} > {log:q} 2>&1"
+        " --spec {params.spec:q} > {log:q} 2>&1"

@@ -9,10 +9,7 @@ rule general_importance:
     output:
         GENERAL_IMPORTANCE,
     params:
-        device=DEVICE,
-        dtype=model_dtype,
-        stream=stream_option,
-        hessian=cli_options({"hessian_dtype": config.get("hessian_dtype")}),
+        spec=general_importance_spec,
     log:
         f"{LOGS}/general_importance/{{model}}/{{domain}}_s{{sparsity}}_norm-{{normalize}}.log",
     benchmark:
@@ -27,9 +24,8 @@ rule general_importance:
         "../envs/dpruner.yaml"
     shell:
         "python -m dpruner general-importance --model {input.model:q}"
-        " --calibration {input.calibration:q} --sparsity {wildcards.sparsity:q}"
-        " --normalize {wildcards.normalize:q} --device {params.device:q} --dtype {params.dtype:q}"
-        " {params.stream} {params.hessian} --out {output:q} > {log:q} 2>&1"
+        " --calibration {input.calibration:q} --spec {params.spec:q} --out {output:q}"
+        " > {log:q} 2>&1"
 
 
 rule domain_scores:
@@ -43,9 +39,7 @@ rule domain_scores:
         DOMAIN_SCORES,
     params:
         launcher=domain_scores_launcher,
-        options=domain_scores_options,
-        device=DEVICE,
-        dtype=model_dtype,
+        spec=domain_scores_spec,
     log:
         f"{LOGS}/domain_scores/{{model}}/{{domain}}_{{method}}_s{{sparsity}}.log",
     benchmark:
@@ -62,5 +56,5 @@ rule domain_scores:
         "../envs/dpruner.yaml"
     shell:
         "{params.launcher} domain-scores --model {input.model:q} --instances {input.instances:q}"
-        " --general-importance {input.general_importance:q} {params.options}"
-        " --device {params.device:q} --dtype {params.dtype:q} --out {output:q} > {log:q} 2>&1"
+        " --general-importance {input.general_importance:q} --spec {params.spec:q}"
+        " --out {output:q} > {log:q} 2>&1"

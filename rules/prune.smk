@@ -9,7 +9,8 @@ rule prune:
     output:
         PRUNE_REPORT,
     params:
-        options=prune_options,
+        files=prune_files,
+        spec=prune_spec,
         out_dir=lambda w, output: os.path.dirname(output[0]),
     log:
         f"{LOGS}/prune/{{model}}/{PRUNED_ID}.log",
@@ -24,5 +25,5 @@ rule prune:
     conda:
         "../envs/dpruner.yaml"
     shell:
-        "python -m dpruner prune --model {input.model:q} {params.options} --out {params.out_dir:q}"
-        " --overwrite > {log:q} 2>&1"
+        "python -m dpruner prune --model {input.model:q} {params.files} --spec {params.spec:q}"
+        " --out {params.out_dir:q} --overwrite > {log:q} 2>&1"

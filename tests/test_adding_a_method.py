@@ -21,6 +21,7 @@ from dpruner import methods, plan
 from dpruner.cli import main
 from dpruner.config import load_config
 from dpruner.report.aggregate import aggregate
+from dpruner.specs import prune_spec
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "adding-a-method.md"
@@ -84,16 +85,19 @@ def test_a_method_from_the_doc_runs_through_plan_prune_and_tables(
     assert not plan.calibrates(options) and not plan.uses_hessians(options)
     assert VARIANT in plan.variants(config)
     assert set(plan.prune_inputs(config, "m", "random", "none", "0.5")) == {"model"}
-    # The prune step's flags as the rule writes them (rules/common.smk `cli_options`).
-    flags = [
-        f"--{key.replace('_', '-')}={value}" for key, value in plan.method_options(options).items()
-    ]
-    out = tmp_path / VARIANT
+    # The prune job's spec as the rule passes it (dpruner.specs.prune_spec), and the same job
+    # from the flags a person types.
+    spec = prune_spec(config, "smollm2-135m", "random", "none", "0.5", "unstructured", 0)
     command = ["prune", "--model", str(model_dir), "--method", "random", "--sparsity", "0.5"]
-    assert main([*command, *flags, "--out", str(out)]) == 0
-    report = json.loads((out / "prune.json").read_text())
-    assert (report["method"], report["options"]) == ("random", {"mask_seed": 1})
-    assert report["sparsity_linear"] == pytest.approx(0.5, abs=0.01)
+    for argv in (
+        ["prune", "--model", str(model_dir), "--spec", spec.to_json()],
+        [*command, "--mask-seed", "1"],
+    ):
+        out = tmp_path / VARIANT
+        assert main([*argv, "--out", str(out), "--overwrite"]) == 0
+        report = json.loads((out / "prune.json").read_text())
+        assert (report["method"], report["options"]) == ("random", {"mask_seed": 1})
+        assert report["sparsity_linear"] == pytest.approx(0.5, abs=0.01)
     # The flag is the kind's own, checked against its schema entry.
     other = ["prune", "--model", str(model_dir), "--method", "magnitude", "--sparsity", "0.5"]
     assert main([*other, "--mask-seed", "1", "--out", str(tmp_path / "o")]) == 2

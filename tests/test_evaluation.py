@@ -14,6 +14,7 @@ from dpruner.evaluation.harness import continuation_tokens, multiple_choice_task
 from dpruner.evaluation.items import TaskItems, fit_prompt, task_items
 from dpruner.evaluation.perplexity import sliding_window_perplexity
 from dpruner.io import FILES_LEDGER
+from dpruner.specs import evaluate_spec
 
 for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(variable, "1")
@@ -301,7 +302,9 @@ def test_evaluate_model_reports_every_metric_and_count(model, tokenizer, corpus)
         "generation": {"max_new_tokens": 4},
         "batch_size": 2,
     }
-    result = evaluate_model(model, tokenizer, section(corpus), eval_config, eval_fraction=0.5)
+    result = evaluate_model(
+        model, tokenizer, section(corpus), eval_config, seed=0, eval_fraction=0.5
+    )
     ppl = result["perplexity"]["domain"]
     assert ppl["tokens_scored"] == 15 + 8 * 10 and ppl["window"] == 16
     assert ppl["lm_eval_rolling"]["word_perplexity"] > 1
@@ -338,7 +341,8 @@ def test_evaluate_domains_writes_one_metrics_json_per_domain(tmp_path, model, to
         },
     }
     out, general_out = tmp_path / "metrics" / "toy.json", tmp_path / "metrics" / "general.json"
-    evaluate_domains(str(model_dir), ["toy", "general"], config, [str(out), str(general_out)])
+    spec = evaluate_spec(config, {"toy": ("perplexity", "tasks"), "general": ("perplexity",)})
+    evaluate_domains(str(model_dir), ["toy", "general"], spec, [str(out), str(general_out)])
     assert json.loads(general_out.read_text())["domain"] == "general"
     written = json.loads(out.read_text())
     assert written["device"] == "cpu"

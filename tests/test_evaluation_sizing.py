@@ -43,17 +43,17 @@ def test_evaluate_model_sizes_its_passes_by_the_model_device(tmp_path, monkeypat
 
     monkeypatch.setattr(runner_module, "sliding_window_perplexity", spy)
     eval_config = {"perplexity": {"window": 16, "stride": 16, "rolling_max_tokens": 0}}
-    result = evaluate_model(model, tokenizer, section, eval_config, eval_fraction=0.5)
+    result = evaluate_model(model, tokenizer, section, eval_config, seed=0, eval_fraction=0.5)
     assert seen == [4] and result["settings"]["batch_size"] == 4
     # The table decides by the model's device type: as if the CPU's entry were a GPU's.
     monkeypatch.setitem(sizing.BATCH_SIZES, "cpu", 32)
-    result = evaluate_model(model, tokenizer, section, eval_config, eval_fraction=0.5)
+    result = evaluate_model(model, tokenizer, section, eval_config, seed=0, eval_fraction=0.5)
     assert seen[-1] == 32 and result["settings"]["batch_size"] == 32
     configured = {**eval_config, "batch_size": 3}
     assert (
-        evaluate_model(model, tokenizer, section, configured, eval_fraction=0.5)["settings"][
-            "batch_size"
-        ]
+        evaluate_model(model, tokenizer, section, configured, seed=0, eval_fraction=0.5)[
+            "settings"
+        ]["batch_size"]
         == 3
     )
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import yaml
-from test_workflow import REPO, snakemake, write_config
+from test_workflow import REPO, planned_spec, snakemake, write_config
 from tiny import random_tokens, tiny_model
 
 from dpruner.cli import build_parser
@@ -15,6 +15,7 @@ from dpruner.hessian import hessian_product_dtype
 from dpruner.methods import sparsegpt
 from dpruner.methods.dpruner import general_importance
 from dpruner.methods.sparsegpt import HessianStatistics, SparseGPTPruner
+from dpruner.specs import GeneralImportanceSpec, PruneSpec
 
 
 @pytest.mark.parametrize(
@@ -100,13 +101,20 @@ def test_the_option_reaches_every_hessian(monkeypatch):
 
 def test_cli_hessian_dtype_defaults_to_the_schema_and_accepts_float32():
     from dpruner.config import schema_default
+    from dpruner.specs import GeneralImportanceSpec, PruneSpec
+    from dpruner.steps.flags import from_args
 
     parser = build_parser()
-    common = ["--model", "m", "--sparsity", "0.5", "--out", "o"]
-    for step in (["prune", "--method", "sparsegpt"], ["general-importance"]):
-        assert parser.parse_args([*step, *common]).hessian_dtype == schema_default("hessian_dtype")
+    common = ["--model", "m", "--sparsity", "0.5", "--out", "o", "--calibration", "c.pt"]
+    steps = (
+        (["prune", "--method", "sparsegpt"], PruneSpec),
+        (["general-importance"], GeneralImportanceSpec),
+    )
+    for step, spec in steps:
+        default = from_args(parser.parse_args([*step, *common]), spec)
+        assert default.rows.hessian_dtype == schema_default("hessian_dtype")
         forced = parser.parse_args([*step, *common, "--hessian-dtype", "float32"])
-        assert forced.hessian_dtype == "float32"
+        assert from_args(forced, spec).rows.hessian_dtype == "float32"
 
 
 def test_config_hessian_dtype_reaches_the_commands_that_build_hessians(tmp_path):
@@ -122,12 +130,13 @@ def test_config_hessian_dtype_reaches_the_commands_that_build_hessians(tmp_path)
     }
     config_file = write_config(tmp_path / "fp32.yaml", config)
     result = snakemake("-n", "-p", "--configfile", config_file, workdir=tmp_path)
-    commands = [line for line in result.stdout.splitlines() if "python -m dpruner " in line]
-    forced = [c for c in commands if "--hessian-dtype float32" in c]
-    assert forced and all(
-        "general-importance" in c or "--method sparsegpt" in c or "--reconstruct" in c
-        for c in forced
-    )
-    assert sum("general-importance" in c for c in forced) == 1
-    assert sum("--method sparsegpt" in c for c in forced) == 1
-    assert sum("--reconstruct" in c for c in forced) == 2
+    steps = ("python -m dpruner general-importance", "python -m dpruner prune")
+    lines = result.stdout.splitlines()
+    planned = [planned_spec(line)[0] for line in lines if any(step in line for step in steps)]
+    forced = [spec for spec in planned if spec.rows.hessian_dtype == "float32"]
+    importance = [spec for spec in forced if isinstance(spec, GeneralImportanceSpec)]
+    pruned = [spec for spec in forced if isinstance(spec, PruneSpec)]
+    assert len(forced) == len(importance) + len(pruned)
+    assert len(importance) == 1
+    assert [spec.method for spec in pruned if not spec.reconstruct] == ["sparsegpt"]
+    assert sum(spec.reconstruct for spec in pruned) == 2

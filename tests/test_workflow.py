@@ -60,6 +60,26 @@ def dry_run(config: Path, workdir: Path, *extra) -> dict[str, int]:
     return job_counts(result.stdout + result.stderr)
 
 
+def planned_spec(line: str):
+    """(the job spec, the parsed arguments) of a planned `python -m dpruner STEP ...` line."""
+    import shlex
+
+    from dpruner import specs
+    from dpruner.cli import build_parser
+
+    argv = shlex.split(line.split("python -m dpruner ", 1)[1].split(" > ")[0])
+    step_specs = {
+        "prepare-model": specs.PrepareModelSpec,
+        "prepare-data": specs.PrepareDataSpec,
+        "general-importance": specs.GeneralImportanceSpec,
+        "domain-scores": specs.DomainScoresSpec,
+        "prune": specs.PruneSpec,
+        "evaluate": specs.EvaluateSpec,
+    }
+    args = build_parser().parse_args(argv)
+    return step_specs[argv[0]].from_json(args.spec), args
+
+
 def write_config(path: Path, config: dict) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -190,24 +210,29 @@ def test_calibration_draws_reseed_the_calibration_and_keep_the_evaluation_sets(t
     output = (result.stdout + result.stderr).splitlines()
     commands = [c[c.index("python -m dpruner") :] for c in output if "python -m dpruner" in c]
 
-    def config_seed(command):
-        return json.loads(re.search(r"--config-json '([^']+)'", command).group(1))["seed"]
+    def spec(command):
+        return json.loads(re.search(r"--spec '([^']+)'", command).group(1))
 
+    def spec_seed(command):
+        return spec(command)["seed"]
+
+    # (seed, draw) of every calibration set: the draw also moves D-Pruner's instance seed.
     data_seeds = {
-        re.search(r"--out \S+/data/smollm2-135m/(\S+)", c).group(1): config_seed(c)
+        re.search(r"--out \S+/data/smollm2-135m/(\S+)", c).group(1): (
+            spec(c)["seed"],
+            spec(c)["draw"],
+        )
         for c in commands
         if " prepare-data " in c
     }
     assert data_seeds == {
-        name: int(name.partition("+")[2] or 0)
+        name: (int(name.partition("+")[2] or 0),) * 2
         for domain in ("general", "medical", "legal")
         for name in (domain, f"{domain}+1", f"{domain}+2")
     }
     evaluations = [c for c in commands if " evaluate " in c]
     assert len(evaluations) == 26
-    assert {
-        json.loads(re.search(r"--config-json '([^']+)'", c).group(1))["seed"] for c in evaluations
-    } == {0}
+    assert {spec_seed(c) for c in evaluations} == {0}
     assert any("dpruner_legal+2_s0.5_unstructured" in c for c in evaluations)
 
 
@@ -235,17 +260,31 @@ def test_dry_run_gpu_config(tmp_path):
     commands = [line for line in result.stdout.splitlines() if "python -m dpruner " in line]
 
     def step(name):
-        return [command for command in commands if f"python -m dpruner {name} " in command]
+        return [
+            planned_spec(command)[0]
+            for command in commands
+            if f"python -m dpruner {name} " in command
+        ]
 
     assert len(step("evaluate")) == 20
-    assert all("--device cuda" in command for command in step("evaluate"))
-    streamed = step("general-importance") + step("prune")
+    assert all(spec.device == "cuda" for spec in step("evaluate"))
+    streamed = [
+        planned_spec(command)
+        for command in commands
+        if any(f"python -m dpruner {name} " in command for name in ("general-importance", "prune"))
+    ]
     assert len(streamed) == 2 + 2 * 9
-    for command in streamed:
-        assert "--device cuda" in command
-        assert ("--stream-blocks" in command) == ("models/gemma3-270m/dense" in command)
-    unstreamed = step("domain-scores") + step("evaluate") + step("prepare-model")
-    assert not any("--stream-blocks" in c or "stream_blocks" in c for c in unstreamed)
+    for spec, args in streamed:
+        assert spec.loading.device == "cuda"
+        assert spec.stream_blocks == ("models/gemma3-270m/dense" in args.model)
+    assert {spec.loading.device for spec in step("domain-scores")} == {"cuda"}
+    assert not any(
+        "stream_blocks" in command
+        for command in commands
+        if any(
+            f"dpruner {name} " in command for name in ("domain-scores", "evaluate", "prepare-model")
+        )
+    )
 
 
 def test_quantized_methods_pass_their_quantizer_options_to_prune(tmp_path):
@@ -258,13 +297,13 @@ def test_quantized_methods_pass_their_quantizer_options_to_prune(tmp_path):
     result = snakemake(
         "-n", "-p", "--until", "prune", "--configfile", config_file, workdir=tmp_path
     )
-    commands = [line for line in result.stdout.splitlines() if "dpruner prune" in line]
-    assert len(commands) == 2
-    sparsegpt = next(c for c in commands if "--method sparsegpt" in c)
-    magnitude = next(c for c in commands if "--method magnitude" in c)
-    assert "--quantize-bits 4 --group-size 128" in sparsegpt and "--symmetric" not in sparsegpt
-    assert "--quantize-bits 3" in magnitude and "--symmetric" in magnitude
-    assert "--group-size" not in magnitude
+    planned = [
+        planned_spec(line)[0] for line in result.stdout.splitlines() if "dpruner prune" in line
+    ]
+    quantizers = {
+        spec.method: (spec.quantize_bits, spec.group_size, spec.symmetric) for spec in planned
+    }
+    assert quantizers == {"sparsegpt": (4, 128, False), "magnitude": (3, None, True)}
     # A group size SparseGPT's column blocks cannot hold stops the plan, naming the key.
     config["methods"]["sparsegpt-q4"]["quantize"]["group_size"] = 96
     result = snakemake(
@@ -289,17 +328,17 @@ def test_ablations_are_config_entries(tmp_path):
     assert counts["evaluate"] == 1 + 3
 
 
-def planned_prunes(config: dict, workdir: Path) -> tuple[str, dict[str, str]]:
-    """A dry run's output until prune, and every prune command (after `python -m dpruner`, up to
-    its log) by the pruned model's id."""
+def planned_prunes(config: dict, workdir: Path) -> tuple[str, dict]:
+    """A dry run's output until prune, and every prune job's (spec, parsed arguments) by the
+    pruned model's id."""
     config_file = write_config(workdir / "methods.yaml", config)
     result = snakemake("-n", "-p", "--until", "prune", "--configfile", config_file, workdir=workdir)
     output = result.stdout + result.stderr
     commands = {}
     for line in output.splitlines():
         if "dpruner prune" in line:
-            command = line.split("python -m dpruner ", 1)[1].split(" > ")[0]
-            commands[re.search(r"--out \S+/pruned/(\S+)", command).group(1)] = command
+            spec, args = planned_spec(line)
+            commands[Path(args.out).name] = (spec, args)
     return output, commands
 
 
@@ -319,30 +358,36 @@ def test_mixed_and_reconstructing_methods_pass_their_calibration_to_prune(tmp_pa
     # The reconstructing variants mask by the scores of `dpruner`: one fine-tuning per domain.
     assert job_counts(output)["domain_scores"] == 2
     data = "results/run/data/smollm2-135m"
+    general = f"{data}/general/calibration.pt"
     for domain in ("medical", "legal"):
-        both = f"--calibration {data}/{domain}/calibration.pt"
-        both += f" --general-calibration {data}/general/calibration.pt --domain-share"
         scores = f"scores/smollm2-135m/{domain}/domain_scores_dpruner_s0.5.safetensors"
 
-        def command(method, domain=domain):
+        def planned(method, domain=domain):
             return commands[f"{method}_{domain}_s0.5_unstructured"]
 
-        assert f"{both} {schema_default('domain_share')} " in command("wanda-mixed")
-        assert f"{both} 0.25 " in command("sparsegpt-mixed")
-        assert f"{both} 0.75 " in command("dpruner-recmix")
-        rec = command("dpruner-rec")
-        assert f"--calibration {data}/{domain}/calibration.pt" in rec and "--reconstruct" in rec
-        assert "--general-calibration" not in rec
+        for method, share in (
+            ("wanda-mixed", schema_default("domain_share")),
+            ("sparsegpt-mixed", 0.25),
+            ("dpruner-recmix", 0.75),
+        ):
+            spec, args = planned(method)
+            assert (args.calibration, args.general_calibration, spec.domain_share) == (
+                f"{data}/{domain}/calibration.pt",
+                general,
+                share,
+            )
+        spec, args = planned("dpruner-rec")
+        assert args.calibration == f"{data}/{domain}/calibration.pt" and spec.reconstruct
+        assert args.general_calibration is None
         for method in ("dpruner", "dpruner-rec", "dpruner-recmix"):
-            assert scores in command(method)
-        assert not {"--calibration", "--reconstruct"} & set(command("dpruner").split())
+            assert planned(method)[1].scores.endswith(scores)
+        spec, args = planned("dpruner")
+        assert args.calibration is None and not spec.reconstruct
     assert len(commands) == 10
 
 
 def test_new_methods_pass_their_options_and_calibration_to_prune(tmp_path):
-    import shlex
-
-    from dpruner.cli import build_parser
+    from dpruner.config import schema_default
 
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     dpruner = config["methods"]["dpruner"]
@@ -355,14 +400,9 @@ def test_new_methods_pass_their_options_and_calibration_to_prune(tmp_path):
         "dpruner": dpruner,
         "dpruner-owl": {**dpruner, "allocation": "owl"},
     }
-    output, planned_commands = planned_prunes(config, tmp_path)
+    output, commands = planned_prunes(config, tmp_path)
     # dpruner-owl masks by the scores of `dpruner` (same fine-tuning): one fine-tuning per domain.
     assert job_counts(output)["domain_scores"] == 2
-    # Every flag is one of prune's.
-    commands = {
-        variant: (command, build_parser().parse_args(shlex.split(command)))
-        for variant, command in planned_commands.items()
-    }
     # ria, dsnot and wanda-owl on general; the cross-calibrated and D-Pruner models per domain.
     assert len(commands) == 3 + 2 * 3
     data = "results/run/data/smollm2-135m"
@@ -371,30 +411,39 @@ def test_new_methods_pass_their_options_and_calibration_to_prune(tmp_path):
         return commands[f"{method}_{calib}_s0.5_unstructured"]
 
     ria, args = planned("ria")
-    assert (args.method, args.alpha, args.calibration) == (
+    assert (ria.method, ria.options, args.calibration) == (
         "ria",
-        0.5,
+        {"alpha": 0.5},
         f"{data}/general/calibration.pt",
     )
-    assert "--hessian-dtype" not in ria and "--allocation" not in ria
+    # ria builds no Hessians: the config's hessian_dtype is not its.
+    assert ria.rows.hessian_dtype == schema_default("hessian_dtype")
     dsnot, args = planned("dsnot")
-    assert "--initial sparsegpt --max-cycles 50 --update-threshold 0.1 --variance-power 1" in dsnot
-    assert (args.same_sign, args.skip, args.hessian_dtype) == (False, [], "float32")
+    assert dsnot.options == {
+        "initial": "sparsegpt",
+        "max_cycles": 50,
+        "update_threshold": 0.1,
+        "variance_power": 1,
+        "same_sign": False,
+        "skip": [],
+    }
+    assert dsnot.rows.hessian_dtype == "float32"
     owl, args = planned("wanda-owl")
-    assert "--allocation owl --owl-m 5 --owl-lambda 0.05" in owl and "--hessian-dtype" not in owl
+    assert owl.options == {"allocation": "owl", "owl_m": 5, "owl_lambda": 0.05}
+    assert owl.rows.hessian_dtype == schema_default("hessian_dtype")
     for domain in ("medical", "legal"):
         cross, args = planned("sparsegpt-cross", domain)
         assert (args.calibration, args.general_calibration) == (
             f"{data}/{domain}/calibration.pt",
             f"{data}/general/calibration.pt",
         )
-        assert args.coefficient == 0.3 and args.domain_share is None
+        assert cross.options == {"coefficient": 0.3} and cross.domain_share is None
         plain, args = planned("dpruner", domain)
-        assert args.calibration is None and "--allocation" not in plain
+        assert args.calibration is None and plain.options == {}
         dpruner_owl, args = planned("dpruner-owl", domain)
         assert args.scores.endswith(f"{domain}/domain_scores_dpruner_s0.5.safetensors")
         assert args.calibration == f"{data}/{domain}/calibration.pt"
-        assert (args.allocation, args.owl_m, args.owl_lambda) == ("owl", 5, 0.08)
+        assert dpruner_owl.options == {"allocation": "owl", "owl_m": 5, "owl_lambda": 0.08}
     # OWL cannot allocate under N:M: the plan stops, naming the method and key.
     config["patterns"] = ["unstructured", "2:4"]
     config_file = write_config(tmp_path / "nm.yaml", config)
@@ -717,7 +766,7 @@ OPTION_EDITS = [
         3,
         # Every domain's data and what reads it: all but magnitude and the dense model.
         {f"prepare_data/tiny/{d}" for d in ("general", "medical", "legal")}
-        | {"general_importance/tiny_s0.5_norm-mean"}
+        | {"general_importance/tiny/general_s0.5_norm-mean"}
         | {"domain_scores/tiny/medical_dpruner_s0.5", "domain_scores/tiny/legal_dpruner_s0.5"}
         | pruned_and_evaluated("wanda", "sparsegpt", "dpruner-medical", "dpruner-legal")
         | REPORTING,
@@ -742,7 +791,7 @@ OPTION_EDITS = [
         ("models", "tiny", "dtype"),
         "bfloat16",
         # A new dense model: everything.
-        {"prepare_model/tiny", "general_importance/tiny_s0.5_norm-mean"}
+        {"prepare_model/tiny", "general_importance/tiny/general_s0.5_norm-mean"}
         | {f"prepare_data/tiny/{d}" for d in ("general", "medical", "legal")}
         | {"domain_scores/tiny/medical_dpruner_s0.5", "domain_scores/tiny/legal_dpruner_s0.5"}
         | pruned_and_evaluated(*TINY_PRUNED)
@@ -960,8 +1009,10 @@ def test_every_sparsity_plans_its_own_jobs_at_its_exact_value(tmp_path):
     counts = job_counts(result.stdout)
     # Per sparsity: magnitude, Wanda and SparseGPT once, D-Pruner per domain (2).
     assert (counts["prune"], counts["general_importance"], counts["domain_scores"]) == (15, 3, 6)
+    lines = result.stdout.splitlines()
+    planned = {planned_spec(line)[0].sparsity for line in lines if "dpruner prune " in line}
+    assert planned == {0.5, 0.5000001, 1e-05}
     for token in ("0.5", "0.5000001", "0.00001"):
-        assert f"--sparsity {token} " in result.stdout
         assert f"pruned/magnitude_none_s{token}_unstructured" in result.stdout
 
 

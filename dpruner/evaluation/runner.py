@@ -74,8 +74,8 @@ def evaluate_model(
     domain_section: dict,
     eval_config: dict | None,
     *,
-    seed: int = 0,
-    eval_fraction: float = 0.2,
+    seed: int,
+    eval_fraction: float,
     progress: bool = True,
 ) -> dict:
     """Metrics of an in-memory model on one domain section.
@@ -206,15 +206,14 @@ def _rolling_subset(documents: list[str], tokenizer, max_tokens: int | None) -> 
     return chosen
 
 
-def evaluate_domains(
-    model_dir: str, domains: list[str], config: dict, outs: list[str], device: str = "cpu"
-) -> dict:
-    """`python -m dpruner evaluate`: load the model once onto `device`, evaluate it on each of
-    `domains` (its perplexity and tasks) and write every metric, count and config value used to
-    the matching file of `outs`. Every domain's data is checked before the model loads.
+def evaluate_domains(model_dir: str, domains: list[str], spec, outs: list[str]) -> dict:
+    """`python -m dpruner evaluate`: load the model once onto the spec's device, evaluate it on
+    each of `domains` (its perplexity and tasks) and write every metric, count and config value
+    used to the matching file of `outs`. Every domain's data is checked before the model loads.
+    `spec`: dpruner.specs.EvaluateSpec.
 
     Returns {domain: metrics}."""
-    from dpruner.config import domain_config
+    from dpruner.config import schema_default
     from dpruner.errors import ConfigError
     from dpruner.models import load_model, measured_sparsity
     from dpruner.preflight import check_section
@@ -223,24 +222,19 @@ def evaluate_domains(
         raise ConfigError(
             f"evaluate needs one --out per --domain, got {len(domains)} domains, {len(outs)} outs"
         )
-    sections = {domain: domain_config(config, domain) for domain in domains}
+    config = spec.config()
     for domain in domains:
         check_section(config, domain, parts=("perplexity", "tasks"))
-    settings = evaluation_settings(config.get("evaluation"))
-    model, tokenizer = load_model(model_dir, settings.get("dtype", "float32"), device)
+    settings = evaluation_settings(spec.evaluation)
+    dtype = settings.get("dtype", schema_default("model_dtype"))
+    model, tokenizer = load_model(model_dir, dtype, spec.device)
     sparsity = measured_sparsity(model)
-    eval_fraction = config.get("calibration", {}).get("eval_fraction", 0.2)
-    seed = config.get("seed", 0)
     results = {}
     for domain, out in zip(domains, outs, strict=True):
         started = time.perf_counter()
+        section = spec.domains[domain].section()
         metrics = evaluate_model(
-            model,
-            tokenizer,
-            sections[domain],
-            settings,
-            seed=seed,
-            eval_fraction=eval_fraction,
+            model, tokenizer, section, settings, seed=spec.seed, eval_fraction=spec.eval_fraction
         )
         used = metrics.pop("settings")
         results[domain] = {
@@ -250,10 +244,10 @@ def evaluate_domains(
             "sparsity": sparsity,
             **metrics,
             "config": {
-                "seed": seed,
-                "eval_fraction": eval_fraction,
+                "seed": spec.seed,
+                "eval_fraction": spec.eval_fraction,
                 "evaluation": used,
-                "domain": sections[domain],
+                "domain": section,
             },
             "wall_s": round(time.perf_counter() - started, 1),
         }

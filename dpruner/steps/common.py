@@ -11,16 +11,31 @@ from dpruner.errors import DprunerError
 from dpruner.io import check_output_file
 
 
-def read_config(args) -> dict:
-    """The config of a step: a whole config file (--config, schema-checked) or the slice of the
-    workflow's validated config that the step reads (--config-json, passed by the rules)."""
-    from dpruner.config import load_config, parse_config_json
+def read_spec(args, cls, **values):
+    """The job's spec (dpruner.specs): `--spec JSON` from the workflow, or the flags a person
+    types (dpruner.steps.flags.spec_from_args); its device checked before any work."""
+    from dpruner.preflight import check_device
+    from dpruner.steps.flags import spec_from_args
 
-    if args.config_json:
-        return parse_config_json(args.config_json)
+    spec = spec_from_args(args, cls, **values)
+    loading = getattr(spec, "loading", None)
+    if loading is not None:
+        check_device(loading.device, "--device")
+    return spec
+
+
+def config_spec(args, cls, build, *names):
+    """A spec from `--spec JSON`, or built from `--config FILE` by the builder the workflow's
+    rule calls, `build(config, *names)`."""
+    from dpruner.config import load_config
+
+    if args.spec and args.config:
+        raise DprunerError("give --spec JSON or --config FILE, not both")
+    if args.spec:
+        return cls.from_json(args.spec)
     if args.config:
-        return load_config(args.config)
-    raise DprunerError("give the config: --config FILE or --config-json TEXT")
+        return build(load_config(args.config), *names)
+    raise DprunerError("give the job: --config FILE or --spec JSON")
 
 
 def local_inputs(config: dict) -> list[str]:
@@ -38,14 +53,13 @@ def source_spec(text: str) -> dict:
     return {"path": text}
 
 
-def calibration_from_source(
-    source: str, tokenizer, nsamples: int, seqlen: int, seed: int, template: str = "{text}"
-) -> torch.Tensor:
+def calibration_from_source(source: str, tokenizer, rows) -> torch.Tensor:
     """N x L token ids from a `.pt` tensor, a text/json/jsonl file, or `corpus:NAME`.
 
     A packaged corpus contributes only its calibration part (the held-out part is for evaluation);
-    a file the user names is used whole.
+    a file the user names is used whole. `rows`: dpruner.specs.Rows.
     """
+    from dpruner.config import schema_default
     from dpruner.data import calibration_tokens, load_records, render, split_records
 
     if source.endswith(".pt"):
@@ -59,17 +73,19 @@ def calibration_from_source(
     spec = source_spec(source)
     records = load_records(spec)
     if "corpus" in spec:
-        records = split_records(records, "calibration", 0.2)
-    texts = [render(template, record, f"calibration source {source}") for record in records]
-    return calibration_tokens(texts, tokenizer, nsamples, seqlen, seed)
+        records = split_records(records, "calibration", schema_default("eval_fraction"))
+    where = f"calibration source {source}"
+    texts = [render(rows.template, record, where) for record in records]
+    return calibration_tokens(texts, tokenizer, rows.nsamples, rows.seqlen, rows.seed)
 
 
-def load_step_model(args):
-    """The model in memory, or with --stream-blocks only its skeleton (weights on meta)."""
+def load_step_model(model_dir: str, loading, stream_blocks: bool = False):
+    """The model in memory, or with --stream-blocks only its skeleton (weights on meta).
+    `loading`: dpruner.specs.Loading."""
     from dpruner.models import load_model, load_skeleton
 
-    load = load_skeleton if getattr(args, "stream_blocks", False) else load_model
-    return load(args.model, args.dtype, args.device)
+    load = load_skeleton if stream_blocks else load_model
+    return load(model_dir, loading.dtype, loading.device)
 
 
 def check_scores_outputs(args, inputs: tuple) -> None:

@@ -9,63 +9,71 @@ from pathlib import Path
 import torch
 
 from dpruner.io import write_json
-from dpruner.steps.common import calibration_from_source, check_scores_outputs, load_step_model
-from dpruner.steps.flags import (
-    add_calibration_args,
-    add_model_args,
-    add_overwrite_arg,
-    add_stream_arg,
+from dpruner.specs import GeneralImportanceSpec
+from dpruner.steps.common import (
+    calibration_from_source,
+    check_scores_outputs,
+    load_step_model,
+    read_spec,
 )
+from dpruner.steps.flags import add_model_arg, add_overwrite_arg, add_spec_args
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "general-importance", help="D-Pruner step 1: OBS saliency G per weight"
     )
-    add_model_args(p)
-    p.add_argument("--sparsity", type=float, required=True)
-    p.add_argument("--normalize", default="mean", choices=["mean", "none"])
-    add_calibration_args(p)
-    add_stream_arg(p)
+    add_model_arg(p)
+    p.add_argument(
+        "--calibration",
+        required=True,
+        help="token tensor (.pt), text/json/jsonl file or corpus:NAME",
+    )
+    add_spec_args(p, GeneralImportanceSpec)
     p.add_argument("--out", required=True, help="safetensors file")
     add_overwrite_arg(p)
     p.set_defaults(func=run)
+
+
+def job_spec(args) -> GeneralImportanceSpec:
+    return read_spec(args, GeneralImportanceSpec)
 
 
 def run(args) -> dict:
     from dpruner.methods.dpruner import general_importance
     from dpruner.score_files import save_scores, scores_provenance
 
+    spec = job_spec(args)
     check_scores_outputs(args, (args.model, args.calibration))
-    model, tokenizer = load_step_model(args)
-    calibration = calibration_from_source(
-        args.calibration, tokenizer, args.nsamples, args.seqlen, args.seed, args.template
-    )
+    model, tokenizer = load_step_model(args.model, spec.loading, spec.stream_blocks)
+    calibration = calibration_from_source(args.calibration, tokenizer, spec.rows)
     metadata = {
-        **scores_provenance("general_importance", args.model, args.sparsity),
+        **scores_provenance("general_importance", args.model, spec.sparsity),
         "calibration": args.calibration,
         "nsamples": calibration.shape[0],
         "seqlen": calibration.shape[1],
         "percdamp": 0.01,
-        "normalize": args.normalize,
+        "normalize": spec.normalize,
     }
     options = dict(
-        normalize=args.normalize, batch_size=args.batch_size, hessian_dtype=args.hessian_dtype
+        normalize=spec.normalize,
+        batch_size=spec.rows.batch_size,
+        hessian_dtype=spec.rows.hessian_dtype,
     )
     start = time.perf_counter()
-    if args.stream_blocks:
+    if spec.stream_blocks:
         from dpruner.models import prunable_weights, weight_matrix
         from dpruner.streaming import CheckpointBlocks, streamed_safetensors
 
         shapes = {n: tuple(weight_matrix(m).shape) for n, m in prunable_weights(model).items()}
         with streamed_safetensors(args.out, shapes, metadata) as sink:
-            blocks = CheckpointBlocks(model, args.model, args.device)
+            blocks = CheckpointBlocks(model, args.model, spec.loading.device)
             general_importance(
-                model, calibration, args.sparsity, **options, blocks=blocks, sink=sink
+                model, calibration, spec.sparsity, **options, blocks=blocks, sink=sink
             )
         matrices = len(shapes)
     else:
-        importance = general_importance(model, calibration, args.sparsity, **options)
+        importance = general_importance(model, calibration, spec.sparsity, **options)
         save_scores(importance, args.out, metadata)
         matrices = len(importance)
     wall = time.perf_counter() - start

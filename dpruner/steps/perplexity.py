@@ -7,23 +7,35 @@ import torch
 
 from dpruner.errors import DprunerError
 from dpruner.io import check_output_file, write_json
+from dpruner.specs import Loading
 from dpruner.steps.common import load_step_model, source_spec
-from dpruner.steps.flags import add_model_args, add_overwrite_arg, add_stream_arg
+from dpruner.steps.flags import (
+    add_field_args,
+    add_model_arg,
+    add_overwrite_arg,
+    add_stream_arg,
+    from_args,
+)
 
 
 def register(subparsers) -> None:
+    from dpruner.evaluation.runner import EVALUATION_DEFAULTS
+
+    # The evaluation's defaults: the same perplexity by hand as in the workflow.
+    default = EVALUATION_DEFAULTS["perplexity"]
     p = subparsers.add_parser(
         "perplexity", help="sliding-window perplexity of a model on a text source"
     )
-    add_model_args(p)
+    add_model_arg(p)
+    add_field_args(p, Loading)
     p.add_argument(
         "--data", required=True, help="token tensor (.pt), text/json/jsonl or corpus:NAME"
     )
     p.add_argument("--template", default="{text}")
-    p.add_argument("--window", type=int, default=512)
-    p.add_argument("--stride", type=int, default=512)
+    p.add_argument("--window", type=int, default=default["window"])
+    p.add_argument("--stride", type=int, default=default["stride"])
     p.add_argument("--max-tokens", type=int)
-    p.add_argument("--bos", default="none", choices=["none", "once", "window"])
+    p.add_argument("--bos", default=default["bos"], choices=["none", "once", "window"])
     p.add_argument(
         "--batch-size", type=int, help="windows per pass (default: 4 on a CPU, 32 on a GPU)"
     )
@@ -44,15 +56,16 @@ def run(args) -> dict:
     from dpruner.evaluation.perplexity import sliding_window_perplexity
     from dpruner.evaluation.sizing import evaluation_batch_size
 
+    loading = from_args(args, Loading)
     if args.out:
         check_output_file(args.out, args.overwrite, (args.model, args.data))
     if args.semi_structured:
         from dpruner.semi_structured import check_target
 
-        check_target(args.device, args.dtype, args.semi_structured)
+        check_target(loading.device, loading.dtype, args.semi_structured)
         if args.stream_blocks:
             raise DprunerError("--semi-structured runs a whole model: not with --stream-blocks")
-    model, tokenizer = load_step_model(args)
+    model, tokenizer = load_step_model(args.model, loading, args.stream_blocks)
     if args.semi_structured:
         from dpruner.semi_structured import to_semi_structured
 
@@ -69,7 +82,7 @@ def run(args) -> dict:
     if args.stream_blocks:
         from dpruner.streaming import CheckpointBlocks
 
-        blocks = CheckpointBlocks(model, args.model, args.device)
+        blocks = CheckpointBlocks(model, args.model, loading.device)
     result = sliding_window_perplexity(
         model,
         ids,
@@ -77,7 +90,7 @@ def run(args) -> dict:
         args.stride,
         tokenizer.bos_token_id,
         args.bos,
-        evaluation_batch_size(args.batch_size, torch.device(args.device).type),
+        evaluation_batch_size(args.batch_size, torch.device(loading.device).type),
         blocks=blocks,
     )
     result.update(

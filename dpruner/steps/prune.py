@@ -20,39 +20,22 @@ from dpruner.config import (
 )
 from dpruner.errors import DprunerError
 from dpruner.io import write_json
-from dpruner.steps.common import calibration_from_source, load_step_model
-from dpruner.steps.flags import (
-    add_calibration_args,
-    add_model_args,
-    add_overwrite_arg,
-    add_stream_arg,
-)
+from dpruner.specs import PruneSpec
+from dpruner.steps.common import calibration_from_source, load_step_model, read_spec
+from dpruner.steps.flags import add_model_arg, add_overwrite_arg, add_spec_args
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("prune", help="prune a model and save it with prune.json")
-    add_model_args(p)
-    p.add_argument("--method", required=True)
-    p.add_argument("--sparsity", type=float, required=True)
-    p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4 or 4:8")
-    p.add_argument("--group", choices=["matrix", "row", "block"], help="default: the method's")
+    add_model_arg(p)
     p.add_argument("--scores", help="D-Pruner importance scores (safetensors)")
-    p.add_argument(
-        "--reconstruct",
-        action="store_true",
-        help="dpruner: keep the mask from --scores and repair the kept weights with SparseGPT's "
-        "OBS sweep on --calibration",
-    )
+    p.add_argument("--calibration", help="token tensor (.pt), text/json/jsonl file or corpus:NAME")
     p.add_argument(
         "--general-calibration",
         help="general calibration rows (same forms as --calibration): mixed into its domain rows "
         "(--domain-share) or cross-calibrated with them (--coefficient)",
     )
-    p.add_argument(
-        "--domain-share",
-        type=float,
-        help="with --general-calibration: the share of domain rows in the mixed set",
-    )
+    add_spec_args(p, PruneSpec)
     p.add_argument(
         "--coefficient",
         type=float,
@@ -61,27 +44,15 @@ def register(subparsers) -> None:
         "(no default)",
     )
     add_method_option_args(p)
-    p.add_argument(
-        "--quantize-bits",
-        type=int,
-        help="also quantize the kept weights to this many bits: round-to-nearest for magnitude, "
-        "wanda and dpruner, SparseGPT's joint sparse + GPTQ sweep for sparsegpt",
-    )
-    p.add_argument(
-        "--group-size", type=int, help="input columns per quantization grid (default: one per row)"
-    )
-    p.add_argument("--symmetric", action="store_true", help="symmetric grids (default: asymmetric)")
-    add_calibration_args(p)
-    add_stream_arg(p)
     p.add_argument("--out", required=True)
     add_overwrite_arg(p)
     p.set_defaults(func=run)
 
 
 def add_method_option_args(p) -> None:
-    """The flags of `plan.method_options`: a kind's own options and OWL's, named as the config's
-    keys. Defaults are the schema's, filled in by `_method_options`, so that a flag given to a
-    method that does not take it is refused rather than ignored."""
+    """The flags of `plan.method_options` (PruneSpec.options): a kind's own options and OWL's,
+    named as the config's keys. Defaults are the schema's, filled in by `_method_options`, so
+    that a flag given to a method that does not take it is refused rather than ignored."""
 
     def default(key: str) -> str:
         return f"default: {schema_default(key)}"
@@ -89,9 +60,8 @@ def add_method_option_args(p) -> None:
     p.add_argument(
         "--allocation",
         choices=["uniform", "owl"],
-        default=schema_default("allocation"),
         help="owl: each decoder block's sparsity from its outlier ratio (OWL), averaging "
-        "--sparsity; calibrated methods and dpruner, unstructured only",
+        f"--sparsity; calibrated methods and dpruner, unstructured only ({default('allocation')})",
     )
     p.add_argument("--owl-m", type=float, help=f"OWL's outlier threshold M ({default('owl_m')})")
     p.add_argument(
@@ -130,6 +100,26 @@ def _kind_flag_argument(kind: str, key: str) -> dict:
 SCHEMA_TYPES = {"integer": int, "number": float}
 
 
+def job_spec(args) -> PruneSpec:
+    """From --spec, or from the flags, the method's options (`_method_options`) included."""
+    if args.spec:
+        given = [flag for flag in _option_flags() if getattr(args, _dest(flag)) is not None]
+        if given:
+            raise DprunerError(f"--spec holds every option: not with {', '.join(given)}")
+        return read_spec(args, PruneSpec)
+    if args.method is None:
+        raise DprunerError("give --method (or --spec JSON)")
+    _check_method(args.method)
+    return read_spec(args, PruneSpec, options=_method_options(args))
+
+
+def _check_method(method: str) -> None:
+    from dpruner.methods import PRUNERS
+
+    if method not in PRUNERS:
+        raise DprunerError(f"unknown method '{method}'; choose one of {', '.join(PRUNERS)}")
+
+
 def run(args) -> dict:
     from dpruner.fingerprint import model_fingerprint
     from dpruner.io import check_output_folder
@@ -137,41 +127,46 @@ def run(args) -> dict:
     from dpruner.methods import PRUNERS
     from dpruner.models import measured_sparsity, save_model
 
-    method_class = PRUNERS.get(args.method)
-    if method_class is None:
-        raise DprunerError(f"unknown method '{args.method}'; choose one of {', '.join(PRUNERS)}")
+    job = job_spec(args)
+    _check_method(job.method)
+    method_class = PRUNERS[job.method]
     # Checked before the model loads; save_model checks again before it replaces anything.
     check_output_folder(args.out, args.overwrite, (args.model,))
-    spec = SparsitySpec.parse(args.sparsity, args.pattern, args.group or method_class.default_group)
-    own = _method_options(args, spec)
-    kind_options = {key: own[key] for key in plan.kind_options(args.method)}
-    pruner = method_class.from_options(kind_options, _offered(args, own, method_class))
+    spec = SparsitySpec.parse(job.sparsity, job.pattern, job.group or method_class.default_group)
+    own = job.options
+    if own.get("allocation") == "owl":
+        from dpruner.methods.owl import OwlAllocation
+
+        OwlAllocation.check_plan(job.method, spec, job.stream_blocks)
+    kind_options = {key: own[key] for key in plan.kind_options(job.method)}
+    pruner = method_class.from_options(kind_options, _offered(args, job, method_class))
     # OWL measures its outlier ratios on calibration rows, even for a method that has none.
     calibrated = pruner.needs_calibration or pruner.allocation is not None
     if calibrated and not args.calibration:
-        needs = f"--method {args.method}" if pruner.needs_calibration else "--allocation owl"
+        needs = f"--method {job.method}" if pruner.needs_calibration else "--allocation owl"
         raise DprunerError(f"{needs} needs --calibration SOURCE")
-    _check_mix_args(args, calibrated)
+    _check_mix_args(args, job, calibrated)
     start = time.perf_counter()
-    model, tokenizer = load_step_model(args)
+    model, tokenizer = load_step_model(args.model, job.loading, job.stream_blocks)
     calibration, mix = None, None
     if calibrated:
-        calibration, mix = _calibration(args, tokenizer)
+        calibration, mix = _calibration(args, job, tokenizer)
     if "coefficient" in own:
         from dpruner.methods.cross import CrossCalibration
 
         # The general rows need the tokenizer, so they join the pruner once it is loaded.
         pruner.cross = CrossCalibration(
-            _rows(args, args.general_calibration, tokenizer), own["coefficient"]
+            calibration_from_source(args.general_calibration, tokenizer, job.rows),
+            own["coefficient"],
         )
     sources = (args.model, args.scores, args.calibration, args.general_calibration)
     inputs = tuple(p for p in sources if p and Path(p).exists())
-    if args.stream_blocks:
+    if job.stream_blocks:
         from dpruner.io import output_folder
         from dpruner.streaming import CheckpointBlocks
 
         with output_folder(args.out, args.overwrite, inputs) as tmp:
-            blocks = CheckpointBlocks(model, args.model, args.device, out_dir=tmp)
+            blocks = CheckpointBlocks(model, args.model, job.loading.device, out_dir=tmp)
             result = pruner.prune(model, calibration, spec, blocks=blocks)
             blocks.finish(tokenizer)
         measured = blocks.measured_sparsity()
@@ -191,7 +186,7 @@ def run(args) -> dict:
         # The method's own options as the workflow plans them (dpruner.plan.method_options).
         "options": own,
         "measured": measured,
-        "stream_blocks": args.stream_blocks,
+        "stream_blocks": job.stream_blocks,
         "total_wall_s": time.perf_counter() - start,
     }
     write_json(report, Path(args.out) / "prune.json")
@@ -201,7 +196,7 @@ def run(args) -> dict:
     }
 
 
-def _method_options(args, spec) -> dict:
+def _method_options(args) -> dict:
     """`plan.method_options` from the flags, the schema's defaults for those not given; a flag
     of another kind, a value the kind's schema entry refuses, OWL's options without
     --allocation owl, and what OWL or cross-calibration cannot do are refused before the model
@@ -226,9 +221,6 @@ def _method_options(args, spec) -> dict:
                 "--allocation owl is for calibrated methods and dpruner, "
                 f"not --method {args.method}"
             )
-        from dpruner.methods.owl import OwlAllocation
-
-        OwlAllocation.check_plan(args.method, spec, args.stream_blocks)
         entry |= {"allocation": "owl", **owl}
     if args.coefficient is not None:
         if "coefficient" not in kind_properties(args.method):
@@ -240,75 +232,78 @@ def _method_options(args, spec) -> dict:
     return plan.method_options(entry)
 
 
+def _option_flags() -> list[str]:
+    """The flags of `PruneSpec.options`."""
+    owl = [_flag(key) for key in ("allocation", *plan.OWL_OPTIONS, "coefficient")]
+    return [*owl, *(flag for flag, _, _ in _kind_flags())]
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
 def _flag(key: str) -> str:
     return f"--{key.replace('_', '-')}"
 
 
-def _offered(args, own: dict, method_class) -> dict:
+def _offered(args, job: PruneSpec, method_class) -> dict:
     """What the step offers every method's `from_options` (each takes those its constructor
-    does), from the flags (`own`: `_method_options`); flags no method of this kind uses are
-    refused."""
-    offered = {"batch_size": args.batch_size, "hessian_dtype": args.hessian_dtype}
-    if own.get("allocation") == "owl":
+    does), from the spec; options no method of this kind uses are refused."""
+    offered = {"batch_size": job.rows.batch_size, "hessian_dtype": job.rows.hessian_dtype}
+    if job.options.get("allocation") == "owl":
         from dpruner.methods.owl import OwlAllocation
 
-        offered["allocation"] = OwlAllocation(own["owl_m"], own["owl_lambda"])
-    if args.quantize_bits is not None:
+        offered["allocation"] = OwlAllocation(job.options["owl_m"], job.options["owl_lambda"])
+    if job.quantize_bits is not None:
         from dpruner.quantize import QuantSpec
 
         # Round-to-nearest after the mask; SparseGPT quantizes inside its sweep instead.
-        offered["quantize"] = QuantSpec(args.quantize_bits, args.group_size, args.symmetric)
-    elif args.group_size is not None or args.symmetric:
+        offered["quantize"] = QuantSpec(job.quantize_bits, job.group_size, job.symmetric)
+    elif job.group_size is not None or job.symmetric:
         raise DprunerError("--group-size and --symmetric need --quantize-bits")
-    if args.quantize_bits is not None and args.stream_blocks:
+    if job.quantize_bits is not None and job.stream_blocks:
         raise DprunerError("--quantize-bits does not work with --stream-blocks yet")
     if method_class.masks_by_scores:
         from dpruner.score_files import SCORE_KINDS, check_scores
 
         if not args.scores:
-            raise DprunerError(f"--method {args.method} needs --scores FILE (from `domain-scores`)")
-        check_scores(args.scores, "--scores", args.model, SCORE_KINDS, args.sparsity)
-        offered |= {"scores_path": args.scores, "reconstruct": args.reconstruct}
-    elif args.reconstruct:
+            raise DprunerError(f"--method {job.method} needs --scores FILE (from `domain-scores`)")
+        check_scores(args.scores, "--scores", args.model, SCORE_KINDS, job.sparsity)
+        offered |= {"scores_path": args.scores, "reconstruct": job.reconstruct}
+    elif job.reconstruct:
         raise DprunerError("--reconstruct repairs a D-Pruner mask: it needs --method dpruner")
     return offered
 
 
-def _check_mix_args(args, calibrated: bool) -> None:
+def _check_mix_args(args, job: PruneSpec, calibrated: bool) -> None:
     """Mixing flags that go together, before the model loads."""
-    combined = [x for x in (args.domain_share, args.coefficient) if x is not None]
+    combined = [x for x in (job.domain_share, job.options.get("coefficient")) if x is not None]
     if (args.general_calibration is None) == bool(combined) or len(combined) > 1:
         raise DprunerError(
             "--general-calibration goes together with one of --domain-share (mixed rows) and "
             "--coefficient (cross-calibration)"
         )
     if args.general_calibration and not calibrated:
-        method = f"{args.method} without --reconstruct" if args.method == "dpruner" else args.method
+        method = f"{job.method} without --reconstruct" if job.method == "dpruner" else job.method
         raise DprunerError(
             f"--general-calibration mixes into the calibration rows, but --method {method} "
             "calibrates on none"
         )
 
 
-def _calibration(args, tokenizer) -> tuple[torch.Tensor, dict | None]:
+def _calibration(args, job: PruneSpec, tokenizer) -> tuple[torch.Tensor, dict | None]:
     """The calibration rows, and what the mix holds when general rows are mixed in."""
     from dpruner.data.mixing import mix_calibration
 
-    calibration = _rows(args, args.calibration, tokenizer)
-    if args.domain_share is None:
+    calibration = calibration_from_source(args.calibration, tokenizer, job.rows)
+    if job.domain_share is None:
         return calibration, None
-    general = _rows(args, args.general_calibration, tokenizer)
-    mix = mix_calibration(general, calibration, args.domain_share, args.seed)
+    general = calibration_from_source(args.general_calibration, tokenizer, job.rows)
+    mix = mix_calibration(general, calibration, job.domain_share, job.rows.seed)
     summary = {
         "general_calibration": args.general_calibration,
-        "domain_share": args.domain_share,
-        "seed": args.seed,
+        "domain_share": job.domain_share,
+        "seed": job.rows.seed,
         **mix.summary(),
     }
     return mix.tokens, summary
-
-
-def _rows(args, source: str, tokenizer) -> torch.Tensor:
-    return calibration_from_source(
-        source, tokenizer, args.nsamples, args.seqlen, args.seed, args.template
-    )

@@ -1,0 +1,237 @@
+"""Typed job specs (dpruner.specs): config -> spec -> the rule's `--spec` parameter -> the step's
+parser -> the same spec, for every step and job of a config; schema defaults reach the steps;
+the flags a person types build the spec the workflow passes."""
+
+import copy
+import shlex
+
+import pytest
+from test_workflow import REPO, planned_spec, snakemake, write_config
+
+from dpruner import config as config_module
+from dpruner import plan, specs
+from dpruner.cli import build_parser
+from dpruner.config import load_config, schema_default
+from dpruner.errors import ConfigError, DprunerError
+from dpruner.steps import (
+    domain_scores,
+    evaluate,
+    general_importance,
+    prepare_data,
+    prepare_model,
+    prune,
+)
+
+CONFIG = REPO / "config" / "config.yaml"
+
+
+def methods_config() -> dict:
+    """The default config with a method of every kind and option family."""
+    config = load_config(CONFIG)
+    dpruner = config["methods"]["dpruner"]
+    config["hessian_dtype"] = "float32"
+    # Two calibration draws: the second's sets are `general+1` and `<domain>+1`, drawn with seed 1.
+    config["calibration"]["draws"] = 2
+    config["methods"] = {
+        "magnitude-q3": {"kind": "magnitude", "quantize": {"bits": 3, "symmetric": True}},
+        "wanda-owl": {"kind": "wanda", "allocation": "owl", "owl_lambda": 0.05},
+        "sparsegpt-mixed": {"kind": "sparsegpt", "calibration": "mixed", "domain_share": 0.25},
+        "sparsegpt-cross": {"kind": "sparsegpt", "calibration": "cross", "coefficient": 0.3},
+        "ria": {"kind": "ria", "calibration": "domain"},
+        "dsnot": {"kind": "dsnot", "initial": "sparsegpt", "skip": []},
+        "dpruner": {**dpruner, "seed": 7},
+        "dpruner-recmix": {**dpruner, "reconstruct": "mixed", "domain_share": 0.75},
+    }
+    return config
+
+
+def rule_jobs(config: dict):
+    """(step, spec, the step's other arguments) of every job the workflow plans, each spec built
+    as the rule builds it (rules/common.smk): a calibration set's seed is its draw's."""
+    for model in config["models"]:
+        yield "prepare-model", specs.prepare_model_spec(config, model), ["--out", "o"]
+        for domain in plan.eval_domains(config):
+            for name in plan.calibration_sets(config, domain):
+                spec = specs.prepare_data_spec(config, name, plan.calibration_seed(config, name))
+                yield "prepare-data", spec, ["--model", "m", "--out", "o"]
+        for variant in plan.variants(config):
+            spec = specs.evaluate_spec(config, plan.evaluation_parts(config, variant))
+            outs = [arg for domain in spec.domains for arg in ("--domain", domain, "--out", "o")]
+            yield "evaluate", spec, ["--model", "m", *outs]
+    for job in plan.general_importance_jobs(config):
+        seed = plan.calibration_seed(config, job.pop("domain"))
+        spec = specs.general_importance_spec(config, **job, seed=seed)
+        yield "general-importance", spec, ["--model", "m", "--calibration", "c.pt", "--out", "o"]
+    for job in plan.domain_scores_jobs(config):
+        spec = specs.domain_scores_spec(config, job["model"], job["method"])
+        yield "domain-scores", spec, ["--model", "m", "--instances", "i", "--out", "o"]
+    for model in config["models"]:
+        for job in plan.pruned_jobs(config):
+            seed = plan.calibration_seed(config, job["calib"])
+            spec = specs.prune_spec(config, model, **job, seed=seed)
+            yield "prune", spec, ["--model", "m", "--out", "o"]
+
+
+STEPS = {
+    "prepare-model": prepare_model,
+    "prepare-data": prepare_data,
+    "general-importance": general_importance,
+    "domain-scores": domain_scores,
+    "prune": prune,
+    "evaluate": evaluate,
+}
+
+
+def read_back(step: str, argv: list[str]):
+    """What the step reads from its command line."""
+    return STEPS[step].job_spec(build_parser().parse_args([step, *argv]))
+
+
+def rule_command(spec, others: list[str]) -> list[str]:
+    """The step's arguments as the rule's shell line passes them: `--spec {params.spec:q}`."""
+    return shlex.split(f"{shlex.join(others)} --spec {shlex.quote(spec.to_json())}")
+
+
+@pytest.mark.parametrize("make_config", [lambda: load_config(CONFIG), methods_config])
+def test_every_job_spec_round_trips_through_its_rule_parameter_and_step(make_config):
+    config = make_config()
+    seen = set()
+    for step, spec, others in rule_jobs(config):
+        assert type(spec).from_json(spec.to_json()) == spec
+        assert read_back(step, rule_command(spec, others)) == spec
+        seen.add(step)
+    assert seen == set(STEPS)
+
+
+def test_the_planned_commands_pass_the_specs_the_builders_make(tmp_path):
+    config = methods_config()
+    result = snakemake(
+        "-n", "-p", "--configfile", write_config(tmp_path / "c.yaml", config), workdir=tmp_path
+    )
+    planned = {}
+    for line in result.stdout.splitlines():
+        step = line.split("-m dpruner ", 1)[-1].split(" ")[0]
+        if "-m dpruner " in line and step in STEPS:
+            planned.setdefault(step, []).append(planned_spec(line)[0].to_json())
+    built = {}
+    for step, spec, _ in rule_jobs(config):
+        built.setdefault(step, []).append(spec.to_json())
+    assert {step: sorted(jsons) for step, jsons in planned.items()} == {
+        step: sorted(jsons) for step, jsons in built.items()
+    }
+
+
+def test_a_default_changed_in_the_schema_reaches_the_step(monkeypatch):
+    schema = copy.deepcopy(config_module._schema())
+    schema["$defs"]["ria_alpha"]["default"] = 0.7
+    schema["$defs"]["hessian_dtype"]["default"] = "float32"
+    monkeypatch.setattr(config_module, "_schema", lambda: schema)
+    config = load_config(CONFIG)
+    config["methods"] = {"ria": {"kind": "ria"}, "sparsegpt": {"kind": "sparsegpt"}}
+    for method in config["methods"]:
+        spec = specs.prune_spec(config, "smollm2-135m", method, "general", "0.5", "unstructured", 0)
+        step = read_back("prune", rule_command(spec, ["--model", "m", "--out", "o"]))
+        assert step == spec
+        if method == "ria":
+            assert step.options == {"alpha": 0.7}
+        else:
+            assert step.rows.hessian_dtype == "float32"
+
+
+def test_the_dataclass_defaults_are_the_schemas():
+    assert specs.Loading() == specs.Loading(
+        device=schema_default("device"), dtype=schema_default("model_dtype")
+    )
+    assert specs.Rows().seed == schema_default("seed")
+    assert specs.Rows().hessian_dtype == schema_default("hessian_dtype")
+    assert specs.PruneSpec(method="wanda", sparsity=0.5).stream_blocks is False
+    # A config without a key gets the dataclass's default, not a second one.
+    options = {"kind": "dpruner", "lambda": 0.1, "lr": 0.03, "epochs": 1, "batch_size": 1}
+    assert specs.fine_tuning(options).seed == specs.FineTuneSettings().seed == 42
+
+
+def test_the_flags_build_the_spec_the_rule_passes(tmp_path):
+    config = methods_config()
+    config_file = write_config(tmp_path / "c.yaml", config)
+    common = ["--model", "m", "--out", "o"]
+    model = "smollm2-135m"
+
+    def rule(builder, *names):
+        return builder(config, *names)
+
+    # prune: the method's options, quantizer, calibration rows and loading as flags.
+    flags = ["--method", "magnitude", "--sparsity", "0.5", "--quantize-bits"]
+    flags += ["3", "--symmetric"]
+    expected = rule(specs.prune_spec, model, "magnitude-q3", "none", "0.5", "unstructured", 0)
+    assert read_back("prune", [*common, *flags]) == expected
+    flags = ["--method", "dsnot", "--sparsity", "0.5", "--pattern", "2:4", "--initial"]
+    flags += ["sparsegpt", "--skip", "--nsamples", "16", "--hessian-dtype", "float32"]
+    expected = rule(specs.prune_spec, model, "dsnot", "general", "0.5", "2of4", 0)
+    assert read_back("prune", [*common, *flags]) == expected
+    flags = ["--method", "sparsegpt", "--sparsity", "0.5", "--coefficient", "0.3", "--nsamples"]
+    flags += ["16", "--hessian-dtype", "float32"]
+    expected = rule(specs.prune_spec, model, "sparsegpt-cross", "medical", "0.5", "unstructured", 0)
+    assert read_back("prune", [*common, *flags]) == expected
+    # general importance and D-Pruner's fine-tuning.
+    flags = ["--sparsity", "0.5", "--nsamples", "16", "--hessian-dtype", "float32"]
+    expected = rule(specs.general_importance_spec, model, "0.5", "mean", 0)
+    assert read_back("general-importance", [*common, "--calibration", "c", *flags]) == expected
+    tuned = config["methods"]["dpruner"]
+    flags = ["--lambda", str(tuned["lambda"]), "--epochs", str(tuned["epochs"]), "--max-length"]
+    flags += [str(tuned["max_length"]), "--batch-size", str(tuned["batch_size"]), "--seed", "7"]
+    flags += ["--no-gradient-checkpointing", "--keep-gradients"]
+    expected = rule(specs.domain_scores_spec, model, "dpruner")
+    assert read_back("domain-scores", [*common, "--instances", "i", *flags]) == expected
+    # The config-reading steps: --config FILE and the job's names.
+    by_config = ["--config", str(config_file)]
+    expected = rule(specs.prepare_model_spec, model)
+    assert read_back("prepare-model", ["--out", "o", *by_config, "--model", model]) == expected
+    assert read_back("prepare-model", ["--out", "o", "--packaged", "smollm2"]) == expected
+    expected = specs.prepare_data_spec(config, "medical", config["seed"])
+    assert read_back("prepare-data", [*common, *by_config, "--domain", "medical"]) == expected
+    expected = specs.evaluate_spec(config, plan.evaluation_parts(config, plan.DENSE))
+    outs = [arg for domain in plan.eval_domains(config) for arg in ("--domain", domain)]
+    assert read_back("evaluate", [*common, *by_config, *outs, "--out", "o", "--out", "o"]) == (
+        expected
+    )
+
+
+@pytest.mark.parametrize(
+    ("step", "argv", "message"),
+    [
+        ("prune", ["--spec", "{}", "--sparsity", "0.5"], "not with --sparsity"),
+        ("prune", ["--spec", '{"method": "wanda", "sparsity": 0.5}', "--alpha", "1"], "--alpha"),
+        ("prune", ["--sparsity", "0.5"], "give --method"),
+        ("prune", ["--method", "wanda"], "give --sparsity"),
+        ("general-importance", ["--calibration", "c", "--spec", "[1]"], "JSON object"),
+        ("domain-scores", ["--instances", "i", "--spec", '{"epochs": 1}'], "unknown key(s)"),
+        ("prepare-model", ["--packaged", "smollm2", "--gguf", "f"], "one source"),
+        ("prepare-data", [], "--config FILE or --spec"),
+    ],
+)
+def test_a_bad_spec_or_flag_mix_is_one_clear_error(step, argv, message):
+    with pytest.raises(
+        (ConfigError, DprunerError), match=message.replace("(", r"\(").replace(")", r"\)")
+    ):
+        read_back(step, ["--model", "m", "--out", "o", *argv])
+
+
+def test_specs_import_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, dpruner.specs; print('torch' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
+
+
+def test_the_evaluated_parts_are_the_only_ones_a_spec_holds():
+    config = load_config(CONFIG)
+    variant = plan.pruned_id("dpruner", "medical", "0.5", "unstructured")
+    spec = specs.evaluate_spec(config, plan.evaluation_parts(config, variant))
+    assert spec.domains["legal"].section() == {
+        "perplexity": config["domains"]["legal"]["perplexity"]
+    }
+    assert set(spec.domains["medical"].section()) == {"perplexity", "tasks"}
