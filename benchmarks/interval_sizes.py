@@ -28,6 +28,7 @@ from dpruner.config import load_config
 from dpruner.intervals import DEFAULTS, PERPLEXITY, compare, load_units, main_columns, units_for
 from dpruner.machine import machine_description
 from dpruner.report.collect import collect
+from dpruner.report.draws import first_draw
 from dpruner.report.formatting import write_benchmark_tables
 
 OUT = Path("results/tables/interval_sizes")
@@ -118,7 +119,8 @@ def main() -> int:
     config = load_config(args.config)
     settings = {**DEFAULTS, **(config.get("intervals") or {})}
     metrics_files = sorted(Path(args.run, "metrics").glob("*/*/*.json"))
-    long = collect(metrics_files)
+    # Draw 0 of a run with several calibration draws: its tables' models.
+    long = first_draw(collect(metrics_files))
     units = load_units(metrics_files)
     target = math.log1p(args.target / 100)
     pairs = pd.DataFrame(pair_rows(long, units, settings, target)).sort_values(["text", "pair"])
