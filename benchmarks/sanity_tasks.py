@@ -36,6 +36,7 @@ from dpruner.intervals import DEFAULTS as INTERVAL_DEFAULTS
 from dpruner.machine import machine_description
 from dpruner.models import load_model
 from dpruner.report.formatting import write_benchmark_tables
+from dpruner.specs import domain_of
 
 OUT = Path("results/tables/task_sanity")
 TITLE = "Dense models on every catalogue task (config/tasks.yaml)"
@@ -222,7 +223,9 @@ def main() -> int:
                 result = evaluate_model(
                     model,
                     tokenizer,
-                    {"perplexity": config["general"]["perplexity"], "tasks": [task]},
+                    domain_of(
+                        {"perplexity": config["general"]["perplexity"], "tasks": [task]}, domain
+                    ),
                     evaluation,
                     seed=seed,
                     eval_fraction=eval_fraction,

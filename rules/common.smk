@@ -96,7 +96,7 @@ def cli_options(options):
 def section_parts(domain, *parts):
     """Only `parts` of the section of `domain`, or of the domain a calibration set draws from."""
     domain = plan.split_calibration_set(domain)[0]
-    return specs.domain_parts(config, domain, parts).section()
+    return specs.domain_parts(config, domain, parts)
 
 
 def config_json(**top):
@@ -111,17 +111,15 @@ def evaluation_parts(wildcards):
 def evaluation_source_files(wildcards):
     """The local data files of every evaluated section part."""
     return sorted(
-        {
-            path
-            for domain, parts in evaluation_parts(wildcards).items()
-            for path in local_paths(section_parts(domain, *parts))
-        }
+        local_paths(
+            section_parts(domain, *parts) for domain, parts in evaluation_parts(wildcards).items()
+        )
     )
 
 
 def source_files(*parts):
     """Input function: the local data files the {domain} section's `parts` read."""
-    return lambda wildcards: local_paths(section_parts(wildcards.domain, *parts))
+    return lambda wildcards: local_paths([section_parts(wildcards.domain, *parts)])
 
 
 def dpruner_processes(wildcards):

@@ -8,10 +8,11 @@ from tiny import tiny_tokenizer
 
 from dpruner.data.prepare import write_calibration
 from dpruner.intervals import DEFAULTS, PERPLEXITY, load_units, with_intervals
-from dpruner.plan import calibration_settings
+from dpruner.plan import calibration_seed
 from dpruner.report.aggregate import aggregate
 from dpruner.report.collect import collect
 from dpruner.report.draws import draw_spread_table, leaderboard_with_draws
+from dpruner.specs import prepare_data_spec
 
 # Perplexity scale of each (model, draw): alpha best at draws 0 and 1, beaten by beta at draw 2.
 SCALES = {
@@ -100,11 +101,9 @@ def test_each_draw_draws_other_calibration_tokens_and_instances_from_the_same_sp
     )
     written = {}
     for name in ("general", "general+1", "medical", "medical+1"):
-        section, _, draw = name.partition("+")
-        sliced = {**config, "seed": int(draw or 0)}
-        sliced["calibration"] = calibration_settings(config, name)
         out = tmp_path / name
-        summary = write_calibration(sliced, section, tokenizer, out)
+        spec = prepare_data_spec(config, name, calibration_seed(config, name))
+        summary = write_calibration(spec, tokenizer, out)
         instances = (out / "instances.jsonl").read_text().splitlines()
         written[name] = (torch.load(out / "calibration.pt"), instances, summary)
     # Other windows of general text, other instances of the domain at draw 1...

@@ -231,7 +231,8 @@ def test_the_evaluated_parts_are_the_only_ones_a_spec_holds():
     config = load_config(CONFIG)
     variant = plan.pruned_id("dpruner", "medical", "0.5", "unstructured")
     spec = specs.evaluate_spec(config, plan.evaluation_parts(config, variant))
-    assert spec.domains["legal"].section() == {
-        "perplexity": config["domains"]["legal"]["perplexity"]
-    }
+    legal = config["domains"]["legal"]["perplexity"]
+    assert spec.domains["legal"] == specs.Domain(
+        perplexity=specs.PerplexityText.from_config(legal, "legal.perplexity")
+    )
     assert set(spec.domains["medical"].section()) == {"perplexity", "tasks"}
