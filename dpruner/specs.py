@@ -22,7 +22,12 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 
 from dpruner import plan
-from dpruner.config import domain_config, schema_default
+from dpruner.config import (
+    baseline_methods,
+    calibration_size_series,
+    domain_config,
+    schema_default,
+)
 from dpruner.errors import ConfigError, DprunerError
 
 CLIP_MODES = ("two_pass", "one_pass")
@@ -518,3 +523,60 @@ def evaluate_spec(config: dict, parts: dict[str, tuple[str, ...]]) -> EvaluateSp
         seed=config["seed"],
         device=config.get("device", schema_default("device")),
     )
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """The report's bootstrap intervals (dpruner.intervals); the defaults are the schema's."""
+
+    resamples: int = schema_default("intervals")["resamples"]
+    seed: int = schema_default("intervals")["seed"]
+    level: float = schema_default("intervals")["level"]
+
+
+def intervals(config: dict) -> Intervals:
+    """Config `intervals`, the schema's default for a key it leaves out."""
+    return Intervals(**{**schema_default("intervals"), **config.get("intervals", {})})
+
+
+@dataclass(frozen=True)
+class AggregateSpec(Spec):
+    """`aggregate`: the run's settings the tables' provenance line names and the comparisons
+    read (dpruner.report.aggregate)."""
+
+    # Config `models`, `sparsities`, `patterns`, `methods` and `calibration` as written.
+    models: dict
+    sparsities: list
+    patterns: list
+    methods: dict
+    calibration: dict
+    # The methods every model is compared with (dpruner.config.baseline_methods).
+    baselines: list[str]
+    intervals: Intervals = Intervals()
+    device: str = schema_default("device")
+
+
+def aggregate_spec(config: dict) -> AggregateSpec:
+    return AggregateSpec(
+        models=config["models"],
+        sparsities=config["sparsities"],
+        patterns=config["patterns"],
+        methods=config["methods"],
+        calibration=config["calibration"],
+        baselines=baseline_methods(config),
+        intervals=intervals(config),
+        device=config.get("device", schema_default("device")),
+    )
+
+
+@dataclass(frozen=True)
+class PlotSpec(Spec):
+    """`plot`: the figures of a metric against the calibration size, one per group of domains
+    that differ only in their instance counts ({domain: instances},
+    dpruner.config.calibration_size_series)."""
+
+    calibration_series: list[dict[str, int]] = field(default_factory=list)
+
+
+def plot_spec(config: dict) -> PlotSpec:
+    return PlotSpec(calibration_series=calibration_size_series(config))

@@ -1,19 +1,13 @@
 # The DAG's glue: paths as Snakemake templates, wildcard constraints, resources, and the
 # functions of a job's wildcards that rules take as input, params and priority. What the DAG is
 # (its jobs, their paths and inputs, the pruned-model id) is dpruner/plan.py's.
-import json
 import os
 import re
 import shlex
 import sys
 
 from dpruner import plan, specs
-from dpruner.config import (
-    baseline_methods,
-    calibration_size_series,
-    schema_default,
-    unquantized_twins,
-)
+from dpruner.config import schema_default, unquantized_twins
 from dpruner.lifecycle import WORKFLOW_PID_ENV
 from dpruner.preflight import local_paths
 
@@ -97,11 +91,6 @@ def section_parts(domain, *parts):
     """Only `parts` of the section of `domain`, or of the domain a calibration set draws from."""
     domain = plan.split_calibration_set(domain)[0]
     return specs.domain_parts(config, domain, parts)
-
-
-def config_json(**top):
-    """The config keys `top` as JSON, for a step that reads settings beside its job spec."""
-    return json.dumps(top, sort_keys=True)
 
 
 def evaluation_parts(wildcards):

@@ -1,5 +1,5 @@
-"""What several steps share: the config a step reads, text and
-calibration sources, the model (whole or streamed) and the scores outputs."""
+"""What several steps share: the config a step reads, text and calibration sources, the model
+(whole or streamed) and the scores outputs."""
 
 from __future__ import annotations
 
