@@ -27,7 +27,7 @@ import json
 import platform
 import tempfile
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import pandas as pd
@@ -48,7 +48,9 @@ from dpruner.io import write_text
 from dpruner.masks import SparsitySpec
 from dpruner.methods.dpruner import DPrunerPruner
 from dpruner.models import load_model
+from dpruner.plan import GENERAL
 from dpruner.score_files import load_scores, save_scores
+from dpruner.specs import CalibrationEntry, domain_parts
 
 SETTING_FIELDS = {f.name for f in fields(FineTuneSettings)}
 EXTRA_KEYS = {"instances", "importance", "group", "scores"}
@@ -76,8 +78,8 @@ def config_settings(method: dict) -> dict:
     return {key: value for key, value in renamed.items() if key in SETTING_FIELDS}
 
 
-def with_count(entries: list[dict], count: int | None) -> list[dict]:
-    return [{**entry, "count": count or entry["count"]} for entry in entries]
+def with_count(entries: list[CalibrationEntry], count: int | None) -> list[CalibrationEntry]:
+    return [replace(entry, count=count or entry.count) for entry in entries]
 
 
 def leading_tokens(texts: list[str], tokenizer, max_tokens: int) -> torch.Tensor:
@@ -103,8 +105,8 @@ def validation_tokens(entries, config: dict, domain: str, tokenizer, max_tokens:
     general_template = config["general"]["perplexity"]["template"]
     pool = [
         text
-        for entry in config["general"]["calibration"]
-        for text in entry_texts({**entry, "template": general_template}, eval_fraction)
+        for entry in domain_parts(config, GENERAL).calibration
+        for text in entry_texts(replace(entry, template=general_template), eval_fraction)
     ]
     return {
         "heldback_ppl": leading_tokens(held_back, tokenizer, max_tokens),
@@ -178,7 +180,7 @@ def run(args) -> None:
         else config_settings(config["methods"]["dpruner"])
     )
     _, tokenizer = load_model(args.model, "float32", "cpu")
-    entries = with_count(config["domains"][args.domain]["calibration"], args.instance_count)
+    entries = with_count(domain_parts(config, args.domain).calibration, args.instance_count)
     ids = validation_tokens(entries, config, args.domain, tokenizer, args.max_tokens)
     texts = domain_instances(entries, config["calibration"]["eval_fraction"])
     out = Path(args.out)

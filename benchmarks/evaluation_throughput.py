@@ -35,7 +35,9 @@ from dpruner.evaluation.perplexity import sliding_window_perplexity
 from dpruner.evaluation.shared_prompt import SharedPromptLM
 from dpruner.machine import machine_description
 from dpruner.models import load_model
+from dpruner.plan import GENERAL
 from dpruner.report.formatting import write_benchmark_tables
+from dpruner.specs import Task, domain_parts
 
 OUT = Path("results/tables/evaluation_throughput")
 MATMUL_SHAPE = (512, 576, 1536)
@@ -71,7 +73,7 @@ def flops_per_token(model, context: int) -> float:
 def perplexity_row(model, tokenizer, config: dict, tokens: int, repeats: int) -> dict:
     settings = config["evaluation"]["perplexity"]
     _, joined = perplexity_documents(
-        config["general"]["perplexity"],
+        domain_parts(config, GENERAL).perplexity,
         "general perplexity",
         tokenizer,
         eval_fraction=config["calibration"]["eval_fraction"],
@@ -123,7 +125,7 @@ def model_tokens(lm: HFLM, requests: list[Instance], shared: bool) -> int:
 
 
 def choice_rows(model, tokenizer, config: dict, task_name: str, limit: int) -> list[dict]:
-    task = {**load_catalogue()[task_name], "name": task_name, "limit": limit}
+    task = Task.from_config({**load_catalogue()[task_name], "limit": limit}, task_name)
     items = task_items(
         task,
         tokenizer,

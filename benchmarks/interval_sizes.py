@@ -25,11 +25,12 @@ import pandas as pd
 
 from dpruner import stats
 from dpruner.config import load_config
-from dpruner.intervals import DEFAULTS, PERPLEXITY, compare, load_units, main_columns, units_for
+from dpruner.intervals import PERPLEXITY, compare, load_units, main_columns, units_for
 from dpruner.machine import machine_description
 from dpruner.report.collect import collect
 from dpruner.report.draws import first_draw
 from dpruner.report.formatting import write_benchmark_tables
+from dpruner.specs import Intervals, intervals
 
 OUT = Path("results/tables/interval_sizes")
 THROUGHPUT = Path("results/tables/evaluation_throughput.csv")
@@ -41,7 +42,7 @@ def label(record: dict) -> str:
     return record["method"] + ("" if calibration in ("none", "general") else f"[{calibration}]")
 
 
-def pair_rows(long: pd.DataFrame, units: dict, settings: dict, target: float) -> list[dict]:
+def pair_rows(long: pd.DataFrame, units: dict, settings: Intervals, target: float) -> list[dict]:
     """Every pair of models shown together on a perplexity column, once per scored text (a
     domain's text, or general text in any domain's general-perplexity column)."""
     rows = {}
@@ -117,7 +118,7 @@ def main() -> int:
     args = parser.parse_args()
 
     config = load_config(args.config)
-    settings = {**DEFAULTS, **(config.get("intervals") or {})}
+    settings = intervals(config)
     metrics_files = sorted(Path(args.run, "metrics").glob("*/*/*.json"))
     # Draw 0 of a run with several calibration draws: its tables' models.
     long = first_draw(collect(metrics_files))
@@ -131,8 +132,8 @@ def main() -> int:
     header = [
         f"machine: {machine_description()}",
         f"command: python {shlex.join(sys.argv)}",
-        f"run: {args.run}, config {args.config}; intervals {settings['level']:.0%} paired "
-        f"percentile bootstrap, {settings['resamples']} resamples, seed {settings['seed']}",
+        f"run: {args.run}, config {args.config}; intervals {settings.level:.0%} paired "
+        f"percentile bootstrap, {settings.resamples} resamples, seed {settings.seed}",
         f"target: +-{args.target} % on the perplexity ratio of two models on the same windows",
         f"windows needed = windows x (half-width / target)^2 on the log scale, a lower bound "
         "(a bootstrap on few windows understates the spread); seconds at "

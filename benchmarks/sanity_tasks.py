@@ -23,6 +23,7 @@ import argparse
 import shlex
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +33,10 @@ import torch
 from dpruner import stats
 from dpruner.config import catalogue_domains, load_config
 from dpruner.evaluation import evaluate_model
-from dpruner.intervals import DEFAULTS as INTERVAL_DEFAULTS
 from dpruner.machine import machine_description
 from dpruner.models import load_model
 from dpruner.report.formatting import write_benchmark_tables
+from dpruner.specs import Intervals, domain_of, intervals
 
 OUT = Path("results/tables/task_sanity")
 TITLE = "Dense models on every catalogue task (config/tasks.yaml)"
@@ -61,16 +62,16 @@ COLUMNS = [
 ]
 
 
-def task_row(domain: str, model: str, task: dict, result: dict, intervals: dict) -> dict:
+def task_row(domain: str, model: str, task: dict, result: dict, settings: Intervals) -> dict:
     """One table row from evaluate_model's entry for `task`."""
     entry = result["tasks"][task["name"]]
     per_item = entry["per_item"]
     row = {"domain": domain, "task": task["name"], "model": model, "kind": entry["kind"]}
     row["items"] = len(per_item)
-    settings = {k: intervals[k] for k in ("resamples", "seed", "level")}
+    bootstrap = asdict(settings)
     if entry["kind"] == "multiple_choice":
         correct = np.array([i["gold"] == i["predicted"] for i in per_item], dtype=float)
-        score = stats.bootstrap_ci(correct, **settings)
+        score = stats.bootstrap_ci(correct, **bootstrap)
         chance = entry["chance"]
         row |= {
             "metric": "accuracy",
@@ -80,7 +81,7 @@ def task_row(domain: str, model: str, task: dict, result: dict, intervals: dict)
             "verdict": stats.chance_verdict(score, chance["uniform"], chance["majority"]),
         }
     else:
-        score = stats.bootstrap_ci(np.array([i["rougeL"] for i in per_item]), **settings)
+        score = stats.bootstrap_ci(np.array([i["rougeL"] for i in per_item]), **bootstrap)
         row["metric"] = "rougeL"
     return row | {
         "score": score.estimate,
@@ -168,7 +169,7 @@ def main() -> int:
     config = load_config(args.config)
     evaluation = {**config["evaluation"], "scale": 1}
     evaluation["perplexity"] = {**evaluation.get("perplexity", {}), **NO_PERPLEXITY}
-    intervals = {**INTERVAL_DEFAULTS, **config.get("intervals", {})}
+    settings = intervals(config)
     seed = config.get("seed", 0)
     eval_fraction = config["calibration"]["eval_fraction"]
     catalogue = catalogue_domains()
@@ -182,8 +183,8 @@ def main() -> int:
         "models (dense, fp32; python -m dpruner prepare-model --packaged NAME): {models}",
         f"items: at most {args.limit} per classification task and {args.summaries} per "
         "summarization task (all there are when fewer), after a seeded shuffle",
-        f"seed {seed}; intervals: {intervals['level']:.0%} percentile bootstrap over items, "
-        f"{intervals['resamples']} resamples, seed {intervals['seed']}",
+        f"seed {seed}; intervals: {settings.level:.0%} percentile bootstrap over items, "
+        f"{settings.resamples} resamples, seed {settings.seed}",
         f"evaluation settings of {args.config}: max_prompt_tokens "
         f"{evaluation.get('max_prompt_tokens')} (longest field cut), generation "
         f"{evaluation.get('generation')}, batch size {evaluation.get('batch_size')}",
@@ -222,13 +223,15 @@ def main() -> int:
                 result = evaluate_model(
                     model,
                     tokenizer,
-                    {"perplexity": config["general"]["perplexity"], "tasks": [task]},
+                    domain_of(
+                        {"perplexity": config["general"]["perplexity"], "tasks": [task]}, domain
+                    ),
                     evaluation,
                     seed=seed,
                     eval_fraction=eval_fraction,
                     progress=False,
                 )
-                row = task_row(domain, model_name, task, result, intervals)
+                row = task_row(domain, model_name, task, result, settings)
                 row["wall_s"] = round(time.perf_counter() - t0, 1)
                 rows.append(row)
                 print({k: row.get(k) for k in COLUMNS}, flush=True)

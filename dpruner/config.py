@@ -270,10 +270,9 @@ def baseline_methods(config: dict) -> list[str]:
     ]
 
 
-def unquantized_twins(config: dict) -> dict[str, str | None]:
-    """{quantized method: its 16-bit twin}, the twin being the method whose options are the
-    same but for `quantize` (None where the config has no such method)."""
-    methods = config.get("methods") or {}
+def unquantized_twins(methods: dict) -> dict[str, str | None]:
+    """{quantized method: its 16-bit twin}, the twin being the method of config `methods` whose
+    options are the same but for `quantize` (None where there is no such method)."""
     return {
         name: next(
             (

@@ -22,9 +22,8 @@ import numpy as np
 import pandas as pd
 
 from dpruner import stats
+from dpruner.specs import Intervals
 
-# Used when the config has no `intervals` section (the default config states them).
-DEFAULTS = {"resamples": 2000, "seed": 0, "level": 0.95}
 # Pseudo-task names of the two perplexities every evaluation reports.
 PERPLEXITY = "perplexity"
 GENERAL_PERPLEXITY = "general perplexity"
@@ -104,17 +103,17 @@ def units_for(units: dict, model, variant, domain, task, metric) -> Units | None
     return units.get((model, variant, domain, task, metric))
 
 
-def interval(unit: Units, settings: dict) -> stats.Interval:
+def interval(unit: Units, settings: Intervals) -> stats.Interval:
     return stats.bootstrap_ci(
         unit.arrays,
         unit.statistic(unit.n_classes),
-        resamples=settings["resamples"],
-        seed=settings["seed"],
-        level=settings["level"],
+        resamples=settings.resamples,
+        seed=settings.seed,
+        level=settings.level,
     )
 
 
-def compare(base: Units, other: Units, settings: dict) -> dict | None:
+def compare(base: Units, other: Units, settings: Intervals) -> dict | None:
     """`other` against `base` on the same units: the percent change of perplexity (ratio - 1)
     or the difference in points of the other metrics, with its interval; None when the units
     differ (different items or windows)."""
@@ -126,9 +125,9 @@ def compare(base: Units, other: Units, settings: dict) -> dict | None:
         other.arrays,
         base.statistic(max(base.n_classes, other.n_classes)),
         contrast="ratio" if ratio else "difference",
-        resamples=settings["resamples"],
-        seed=settings["seed"],
-        level=settings["level"],
+        resamples=settings.resamples,
+        seed=settings.seed,
+        level=settings.level,
     )
     shift = (lambda x: (x - 1) * 100) if ratio else (lambda x: x * 100)
     return {
@@ -139,7 +138,7 @@ def compare(base: Units, other: Units, settings: dict) -> dict | None:
     }
 
 
-def with_intervals(long: pd.DataFrame, units: dict, settings: dict) -> pd.DataFrame:
+def with_intervals(long: pd.DataFrame, units: dict, settings: Intervals) -> pd.DataFrame:
     """`long` with the interval of every value (low, high, units) and its paired change against
     the dense model of the same model (change, change_low, change_high, significant)."""
     rows = []
@@ -171,7 +170,7 @@ def main_columns(long: pd.DataFrame) -> pd.DataFrame:
     ]
 
 
-def _paired_row(units: dict, settings: dict, record: dict, reference: dict) -> dict:
+def _paired_row(units: dict, settings: Intervals, record: dict, reference: dict) -> dict:
     """`record`'s value and its paired change against `reference` (the same model, domain, task
     and metric of another variant); no change where the units do not pair."""
     key = [record[k] for k in ("model", "domain", "task", "metric")]
@@ -182,7 +181,7 @@ def _paired_row(units: dict, settings: dict, record: dict, reference: dict) -> d
 
 
 def best_baseline_table(
-    long: pd.DataFrame, units: dict, settings: dict, baselines: list[str]
+    long: pd.DataFrame, units: dict, settings: Intervals, baselines: list[str]
 ) -> pd.DataFrame:
     """Per domain, task, metric, sparsity and pattern: the best baseline (one of the `baselines`
     methods, by its point estimate among the models of the domain's main columns at that
@@ -209,7 +208,7 @@ def best_baseline_table(
 
 
 def unquantized_table(
-    long: pd.DataFrame, units: dict, settings: dict, twins: dict[str, str | None]
+    long: pd.DataFrame, units: dict, settings: Intervals, twins: dict[str, str | None]
 ) -> pd.DataFrame:
     """Every model of a quantized method in the main columns against its 16-bit twin's model of
     the same calibration, sparsity and pattern, paired: what quantization costs that method."""

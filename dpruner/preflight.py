@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
-from dpruner.config import domain_config
 from dpruner.data import (
     describe_source,
     evaluation_text,
@@ -31,33 +31,68 @@ from dpruner.errors import ConfigError, DataError, DprunerError
 from dpruner.evaluation.items import max_dropped_fraction, read_records, scaled
 from dpruner.evaluation.runner import evaluation_settings
 from dpruner.io import results_folder_problem
-from dpruner.plan import fine_tuned_methods, pattern_of_token, sparsity_patterns
+from dpruner.plan import GENERAL, fine_tuned_methods, pattern_of_token, sparsity_patterns
+from dpruner.specs import (
+    Domain,
+    EvaluateSpec,
+    PerplexityText,
+    PrepareDataSpec,
+    Task,
+    domain_parts,
+)
 
 Loader = Callable[[dict], list[dict]]
-PARTS = ("calibration", "perplexity", "tasks")
 
 
-def local_paths(section: dict) -> list[str]:
-    """The local files (`source: {path: ...}`) a section reads, for the jobs' inputs."""
-    return list(dict.fromkeys(s["path"] for s in _sources(section).values() if "path" in s))
+@dataclass(frozen=True)
+class Settings:
+    """What the checks of a section read beside it: the held-out share of every source, the seed
+    of a task's record order, config `evaluation` as written (its perplexity window, scale and
+    max_dropped_fraction) and, where calibration is checked, nsamples x seqlen."""
+
+    eval_fraction: float
+    seed: int
+    evaluation: dict | None = None
+    calibration_tokens: int | None = None
 
 
-def _sources(section: dict) -> dict[str, dict]:
-    """{key of the entry: source} of every calibration entry, the perplexity entry and every
-    task of a section."""
+def config_settings(config: dict) -> Settings:
+    calibration = config["calibration"]
+    return Settings(
+        eval_fraction=calibration["eval_fraction"],
+        seed=config["seed"],
+        evaluation=config.get("evaluation"),
+        calibration_tokens=calibration["nsamples"] * calibration["seqlen"],
+    )
+
+
+def local_paths(domains: Iterable[Domain]) -> list[str]:
+    """The local files (`source: {path: ...}`) the parts of `domains` read, for the jobs'
+    inputs."""
+    sources = [source for domain in domains for source in _sources(domain).values()]
+    return list(dict.fromkeys(source["path"] for source in sources if "path" in source))
+
+
+def _sources(domain: Domain) -> dict[str, dict]:
+    """{key of the entry: source} of every calibration entry, the perplexity text and every
+    task of a section's parts."""
     sources = {
-        f"calibration[{index}]": entry["source"]
-        for index, entry in enumerate(section.get("calibration") or [])
+        f"calibration[{index}]": entry.source
+        for index, entry in enumerate(domain.calibration or [])
     }
-    if section.get("perplexity"):
-        sources["perplexity"] = section["perplexity"]["source"]
-    for index, task in enumerate(section.get("tasks") or []):
-        sources[f"tasks[{index}] '{task['name']}'"] = task["source"]
+    if domain.perplexity:
+        sources["perplexity"] = domain.perplexity.source
+    for index, task in enumerate(domain.tasks or []):
+        sources[f"tasks[{index}] '{task.name}'"] = task.source
     return sources
 
 
 class _Checker:
-    def __init__(self, config: dict, load: Loader | None, check_hub: bool):
+    def __init__(
+        self, settings: Settings, load: Loader | None, check_hub: bool, config: dict | None = None
+    ):
+        # `config`: the whole config, for the checks beyond the sections (check_config).
+        self.settings = settings
         self.config = config
         self.load = load or load_records
         self.check_hub = check_hub
@@ -127,40 +162,39 @@ class _Checker:
         if not holdout:
             return records
         try:
-            return split_records(records, part, self.config["calibration"]["eval_fraction"], where)
+            return split_records(records, part, self.settings.eval_fraction, where)
         except DataError as error:
             self.problem(where, str(error))
             return None
 
-    def calibration(self, name: str, section: dict) -> None:
-        settings = self.config["calibration"]
+    def calibration(self, name: str, domain: Domain) -> None:
         text_bytes = 0
         checked_all = True
-        for index, entry in enumerate(section.get("calibration") or []):
+        for index, entry in enumerate(domain.calibration):
             where = f"{name}.calibration[{index}]"
-            records = self.records(entry["source"], where)
+            records = self.records(entry.source, where)
             if records is None:
                 checked_all = False
                 continue
             records = self.part(records, "calibration", where)
-            if not records or not self.fields(records, entry["template"], where, entry["source"]):
+            if not records or not self.fields(records, entry.template, where, entry.source):
                 checked_all = False
                 continue
-            count = entry.get("count")
+            count = entry.count
             if count is not None and count > len(records):
                 self.problem(
                     f"{where}.count",
-                    f"{count} but the calibration part of {describe_source(entry['source'])} "
+                    f"{count} but the calibration part of {describe_source(entry.source)} "
                     f"has {len(records)} records",
                 )
                 checked_all = False
                 continue
             # The texts prepare-data will render: the same selection, the same template.
             text_bytes += sum(
-                len(render(entry["template"], record, where).encode())
+                len(render(entry.template, record, where).encode())
                 for record in counted(records, count, where)
             )
-        needed = settings["nsamples"] * settings["seqlen"]
+        needed = self.settings.calibration_tokens
         # A token covers at least one byte of text, so fewer bytes than tokens needed means the
         # windows would repeat the same text; the exact count is checked with the tokenizer.
         if checked_all and text_bytes < needed:
@@ -170,60 +204,59 @@ class _Checker:
                 f"only {text_bytes} bytes (fewer tokens still): lower nsamples or add text",
             )
 
-    def perplexity(self, name: str, section: dict) -> None:
-        entry = section["perplexity"]
+    def perplexity(self, name: str, text: PerplexityText) -> None:
         where = f"{name}.perplexity"
-        records = self.records(entry["source"], where)
+        records = self.records(text.source, where)
         if records is None:
             return
-        records = self.part(records, "evaluation", where, entry.get("holdout", True))
-        if records and self.fields(records, entry["template"], where, entry["source"]):
-            self.perplexity_window(where, records, entry)
+        records = self.part(records, "evaluation", where, text.holdout)
+        if records and self.fields(records, text.template, where, text.source):
+            self.perplexity_window(where, records, text)
 
-    def perplexity_window(self, where: str, records: list[dict], entry: dict) -> None:
+    def perplexity_window(self, where: str, records: list[dict], text: PerplexityText) -> None:
         """The evaluation text holds one perplexity window. A token covers at least one byte, so
         a text of fewer bytes than the window (or a max_tokens below it) has too few tokens."""
-        settings = evaluation_settings(self.config.get("evaluation"))
+        settings = evaluation_settings(self.settings.evaluation)
         options = settings["perplexity"]
         # A BOS token (once, or at the start of every window) takes one place of the window.
         needed = options["window"] - (options["bos"] != "none")
         max_tokens = scaled(options["max_tokens"], settings["scale"])
-        text_bytes = len(evaluation_text(records, entry["template"], where).encode())
+        text_bytes = len(evaluation_text(records, text.template, where).encode())
         if min(text_bytes, max_tokens) < needed:
             self.problem(
                 where,
                 f"evaluation.perplexity.window = {options['window']} tokens (bos: "
-                f"{options['bos']}), but the evaluation text of {describe_source(entry['source'])}"
+                f"{options['bos']}), but the evaluation text of {describe_source(text.source)}"
                 f" has only {text_bytes} bytes (fewer tokens still) and max_tokens x scale keeps "
                 f"{max_tokens} tokens: lower the window or add text",
             )
 
-    def task(self, name: str, index: int, task: dict) -> None:
-        where = f"{name}.tasks[{index}] '{task['name']}'"
-        records = self.records(task["source"], where)
+    def task(self, name: str, index: int, task: Task) -> None:
+        where = f"{name}.tasks[{index}] '{task.name}'"
+        records = self.records(task.source, where)
         if records is None:
             return
-        records = self.part(records, "evaluation", where, task.get("holdout", True))
-        if not records or not self.fields(records, task["template"], where, task["source"]):
+        records = self.part(records, "evaluation", where, task.holdout)
+        if not records or not self.fields(records, task.template, where, task.source):
             return
-        fields = [task["target_field"]] if task["kind"] == "summarization" else _field_names(task)
+        fields = [task.target_field] if task.kind == "summarization" else _field_names(task)
         for field in fields:
             key = f"{where}.{_field_key(task, field)}"
-            if not self.present(records, [field], key, task["source"]):
+            if not self.present(records, [field], key, task.source):
                 return
         self.dropped(where, task, records)
 
-    def dropped(self, where: str, task: dict, records: list[dict]) -> None:
+    def dropped(self, where: str, task: Task, records: list[dict]) -> None:
         """Of the records `evaluate` reads (read_records: the same seeded order and limit),
         at most evaluation.max_dropped_fraction may be dropped, and some must be usable."""
-        settings = evaluation_settings(self.config.get("evaluation"))
-        limit = scaled(task.get("limit"), settings["scale"])
+        settings = evaluation_settings(self.settings.evaluation)
+        limit = scaled(task.limit, settings["scale"])
         try:
-            read = read_records(task, records, where, seed=self.config["seed"], limit=limit)
+            read = read_records(task, records, where, seed=self.settings.seed, limit=limit)
         except (ConfigError, DataError) as error:
             self.problem(where, str(error))
             return
-        source = describe_source(task["source"])
+        source = describe_source(task.source)
         allowed = max_dropped_fraction(settings)
         read_from = f"{len(read.usable) + len(read.dropped)} evaluation records read from {source}"
         if not read.too_many_dropped(allowed):
@@ -235,19 +268,18 @@ class _Checker:
                 )
             return
         share = f"(allowed at most {allowed:.0%}, evaluation.max_dropped_fraction)"
-        if task["kind"] == "summarization":
+        if task.kind == "summarization":
             self.problem(
                 f"{where}.target_field",
-                f"{len(read.dropped)} of {read_from} have an empty '{task['target_field']}' "
-                f"{share}",
+                f"{len(read.dropped)} of {read_from} have an empty '{task.target_field}' {share}",
             )
             return
         values = ", ".join(f"{v!r} ({n})" for v, n in sorted(Counter(read.dropped).items())[:10])
-        labels = task.get("labels") or task.get("choices")
-        labels = [str(v) for v in labels] if labels else f"the records' {task['choices_field']}"
+        labels = task.labels or task.choices
+        labels = [str(v) for v in labels] if labels else f"the records' {task.choices_field}"
         self.problem(
             f"{where}.labels",
-            f"{len(read.dropped)} of {read_from} have a '{task['label_field']}' that matches no "
+            f"{len(read.dropped)} of {read_from} have a '{task.label_field}' that matches no "
             f"label {share}; labels {labels}; values found: {values}; list values to leave out "
             "on purpose under skip_labels",
         )
@@ -366,23 +398,22 @@ class _Checker:
         why = "holds a brace, which Snakemake would read as a wildcard in its file names"
         if {"{", "}"} & set(self.config["results"]):
             self.problem("results", f"{self.config['results']!r} {why}; name another folder")
-        sections = {"general": self.config["general"], **self.config["domains"]}
-        for name, section in sections.items():
-            for key, source in _sources(section).items():
+        for name in (GENERAL, *self.config["domains"]):
+            for key, source in _sources(domain_parts(self.config, name)).items():
                 if {"{", "}"} & set(source.get("path", "")):
                     self.problem(
                         f"{name}.{key}.source.path",
                         f"{source['path']!r} {why}; rename the file or its folder",
                     )
 
-    def section(self, name: str, section: dict, parts=PARTS) -> None:
-        if "calibration" in parts:
-            self.calibration(name, section)
-        if "perplexity" in parts and section.get("perplexity"):
-            self.perplexity(name, section)
-        if "tasks" in parts:
-            for index, task in enumerate(section.get("tasks") or []):
-                self.task(name, index, task)
+    def section(self, name: str, domain: Domain) -> None:
+        """Every part of `domain` a job reads (the others are None)."""
+        if domain.calibration is not None:
+            self.calibration(name, domain)
+        if domain.perplexity is not None:
+            self.perplexity(name, domain.perplexity)
+        for index, task in enumerate(domain.tasks or []):
+            self.task(name, index, task)
 
     def raise_if_any(self, source: str) -> None:
         if self.problems:
@@ -398,17 +429,17 @@ def _owl_methods(config: dict) -> list[str]:
     ]
 
 
-def _field_key(task: dict, field: str) -> str:
+def _field_key(task: Task, field: str) -> str:
     """The task key that names `field`."""
-    if task["kind"] == "summarization":
+    if task.kind == "summarization":
         return "target_field"
-    return "label_field" if field == task["label_field"] else "choices_field"
+    return "label_field" if field == task.label_field else "choices_field"
 
 
-def _field_names(task: dict) -> list[str]:
-    names = [task["label_field"]]
-    choices_field = task.get("choices_field")
-    if not task.get("choices") and choices_field:
+def _field_names(task: Task) -> list[str]:
+    names = [task.label_field]
+    choices_field = task.choices_field
+    if not task.choices and choices_field:
         names += choices_field if isinstance(choices_field, list) else [choices_field]
     return names
 
@@ -444,11 +475,10 @@ def check_config(
     """Check every section, task and pattern of a validated config; one ConfigError lists all."""
     check_results_folder(config["results"], workdir)
     check_results_owner(config["results"], workdir)
-    checker = _Checker(config, load, check_hub)
+    checker = _Checker(config_settings(config), load, check_hub, config)
     checker.braces()
-    checker.section("general", config["general"])
-    for name, section in config["domains"].items():
-        checker.section(name, section)
+    for name in (GENERAL, *config["domains"]):
+        checker.section(name, domain_parts(config, name))
     checker.patterns()
     checker.matched_calibration()
     checker.baselines()
@@ -459,13 +489,32 @@ def check_config(
 
 
 def check_section(
-    config: dict, domain: str, parts: tuple[str, ...] = PARTS, load: Loader | None = None
+    name: str, domain: Domain, settings: Settings, load: Loader | None = None
 ) -> None:
-    """The preflight of `parts` of one section (hub sources included), as a job runs it before
+    """The preflight of the parts of one section a job reads (hub sources included), before
     model work: `prepare-data` checks its calibration, `evaluate` its perplexity and tasks."""
-    checker = _Checker(config, load, check_hub=True)
-    checker.section(domain, domain_config(config, domain), parts)
-    checker.raise_if_any(f"domain '{domain}'")
+    checker = _Checker(settings, load, check_hub=True)
+    checker.section(name, domain)
+    checker.raise_if_any(f"domain '{name}'")
+
+
+def check_calibration(spec: PrepareDataSpec, load: Loader | None = None) -> None:
+    """`prepare-data`'s preflight: its calibration entries."""
+    settings = Settings(
+        eval_fraction=spec.eval_fraction,
+        seed=spec.seed,
+        calibration_tokens=spec.nsamples * spec.seqlen,
+    )
+    check_section(spec.domain, spec.entries, settings, load)
+
+
+def check_evaluation(spec: EvaluateSpec, domains: list[str], load: Loader | None = None) -> None:
+    """`evaluate`'s preflight: the perplexity text and tasks of each of `domains`."""
+    settings = Settings(
+        eval_fraction=spec.eval_fraction, seed=spec.seed, evaluation=spec.evaluation
+    )
+    for domain in domains:
+        check_section(domain, spec.domains[domain], settings, load)
 
 
 def check_device(device: str, key: str) -> None:

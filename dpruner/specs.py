@@ -22,7 +22,12 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 
 from dpruner import plan
-from dpruner.config import domain_config, schema_default
+from dpruner.config import (
+    baseline_methods,
+    calibration_size_series,
+    domain_config,
+    schema_default,
+)
 from dpruner.errors import ConfigError, DprunerError
 
 CLIP_MODES = ("two_pass", "one_pass")
@@ -72,6 +77,8 @@ def _typed(hint, value, where: str):
     args = typing.get_args(hint)
     if typing.get_origin(hint) is dict and args and is_dataclass(args[1]):
         return {key: from_dict(args[1], item, f"{where}.{key}") for key, item in value.items()}
+    if typing.get_origin(hint) is list and args and is_dataclass(args[0]):
+        return [from_dict(args[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
     if isinstance(hint, types.UnionType):
         inner = [arg for arg in args if arg is not type(None)]
         return _typed(inner[0], value, where) if len(inner) == 1 else value
@@ -83,6 +90,82 @@ def option(default=MISSING, *, flag: str | None = None, help: str = "", choices=
     not the field's, its help and choices. `flag=""` gives it no flag."""
     metadata = {"flag": flag, "help": help, "choices": choices}
     return field(default=default, metadata=metadata, **kwargs)
+
+
+class Entry:
+    """A config entry (a calibration source, a perplexity text, a task) as a frozen dataclass.
+    A field whose default the schema writes (`schema_field`) has none here: `from_config` fills
+    it from the schema when the entry leaves it out."""
+
+    @classmethod
+    def from_config(cls, entry: dict, where: str):
+        schemed = [f for f in fields(cls) if "schema" in f.metadata]
+        defaults = {f.name: schema_default(f.metadata["schema"]) for f in schemed}
+        return from_dict(cls, {**defaults, **entry}, where)
+
+
+def schema_field(name: str):
+    """An entry's field whose default is the schema's `$defs.<name>.default`."""
+    return field(metadata={"schema": name})
+
+
+@dataclass(frozen=True)
+class CalibrationEntry(Entry):
+    """One `calibration:` entry (`$defs.calibration_source`): the texts of a source's calibration
+    part, all of them in record order, or `count` of them drawn (dpruner.data.instances)."""
+
+    source: dict
+    template: str
+    count: int | None = None
+
+
+@dataclass(frozen=True)
+class PerplexityText(Entry):
+    """A section's `perplexity:` (`$defs.perplexity_source`): the evaluation text."""
+
+    source: dict
+    template: str
+    holdout: bool = schema_field("holdout")
+
+
+TASK_KINDS = ("multiple_choice", "summarization")
+
+
+@dataclass(frozen=True)
+class Task(Entry):
+    """One task of a section's `tasks:` (`$defs.task`, after dpruner.config.expand_tasks)."""
+
+    name: str
+    kind: str
+    source: dict
+    template: str
+    holdout: bool = schema_field("holdout")
+    # The first `limit` usable records (times evaluation.scale); None: every one.
+    limit: int | None = None
+    # None: the evaluation's `max_prompt_tokens`.
+    max_prompt_tokens: int | None = None
+    # The catalogue task this one was expanded from, as a record.
+    use: str | None = None
+    # Multiple choice: fixed `choices`, or each record's `choices_field`; the record's
+    # `label_field` names its gold one among `labels` (None: the choices themselves).
+    choices: list[str] | None = None
+    choices_field: str | list[str] | None = None
+    label_field: str | None = None
+    labels: list | None = None
+    # Label values whose records are left out on purpose (counted).
+    skip_labels: list = field(default_factory=list)
+    # Summarization: the reference summary's field.
+    target_field: str | None = None
+
+    def __post_init__(self):
+        where = f"task '{self.name}'"
+        if self.kind not in TASK_KINDS:
+            raise ConfigError(f"{where}: kind must be one of {TASK_KINDS}, got {self.kind!r}")
+        key = "label_field" if self.kind == "multiple_choice" else "target_field"
+        if not getattr(self, key):
+            raise ConfigError(f"{where}: missing key '{key}'")
+        if self.kind == "multiple_choice" and not (self.choices or self.choices_field):
+            raise ConfigError(f"{where}: missing key 'choices' or 'choices_field'")
 
 
 @dataclass(frozen=True)
@@ -140,33 +223,42 @@ FINE_TUNING_KEYS = {
 
 @dataclass(frozen=True)
 class Domain:
-    """The parts of a domain section (`general` or one of `domains`) a job reads, as the config
-    writes them; a part the job does not read is None."""
+    """The parts of a domain section (`general` or one of `domains`) a job reads; a part the job
+    does not read is None."""
 
-    calibration: list[dict] | None = None
-    perplexity: dict | None = None
-    tasks: list[dict] | None = None
+    calibration: list[CalibrationEntry] | None = None
+    perplexity: PerplexityText | None = None
+    tasks: list[Task] | None = None
 
     def section(self) -> dict:
-        """The config section of the parts read."""
+        """The parts read, every value written out (defaults filled), as a record."""
         return {part: value for part, value in asdict(self).items() if value is not None}
 
 
-def domain_parts(config: dict, domain: str, parts: tuple[str, ...]) -> Domain:
+def domain_of(section: dict, where: str) -> Domain:
+    """The typed parts of a config section (or of the part of one a job reads)."""
+    calibration, perplexity, tasks = (section.get(part) for part in PARTS)
+    return Domain(
+        calibration=None
+        if calibration is None
+        else [
+            CalibrationEntry.from_config(entry, f"{where}.calibration[{index}]")
+            for index, entry in enumerate(calibration)
+        ],
+        perplexity=None
+        if perplexity is None
+        else PerplexityText.from_config(perplexity, f"{where}.perplexity"),
+        tasks=None
+        if tasks is None
+        else [
+            Task.from_config(task, f"{where}.tasks[{index}]") for index, task in enumerate(tasks)
+        ],
+    )
+
+
+def domain_parts(config: dict, domain: str, parts: tuple[str, ...] = PARTS) -> Domain:
     section = domain_config(config, domain)
-    return Domain(**{part: section[part] for part in parts if part in section})
-
-
-def sections_config(domains: dict[str, Domain], **top) -> dict:
-    """A config slice of `domains`' sections and the keys `top`, in the config's shape, for the
-    preflight and the data functions that read one (dpruner.preflight.check_section)."""
-    sliced = {**top, "general": {}, "domains": {}}
-    for name, domain in domains.items():
-        if name == plan.GENERAL:
-            sliced["general"] = domain.section()
-        else:
-            sliced["domains"][name] = domain.section()
-    return sliced
+    return domain_of({part: section[part] for part in parts if part in section}, domain)
 
 
 @dataclass(frozen=True)
@@ -222,18 +314,6 @@ class PrepareDataSpec(Spec):
     # The calibration draw (`calibration.draws`): D-Pruner's instances are chosen with seed
     # 42 + draw (dpruner.data.prepare).
     draw: int = 0
-
-    def config(self) -> dict:
-        """The config slice the preflight and dpruner.data.write_calibration read."""
-        settings = {
-            "nsamples": self.nsamples,
-            "seqlen": self.seqlen,
-            "eval_fraction": self.eval_fraction,
-            "bos": self.bos,
-            "instance_length": self.instance_length,
-            "draw": self.draw,
-        }
-        return sections_config({self.domain: self.entries}, calibration=settings, seed=self.seed)
 
 
 def prepare_data_spec(config: dict, calibration: str, seed: int) -> PrepareDataSpec:
@@ -432,15 +512,6 @@ class EvaluateSpec(Spec):
     seed: int
     device: str = schema_default("device")
 
-    def config(self) -> dict:
-        """The config slice the preflight reads."""
-        return sections_config(
-            self.domains,
-            evaluation=self.evaluation,
-            calibration={"eval_fraction": self.eval_fraction},
-            seed=self.seed,
-        )
-
 
 def evaluate_spec(config: dict, parts: dict[str, tuple[str, ...]]) -> EvaluateSpec:
     """The spec of an evaluation of `parts` ({domain: the parts evaluated},
@@ -452,3 +523,60 @@ def evaluate_spec(config: dict, parts: dict[str, tuple[str, ...]]) -> EvaluateSp
         seed=config["seed"],
         device=config.get("device", schema_default("device")),
     )
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """The report's bootstrap intervals (dpruner.intervals); the defaults are the schema's."""
+
+    resamples: int = schema_default("intervals")["resamples"]
+    seed: int = schema_default("intervals")["seed"]
+    level: float = schema_default("intervals")["level"]
+
+
+def intervals(config: dict) -> Intervals:
+    """Config `intervals`, the schema's default for a key it leaves out."""
+    return Intervals(**{**schema_default("intervals"), **config.get("intervals", {})})
+
+
+@dataclass(frozen=True)
+class AggregateSpec(Spec):
+    """`aggregate`: the run's settings the tables' provenance line names and the comparisons
+    read (dpruner.report.aggregate)."""
+
+    # Config `models`, `sparsities`, `patterns`, `methods` and `calibration` as written.
+    models: dict
+    sparsities: list
+    patterns: list
+    methods: dict
+    calibration: dict
+    # The methods every model is compared with (dpruner.config.baseline_methods).
+    baselines: list[str]
+    intervals: Intervals = Intervals()
+    device: str = schema_default("device")
+
+
+def aggregate_spec(config: dict) -> AggregateSpec:
+    return AggregateSpec(
+        models=config["models"],
+        sparsities=config["sparsities"],
+        patterns=config["patterns"],
+        methods=config["methods"],
+        calibration=config["calibration"],
+        baselines=baseline_methods(config),
+        intervals=intervals(config),
+        device=config.get("device", schema_default("device")),
+    )
+
+
+@dataclass(frozen=True)
+class PlotSpec(Spec):
+    """`plot`: the figures of a metric against the calibration size, one per group of domains
+    that differ only in their instance counts ({domain: instances},
+    dpruner.config.calibration_size_series)."""
+
+    calibration_series: list[dict[str, int]] = field(default_factory=list)
+
+
+def plot_spec(config: dict) -> PlotSpec:
+    return PlotSpec(calibration_series=calibration_size_series(config))

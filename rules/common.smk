@@ -1,19 +1,13 @@
 # The DAG's glue: paths as Snakemake templates, wildcard constraints, resources, and the
 # functions of a job's wildcards that rules take as input, params and priority. What the DAG is
 # (its jobs, their paths and inputs, the pruned-model id) is dpruner/plan.py's.
-import json
 import os
 import re
 import shlex
 import sys
 
 from dpruner import plan, specs
-from dpruner.config import (
-    baseline_methods,
-    calibration_size_series,
-    schema_default,
-    unquantized_twins,
-)
+from dpruner.config import schema_default, unquantized_twins
 from dpruner.lifecycle import WORKFLOW_PID_ENV
 from dpruner.preflight import local_paths
 
@@ -96,12 +90,7 @@ def cli_options(options):
 def section_parts(domain, *parts):
     """Only `parts` of the section of `domain`, or of the domain a calibration set draws from."""
     domain = plan.split_calibration_set(domain)[0]
-    return specs.domain_parts(config, domain, parts).section()
-
-
-def config_json(**top):
-    """The config keys `top` as JSON, for a step that reads settings beside its job spec."""
-    return json.dumps(top, sort_keys=True)
+    return specs.domain_parts(config, domain, parts)
 
 
 def evaluation_parts(wildcards):
@@ -111,17 +100,15 @@ def evaluation_parts(wildcards):
 def evaluation_source_files(wildcards):
     """The local data files of every evaluated section part."""
     return sorted(
-        {
-            path
-            for domain, parts in evaluation_parts(wildcards).items()
-            for path in local_paths(section_parts(domain, *parts))
-        }
+        local_paths(
+            section_parts(domain, *parts) for domain, parts in evaluation_parts(wildcards).items()
+        )
     )
 
 
 def source_files(*parts):
     """Input function: the local data files the {domain} section's `parts` read."""
-    return lambda wildcards: local_paths(section_parts(wildcards.domain, *parts))
+    return lambda wildcards: local_paths([section_parts(wildcards.domain, *parts)])
 
 
 def dpruner_processes(wildcards):

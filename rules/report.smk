@@ -6,7 +6,7 @@ PLOTS_DIR = f"{RESULTS}/plots"
 TABLE_STEMS = ["main", "main_change", "cross_domain"]
 # Stored sizes and the cost of quantization (each quantized model against its 16-bit twin) only
 # when some method quantizes.
-QUANTIZED = bool(unquantized_twins(config))
+QUANTIZED = bool(unquantized_twins(config["methods"]))
 TABLES = [
     *expand(f"{TABLES_DIR}/{{stem}}.{{ext}}", stem=TABLE_STEMS, ext=["csv", "md", "tex"]),
     f"{TABLES_DIR}/metrics_long.csv",
@@ -37,7 +37,7 @@ TABLES = [
 UNSTRUCTURED_SPARSITIES = {
     s for s, pattern in plan.sparsity_patterns(config) if pattern == "unstructured"
 }
-CALIBRATION_SERIES = calibration_size_series(config)
+PLOT_SPEC = specs.plot_spec(config)
 PLOT_KINDS = ["bars", "sparsity"] if len(UNSTRUCTURED_SPARSITIES) > 1 else ["bars"]
 PLOTS = [
     *expand(f"{PLOTS_DIR}/{{kind}}_{{domain}}.png", kind=PLOT_KINDS, domain=EVAL_DOMAINS),
@@ -46,7 +46,7 @@ PLOTS = [
     # Domain against general perplexity change of every pruned model, a panel per model.
     f"{PLOTS_DIR}/domain_vs_general.png",
     # Metric against calibration size where domains differ only in their instance counts.
-    *(f"{PLOTS_DIR}/calibration_size_{next(iter(s))}.png" for s in CALIBRATION_SERIES),
+    *(f"{PLOTS_DIR}/calibration_size_{next(iter(s))}.png" for s in PLOT_SPEC.calibration_series),
     f"{PLOTS_DIR}/benchmarks.png",
 ]
 SUMMARY = f"{RESULTS}/summary.md"
@@ -67,15 +67,9 @@ rule aggregate:
         ),
     params:
         tables_dir=lambda w, output: os.path.dirname(output.tables[0]),
-        # What the tables' provenance line says about the run; a function, since Snakemake reads
-        # `{name}` in a plain string param (a model path may hold braces) as a wildcard.
-        config=lambda w: config_json(
-            **{key: config[key] for key in ("models", "sparsities", "patterns", "methods")},
-            baselines=baseline_methods(config),
-            intervals=config.get("intervals"),
-            calibration=config["calibration"],
-            device=DEVICE,
-        ),
+        # A function, since Snakemake reads `{name}` in a plain string param (a model path may
+        # hold braces) as a wildcard.
+        spec=lambda w: specs.aggregate_spec(config).to_json(),
     log:
         f"{LOGS}/aggregate.log",
     benchmark:
@@ -88,7 +82,7 @@ rule aggregate:
         "../envs/dpruner.yaml"
     shell:
         "python -m dpruner aggregate --metrics {input.metrics:q}"
-        " --benchmarks {input.benchmarks:q} --config-json {params.config:q}"
+        " --benchmarks {input.benchmarks:q} --spec {params.spec:q}"
         " --out {params.tables_dir:q} > {log:q} 2>&1"
 
 
@@ -104,7 +98,7 @@ rule plot:
     params:
         tables_dir=lambda w, input: os.path.dirname(input[0]),
         plots_dir=lambda w, output: os.path.dirname(output.plots[0]),
-        calibration_series=json.dumps(CALIBRATION_SERIES),
+        spec=lambda w: PLOT_SPEC.to_json(),
     log:
         f"{LOGS}/plot.log",
     benchmark:
@@ -117,7 +111,7 @@ rule plot:
         "../envs/dpruner.yaml"
     shell:
         "python -m dpruner plot --tables {params.tables_dir:q} --out {params.plots_dir:q}"
-        " --calibration-series {params.calibration_series:q} > {log:q} 2>&1"
+        " --spec {params.spec:q} > {log:q} 2>&1"
 
 
 rule report:

@@ -8,12 +8,13 @@ import pandas as pd
 import pytest
 from test_leaderboard import N, chain_models, metrics, write_metrics
 
-from dpruner.intervals import DEFAULTS, PERPLEXITY, load_units, with_intervals
+from dpruner.intervals import PERPLEXITY, load_units, with_intervals
 from dpruner.report.across_models import agreement_table, kendall_tau_b, side_by_side
 from dpruner.report.aggregate import aggregate
 from dpruner.report.collect import collect
 from dpruner.report.leaderboard import COLUMNS, leaderboard_table
 from dpruner.report.summary import summary
+from dpruner.specs import Intervals
 
 
 def test_kendall_tau_b_against_a_hand_computed_value():
@@ -99,7 +100,7 @@ def three_models(tmp_path):
 def test_agreeing_and_swapped_models_known_answers(three_models):
     units = load_units(three_models)
     ranked = leaderboard_table(
-        with_intervals(collect(three_models), units, DEFAULTS), units, DEFAULTS
+        with_intervals(collect(three_models), units, Intervals()), units, Intervals()
     )
     agreement = agreement_table(ranked).set_index(["task", "metric", "model_a", "model_b"])
 

@@ -21,7 +21,7 @@ from dpruner import methods, plan
 from dpruner.cli import main
 from dpruner.config import load_config
 from dpruner.report.aggregate import aggregate
-from dpruner.specs import prune_spec
+from dpruner.specs import aggregate_spec, prune_spec
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "adding-a-method.md"
@@ -115,7 +115,7 @@ def test_a_method_from_the_doc_runs_through_plan_prune_and_tables(
         for domain in ("medical", "legal", "general")
     ]
     tables = tmp_path / "tables"
-    aggregate(files, tables, config=config)
+    aggregate(files, tables, spec=aggregate_spec(config))
     assert "random" in (tables / "main.csv").read_text()
 
 

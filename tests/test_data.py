@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import types
+from dataclasses import replace
 
 import pytest
 import torch
@@ -28,6 +29,7 @@ from dpruner.data import (
 from dpruner.data.cache import cached_rows
 from dpruner.errors import DataError
 from dpruner.io import FILES_LEDGER
+from dpruner.specs import CalibrationEntry, Domain, PrepareDataSpec
 
 # Published SHA-256 of the reference anchor's token sets (docs/reference-comparison.md).
 ANCHOR_CALIBRATION_SHA256 = "749ece862139f874c36a8249c0554827f18144297d844588a3df22025a48e764"
@@ -253,9 +255,22 @@ def two_sources(tmp_path):
         tmp_path / "laws.jsonl", [{"key": f"k{i}", "body": SENTENCES[4]} for i in range(10)]
     )
     return [
-        {"source": {"path": str(notes)}, "template": "Note: {text}", "count": 5},
-        {"source": {"path": str(laws), "id_field": "key"}, "template": "{key}: {body}"},
+        CalibrationEntry(source={"path": str(notes)}, template="Note: {text}", count=5),
+        CalibrationEntry(source={"path": str(laws), "id_field": "key"}, template="{key}: {body}"),
     ]
+
+
+def prepare_spec(domain: str, entries: list, instance_length: int | None = None):
+    """The prepare-data spec of `entries`: 4 rows of 5 tokens, a fifth held out, seed 0."""
+    return PrepareDataSpec(
+        domain=domain,
+        entries=Domain(calibration=entries),
+        nsamples=4,
+        seqlen=5,
+        eval_fraction=0.2,
+        seed=0,
+        instance_length=instance_length,
+    )
 
 
 def test_domain_instances_counts_determinism_and_calibration_side(two_sources):
@@ -280,20 +295,14 @@ def test_held_back_texts_are_the_calibration_records_no_instance_uses(two_source
 
 
 def test_domain_instances_count_larger_than_source(two_sources):
-    two_sources[0]["count"] = 17
+    entries = [replace(two_sources[0], count=17), two_sources[1]]
     with pytest.raises(DataError, match="notes.jsonl.*count 17.*16 records"):
-        domain_instances(two_sources, eval_fraction=0.2)
+        domain_instances(entries, eval_fraction=0.2)
 
 
 def test_write_calibration_writes_three_files(two_sources, tokenizer, tmp_path):
-    config = {
-        "seed": 0,
-        "calibration": {"nsamples": 4, "seqlen": 5, "eval_fraction": 0.2},
-        "general": {"calibration": two_sources[1:]},
-        "domains": {"notes": {"calibration": two_sources}},
-    }
     out = tmp_path / "out"
-    summary = write_calibration(config, "notes", tokenizer, out)
+    summary = write_calibration(prepare_spec("notes", two_sources), tokenizer, out)
     tokens = torch.load(out / "calibration.pt")
     assert tokens.shape == (4, 5) and summary["sha256"] == tokens_sha256(tokens)
     assert json.loads((out / "calibration.json").read_text()) == summary
@@ -302,7 +311,9 @@ def test_write_calibration_writes_three_files(two_sources, tokenizer, tmp_path):
     assert [json.loads(line)["text"] for line in lines] == domain_instances(two_sources, 0.2)
     written = ["calibration.json", "calibration.pt", "instances.jsonl"]
     assert sorted(os.listdir(out)) == [FILES_LEDGER, *written]
-    assert write_calibration(config, "general", tokenizer, out)["counts"] == [8]
+    assert write_calibration(prepare_spec("general", two_sources[1:]), tokenizer, out)[
+        "counts"
+    ] == [8]
 
 
 def test_matched_calibration_is_exactly_d_pruners_fine_tuning_tokens(
@@ -310,13 +321,8 @@ def test_matched_calibration_is_exactly_d_pruners_fine_tuning_tokens(
 ):
     from dpruner.data.tokens import instance_rows, instance_tokens
 
-    config = {
-        "seed": 0,
-        "calibration": {"nsamples": 4, "seqlen": 5, "eval_fraction": 0.2, "instance_length": 4},
-        "general": {"calibration": two_sources[1:]},
-        "domains": {"notes": {"calibration": two_sources}},
-    }
-    summary = write_calibration(config, "notes", tokenizer, tmp_path)
+    spec = prepare_spec("notes", two_sources, instance_length=4)
+    summary = write_calibration(spec, tokenizer, tmp_path)
     tokens = torch.load(tmp_path / "calibration.pt", weights_only=True)
     instances = domain_instances(two_sources, 0.2)
     sequences, _ = instance_tokens(instances, tokenizer, 4)
@@ -328,7 +334,8 @@ def test_matched_calibration_is_exactly_d_pruners_fine_tuning_tokens(
     heart = tokenizer("the heart", add_special_tokens=False).input_ids
     assert rows.tolist() == [[1, *heart, 1]]
     # General calibration keeps its random windows (the reference anchor's sampling).
-    assert not write_calibration(config, "general", tokenizer, tmp_path)["matched_to_instances"]
+    general = prepare_spec("general", two_sources[1:], instance_length=4)
+    assert not write_calibration(general, tokenizer, tmp_path)["matched_to_instances"]
 
 
 # --- the real packaged corpora and the reference anchor ------------------------------------------

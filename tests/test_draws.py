@@ -7,11 +7,12 @@ from test_leaderboard import N, metrics, write_metrics
 from tiny import tiny_tokenizer
 
 from dpruner.data.prepare import write_calibration
-from dpruner.intervals import DEFAULTS, PERPLEXITY, load_units, with_intervals
-from dpruner.plan import calibration_settings
+from dpruner.intervals import PERPLEXITY, load_units, with_intervals
+from dpruner.plan import calibration_seed
 from dpruner.report.aggregate import aggregate
 from dpruner.report.collect import collect
 from dpruner.report.draws import draw_spread_table, leaderboard_with_draws
+from dpruner.specs import Intervals, prepare_data_spec
 
 # Perplexity scale of each (model, draw): alpha best at draws 0 and 1, beaten by beta at draw 2.
 SCALES = {
@@ -37,7 +38,7 @@ def write_run(folder, scales) -> list:
 def test_the_spread_over_draws_and_the_rank_ranges_are_known_answers(tmp_path):
     files = write_run(tmp_path, SCALES)
     units = load_units(files)
-    long = with_intervals(collect(files), units, DEFAULTS)
+    long = with_intervals(collect(files), units, Intervals())
     spread = draw_spread_table(long).set_index(["method", "task"])
     alpha = spread.loc[("alpha", PERPLEXITY)]
     ppl = long[(long["task"] == PERPLEXITY) & (long["method"] == "alpha")].set_index("draw")
@@ -50,7 +51,7 @@ def test_the_spread_over_draws_and_the_rank_ranges_are_known_answers(tmp_path):
     # Magnitude and dense have one model each: no spread.
     assert set(spread.index.get_level_values("method")) == {"alpha", "beta"}
 
-    board = leaderboard_with_draws(long, units, DEFAULTS)
+    board = leaderboard_with_draws(long, units, Intervals())
     rows = board[board["task"] == PERPLEXITY].set_index("method")
     # Draw 0: alpha 1st, beta 2nd, magnitude 3rd; at draw 2 beta is 1st and alpha 2nd.
     assert rows.loc["alpha", ["rank", "rank_low", "rank_high"]].tolist() == [1, 1, 2]
@@ -100,11 +101,9 @@ def test_each_draw_draws_other_calibration_tokens_and_instances_from_the_same_sp
     )
     written = {}
     for name in ("general", "general+1", "medical", "medical+1"):
-        section, _, draw = name.partition("+")
-        sliced = {**config, "seed": int(draw or 0)}
-        sliced["calibration"] = calibration_settings(config, name)
         out = tmp_path / name
-        summary = write_calibration(sliced, section, tokenizer, out)
+        spec = prepare_data_spec(config, name, calibration_seed(config, name))
+        summary = write_calibration(spec, tokenizer, out)
         instances = (out / "instances.jsonl").read_text().splitlines()
         written[name] = (torch.load(out / "calibration.pt"), instances, summary)
     # Other windows of general text, other instances of the domain at draw 1...

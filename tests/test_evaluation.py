@@ -14,7 +14,7 @@ from dpruner.evaluation.harness import continuation_tokens, multiple_choice_task
 from dpruner.evaluation.items import TaskItems, fit_prompt, task_items
 from dpruner.evaluation.perplexity import sliding_window_perplexity
 from dpruner.io import FILES_LEDGER
-from dpruner.specs import evaluate_spec
+from dpruner.specs import Task, domain_of, evaluate_spec
 
 for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(variable, "1")
@@ -83,7 +83,8 @@ def corpus(tmp_path):
     }
 
 
-def mc_task(corpus, **changes):
+def mc_entry(corpus, **changes):
+    """The config entry of a multiple-choice task."""
     task = {
         "name": "toy_mc",
         "kind": "multiple_choice",
@@ -98,12 +99,16 @@ def mc_task(corpus, **changes):
     return {**task, **changes}
 
 
+def mc_task(corpus, **changes) -> Task:
+    return Task.from_config(mc_entry(corpus, **changes), "test")
+
+
 def section(corpus):
     return {
         "calibration": [],
         "perplexity": {"source": {"path": corpus["docs"]}, "template": "{text}"},
         "tasks": [
-            mc_task(corpus),
+            mc_entry(corpus),
             {
                 "name": "toy_sum",
                 "kind": "summarization",
@@ -250,7 +255,7 @@ def test_length_runs_keep_each_padded_pass_within_the_budget():
 
 
 def test_task_items_drop_labels_outside_the_choices_and_shuffle_with_the_seed(corpus, tokenizer):
-    task = mc_task(corpus, limit=None, skip_labels=None)
+    task = mc_task(corpus, limit=None, skip_labels=[])
     with pytest.raises(DataError, match="1 of 11 records read were dropped"):
         task_items(task, tokenizer, eval_fraction=0.99, max_prompt_tokens=None, seed=0)
     items = task_items(
@@ -303,7 +308,7 @@ def test_evaluate_model_reports_every_metric_and_count(model, tokenizer, corpus)
         "batch_size": 2,
     }
     result = evaluate_model(
-        model, tokenizer, section(corpus), eval_config, seed=0, eval_fraction=0.5
+        model, tokenizer, domain_of(section(corpus), "toy"), eval_config, seed=0, eval_fraction=0.5
     )
     ppl = result["perplexity"]["domain"]
     assert ppl["tokens_scored"] == 15 + 8 * 10 and ppl["window"] == 16

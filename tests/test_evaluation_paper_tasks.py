@@ -9,6 +9,7 @@ from tiny import tiny_tokenizer
 
 from dpruner.data import load_records, render
 from dpruner.evaluation.items import perplexity_documents, task_items
+from dpruner.specs import PerplexityText, Task
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "hub"
@@ -55,8 +56,9 @@ def test_every_paper_domain_is_declared():
 def test_perplexity_corpora_render_from_their_fixtures(domain, tokenizer):
     section = {**SECTIONS[domain]["perplexity"]}
     section["source"] = local(section["source"])
+    text = PerplexityText.from_config(section, domain)
     documents, joined = perplexity_documents(
-        section, domain, tokenizer, eval_fraction=0.2, max_tokens=None
+        text, domain, tokenizer, eval_fraction=0.2, max_tokens=None
     )
     assert documents and joined == "\n\n".join(documents)
 
@@ -69,12 +71,12 @@ def test_general_calibration_renders_from_its_fixture():
 
 @pytest.mark.parametrize("task", TASKS, ids=lambda t: t["name"])
 def test_paper_tasks_build_items_from_their_fixtures(task, tokenizer):
-    task = {**task, "source": local(task["source"]), "holdout": False}
+    task = Task.from_config({**task, "source": local(task["source"]), "holdout": False}, "test")
     built = task_items(task, tokenizer, eval_fraction=0.2, max_prompt_tokens=None, seed=0)
     assert built.counts["items"] >= 2
     for item in built.items:
         assert "{" not in item["prompt"] and "[" not in item["prompt"]
-        if task["kind"] == "multiple_choice":
+        if task.kind == "multiple_choice":
             assert 0 <= item["gold"] < len(item["choices"])
         else:
             assert item["target"]
@@ -82,7 +84,7 @@ def test_paper_tasks_build_items_from_their_fixtures(task, tokenizer):
 
 def test_pubmedqa_prompt_quotes_the_abstract_as_running_text(tokenizer):
     task = next(t for t in TASKS if t["name"] == "pubmedqa")
-    task = {**task, "source": local(task["source"]), "holdout": False}
+    task = Task.from_config({**task, "source": local(task["source"]), "holdout": False}, "test")
     items = task_items(task, tokenizer, eval_fraction=0.2, max_prompt_tokens=None, seed=0)
     by_id = {item["id"]: item for item in items.items}
     assert "regulated process. The lace plant" in by_id["21645374"]["prompt"]
@@ -91,7 +93,7 @@ def test_pubmedqa_prompt_quotes_the_abstract_as_running_text(tokenizer):
 
 def test_casehold_gold_is_the_labelled_holding(tokenizer):
     task = next(t for t in TASKS if t["name"] == "casehold")
-    task = {**task, "source": local(task["source"])}
+    task = Task.from_config({**task, "source": local(task["source"])}, "test")
     items = task_items(task, tokenizer, eval_fraction=0.2, max_prompt_tokens=None, seed=0)
     golds = {item["id"]: item["choices"][item["gold"]] for item in items.items}
     assert golds == {

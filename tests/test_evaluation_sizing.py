@@ -9,6 +9,7 @@ from dpruner.evaluation import evaluate_model, sizing
 from dpruner.evaluation import runner as runner_module
 from dpruner.evaluation.shared_prompt import shared_context_loglikelihoods
 from dpruner.evaluation.sizing import continuation_pass_tokens, evaluation_batch_size
+from dpruner.specs import domain_of
 
 
 @pytest.mark.parametrize(
@@ -33,7 +34,9 @@ def test_evaluate_model_sizes_its_passes_by_the_model_device(tmp_path, monkeypat
     model = tiny_model("llama", vocab_size=len(tokenizer), layers=1, max_position_embeddings=128)
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(json.dumps({"id": f"d{i}", "text": text}) + "\n" for i in range(4)))
-    section = {"perplexity": {"source": {"path": str(docs)}, "template": "{text}"}, "tasks": []}
+    section = domain_of(
+        {"perplexity": {"source": {"path": str(docs)}, "template": "{text}"}, "tasks": []}, "toy"
+    )
     seen = []
     perplexity = runner_module.sliding_window_perplexity
 

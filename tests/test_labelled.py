@@ -4,6 +4,7 @@ layout (tests/fixtures/packaged, synthetic text), config tasks built on them, th
 import copy
 import importlib.metadata
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from dpruner.data.corpora import _corpus_records
 from dpruner.data.labelled import LABELLED_FILES, PARSERS, document_id
 from dpruner.errors import DataError
 from dpruner.evaluation.items import task_items
+from dpruner.specs import Task
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures" / "packaged"
@@ -343,9 +345,10 @@ def test_example_tasks_pass_the_config_schema():
 def test_tasks_on_the_corpora_render(packaged, family):
     for task in TASKS[family]:
         # No tokenizer is needed without a prompt-length limit.
-        items = task_items(task, None, eval_fraction=0.5, max_prompt_tokens=None, seed=0)
+        typed = Task.from_config(task, "test")
+        items = task_items(typed, None, eval_fraction=0.5, max_prompt_tokens=None, seed=0)
         everything = task_items(
-            {**task, "holdout": False}, None, eval_fraction=0.5, max_prompt_tokens=None, seed=0
+            replace(typed, holdout=False), None, eval_fraction=0.5, max_prompt_tokens=None, seed=0
         )
         records = load_records(task["source"])
         assert len(everything.items) == len(records)

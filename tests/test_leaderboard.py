@@ -9,10 +9,11 @@ import pytest
 from test_report import window_perplexity
 
 from dpruner.evaluation.metrics import macro_f1
-from dpruner.intervals import DEFAULTS, PERPLEXITY, load_units, with_intervals
+from dpruner.intervals import PERPLEXITY, load_units, with_intervals
 from dpruner.report.aggregate import aggregate
 from dpruner.report.collect import collect
 from dpruner.report.leaderboard import competition_ranks, leaderboard_table, letter_groups
+from dpruner.specs import Intervals
 
 N = 200
 
@@ -117,8 +118,8 @@ def files(tmp_path):
 
 def test_leaderboard_ranks_and_groups_known_answers(files):
     units = load_units(files)
-    long = with_intervals(collect(files), units, DEFAULTS)
-    board = leaderboard_table(long, units, DEFAULTS)
+    long = with_intervals(collect(files), units, Intervals())
+    board = leaderboard_table(long, units, Intervals())
     assert "dense" not in set(board["method"])
 
     def answer(task, metric):

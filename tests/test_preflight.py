@@ -3,6 +3,7 @@ value, before any model work; sources and templates behave the same everywhere."
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,15 @@ from dpruner.config import catalogue_domains, expand_tasks, validate_config
 from dpruner.data import load_records, render
 from dpruner.errors import ConfigError, DataError
 from dpruner.evaluation.items import task_items
-from dpruner.preflight import check_config, check_results_folder, check_section, local_paths
+from dpruner.plan import evaluation_parts
+from dpruner.preflight import (
+    check_calibration,
+    check_config,
+    check_evaluation,
+    check_results_folder,
+    local_paths,
+)
+from dpruner.specs import Task, domain_of, evaluate_spec, prepare_data_spec
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures" / "workflow"
@@ -200,15 +209,18 @@ def test_the_results_folder_is_not_the_working_folder(tmp_path, results):
 def test_jobs_check_their_own_part_of_a_section(tmp_path):
     config = fixture_config(tmp_path)
     config["domains"]["medical"]["tasks"][0]["template"] = "{abstrakt}"
-    check_section(config, "medical", parts=("calibration",))
+    check_calibration(prepare_data_spec(config, "medical", config["seed"]))
+    spec = evaluate_spec(config, evaluation_parts(config, "dense"))
     with pytest.raises(ConfigError, match="(?s)domain 'medical'.*abstrakt"):
-        check_section(config, "medical", parts=("perplexity", "tasks"))
+        check_evaluation(spec, ["medical"])
 
 
 def test_local_paths_are_the_sections_files(tmp_path):
     config = fixture_config(tmp_path)
-    assert local_paths(config["domains"]["medical"]) == [str(tmp_path / "medical.jsonl")]
-    assert local_paths({"calibration": [{"source": {"corpus": "pubmed"}, "template": "x"}]}) == []
+    medical = domain_of(config["domains"]["medical"], "medical")
+    assert local_paths([medical, medical]) == [str(tmp_path / "medical.jsonl")]
+    packaged = {"calibration": [{"source": {"corpus": "pubmed"}, "template": "x"}]}
+    assert local_paths([domain_of(packaged, "packaged")]) == []
 
 
 # ---------------------------------------------------------------- sources and templates
@@ -235,6 +247,7 @@ def tokenizer():
 
 
 def labelled_task(path: Path, rows: list[dict]) -> dict:
+    """The config entry of a multiple-choice task on `rows`."""
     return {
         "name": "t",
         "kind": "multiple_choice",
@@ -248,23 +261,23 @@ def labelled_task(path: Path, rows: list[dict]) -> dict:
 
 def test_dropped_items_above_the_threshold_are_an_error(tmp_path, tokenizer):
     rows = [{"id": str(i), "text": f"t{i}", "label": "x" if i < 3 else "good"} for i in range(20)]
-    task = labelled_task(tmp_path / "t.jsonl", rows)
+    task = Task.from_config(labelled_task(tmp_path / "t.jsonl", rows), "t")
     options = {"eval_fraction": 0.2, "max_prompt_tokens": None, "seed": 0}
     with pytest.raises(DataError, match=r"3 of 20 records read were dropped.*at most 5%"):
         task_items(task, tokenizer, **options)
     items = task_items(task, tokenizer, **options, max_dropped=0.2)
     assert items.counts["items"] == 17 and items.counts["dropped"] == 3
-    skipped = task_items({**task, "skip_labels": ["x"]}, tokenizer, **options)
+    skipped = task_items(replace(task, skip_labels=["x"]), tokenizer, **options)
     assert skipped.counts["skipped_labels"] == 3 and skipped.counts["dropped"] == 0
 
 
 def test_a_task_can_raise_its_own_prompt_length(tmp_path, tokenizer):
 
     rows = [{"id": str(i), "text": " ".join(["word"] * 50), "label": "good"} for i in range(3)]
-    task = labelled_task(tmp_path / "t.jsonl", rows)
+    task = Task.from_config(labelled_task(tmp_path / "t.jsonl", rows), "t")
     options = {"eval_fraction": 0.2, "max_prompt_tokens": 10, "seed": 0}
     assert task_items(task, tokenizer, **options).counts["prompts_truncated"] == 3
-    longer = {**task, "max_prompt_tokens": 1000}
+    longer = replace(task, max_prompt_tokens=1000)
     assert task_items(longer, tokenizer, **options).counts["prompts_truncated"] == 0
 
 
@@ -370,7 +383,7 @@ def test_empty_summarization_targets_are_an_error_as_in_evaluate(tmp_path, token
         "medical.tasks[1] 'medical_summary'.target_field: 6 of 6 evaluation records read from "
         f"path:{tmp_path / 'medical.jsonl'} have an empty 'title'" in problems(config)
     )
-    task = config["domains"]["medical"]["tasks"][1]
+    task = Task.from_config(config["domains"]["medical"]["tasks"][1], "medical")
     options = {"eval_fraction": 0.25, "max_prompt_tokens": None, "seed": config["seed"]}
     with pytest.raises(DataError, match="no usable evaluation items"):
         task_items(task, tokenizer, **options)
@@ -398,10 +411,12 @@ def test_dropped_labels_are_counted_on_the_records_evaluate_reads(
     if read_by_evaluate:
         assert "1 of 6 evaluation records read" in problems(config)
         with pytest.raises(DataError, match="1 of 6 records read were dropped"):
-            task_items(task, tokenizer, **options)
+            task_items(Task.from_config(task, "legal"), tokenizer, **options)
     else:
         check_config(config)
-        assert task_items(task, tokenizer, **options).counts["dropped"] == 0
+        assert (
+            task_items(Task.from_config(task, "legal"), tokenizer, **options).counts["dropped"] == 0
+        )
 
 
 def test_a_name_too_long_for_a_file_name_is_named_by_the_schema(tmp_path):

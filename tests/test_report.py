@@ -29,6 +29,7 @@ from dpruner.report.plots import (
 )
 from dpruner.report.summary import summary
 from dpruner.report.tables import cross_domain_table, main_table
+from dpruner.specs import Intervals, aggregate_spec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "workflow"
 REPO = Path(__file__).resolve().parent.parent
@@ -180,14 +181,14 @@ def with_units(ppl_scale: float, predicted_shift: int, n: int = 200) -> dict:
 
 
 def test_every_value_has_an_interval_and_a_paired_change_against_dense(tmp_path):
-    from dpruner.intervals import DEFAULTS, load_units, with_intervals
+    from dpruner.intervals import load_units, with_intervals
 
     files = [
         write(tmp_path, "dense", "medical", with_units(1.0, 0)),
         write(tmp_path, "magnitude_none_s0.5_unstructured", "medical", with_units(1.05, 0)),
         write(tmp_path, "wanda_general_s0.5_unstructured", "medical", with_units(1.0, 0)),
     ]
-    long = with_intervals(collect(files), load_units(files), DEFAULTS)
+    long = with_intervals(collect(files), load_units(files), Intervals())
     rows = long.set_index(["method", "task", "metric"])
     dense_ppl = rows.loc[("dense", PERPLEXITY, "ppl")]
     assert dense_ppl["low"] < dense_ppl["value"] < dense_ppl["high"]
@@ -206,7 +207,7 @@ def test_every_value_has_an_interval_and_a_paired_change_against_dense(tmp_path)
 
 def test_best_baseline_is_the_best_of_the_configured_baselines(tmp_path):
     from dpruner.config import baseline_methods
-    from dpruner.intervals import DEFAULTS, best_baseline_table, load_units, with_intervals
+    from dpruner.intervals import best_baseline_table, load_units, with_intervals
 
     files = [
         write(tmp_path, "dense", "medical", with_units(1.0, 0)),
@@ -217,7 +218,7 @@ def test_best_baseline_is_the_best_of_the_configured_baselines(tmp_path):
         write(tmp_path, "dpruner_medical_s0.5_unstructured", "medical", with_units(1.21, 0)),
     ]
     units = load_units(files)
-    long = with_intervals(collect(files), units, DEFAULTS)
+    long = with_intervals(collect(files), units, Intervals())
     methods = {
         "wanda": {"kind": "wanda", "calibration": "domain"},
         "sparsegpt-mixed": {"kind": "sparsegpt", "calibration": "mixed"},
@@ -225,7 +226,7 @@ def test_best_baseline_is_the_best_of_the_configured_baselines(tmp_path):
     }
 
     def against(config: dict) -> pd.Series:
-        table = best_baseline_table(long, units, DEFAULTS, baseline_methods(config))
+        table = best_baseline_table(long, units, Intervals(), baseline_methods(config))
         ppl = table[table["task"] == PERPLEXITY].set_index("method")
         return ppl["best_baseline"] + " " + ppl["change"].round(3).astype(str)
 
@@ -240,7 +241,7 @@ def test_best_baseline_is_the_best_of_the_configured_baselines(tmp_path):
 
 
 def test_best_baseline_is_chosen_per_sparsity_and_pattern(tmp_path):
-    from dpruner.intervals import DEFAULTS, best_baseline_table, load_units, with_intervals
+    from dpruner.intervals import best_baseline_table, load_units, with_intervals
     from dpruner.report.formatting import paired_markdown
 
     files = [
@@ -251,8 +252,8 @@ def test_best_baseline_is_chosen_per_sparsity_and_pattern(tmp_path):
         write(tmp_path, "dpruner_medical_s0.3_unstructured", "medical", with_units(1.0, 0)),
     ]
     units = load_units(files)
-    long = with_intervals(collect(files), units, DEFAULTS)
-    table = best_baseline_table(long, units, DEFAULTS, ["wanda"])
+    long = with_intervals(collect(files), units, Intervals())
+    table = best_baseline_table(long, units, Intervals(), ["wanda"])
     ppl = table[table["task"] == PERPLEXITY].set_index("sparsity")
     # Each against Wanda at its own sparsity (0.7: 1.2 / 1.5), not the 0.3 model with the best
     # value of all.
@@ -265,7 +266,7 @@ def test_best_baseline_is_chosen_per_sparsity_and_pattern(tmp_path):
 
 def test_quantized_models_are_compared_with_their_16_bit_twins(tmp_path):
     from dpruner.config import unquantized_twins
-    from dpruner.intervals import DEFAULTS, load_units, unquantized_table, with_intervals
+    from dpruner.intervals import load_units, unquantized_table, with_intervals
 
     files = [
         write(tmp_path, "dense", "medical", with_units(1.0, 0)),
@@ -274,7 +275,7 @@ def test_quantized_models_are_compared_with_their_16_bit_twins(tmp_path):
         write(tmp_path, "magnitude-q4_none_s0.5_unstructured", "medical", with_units(1.5, 0)),
     ]
     units = load_units(files)
-    long = with_intervals(collect(files), units, DEFAULTS)
+    long = with_intervals(collect(files), units, Intervals())
     quantize = {"bits": 4, "group_size": 128}
     methods = {
         "wanda": {"kind": "wanda", "calibration": "domain"},
@@ -283,10 +284,10 @@ def test_quantized_models_are_compared_with_their_16_bit_twins(tmp_path):
         "magnitude-q4": {"kind": "magnitude", "group": "row", "quantize": quantize},
         "magnitude": {"kind": "magnitude", "group": "matrix"},
     }
-    twins = unquantized_twins({"methods": methods})
+    twins = unquantized_twins(methods)
     assert twins == {"wanda-q4": "wanda", "magnitude-q4": None}
 
-    table = unquantized_table(long, units, DEFAULTS, twins)
+    table = unquantized_table(long, units, Intervals(), twins)
     ppl = table[table["task"] == PERPLEXITY].set_index("method")
     assert list(ppl.index) == ["wanda-q4"]
     # Every window's perplexity is 1.21 / 1.10 = 1.1 times the twin's: +10 %, with no spread.
@@ -301,13 +302,13 @@ def test_quantized_models_are_compared_with_their_16_bit_twins(tmp_path):
         "calibration": {"nsamples": 16, "seqlen": 512},
         "methods": methods,
     }
-    written = aggregate(files, tmp_path / "tables", config=config)
+    written = aggregate(files, tmp_path / "tables", spec=aggregate_spec(config))
     assert tmp_path / "tables" / "vs_unquantized.csv" in written
     markdown = (tmp_path / "tables" / "vs_unquantized.md").read_text()
     assert "| wanda-q4 " in markdown and "| wanda (" in markdown
     # Without a quantized method there is no such table.
     unquantized = {name: options for name, options in methods.items() if "-q4" not in name}
-    aggregate(files, tmp_path / "plain", config={**config, "methods": unquantized})
+    aggregate(files, tmp_path / "plain", spec=aggregate_spec({**config, "methods": unquantized}))
     assert not (tmp_path / "plain" / "vs_unquantized.md").exists()
 
 

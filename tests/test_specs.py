@@ -4,6 +4,7 @@ the flags a person types build the spec the workflow passes."""
 
 import copy
 import shlex
+from dataclasses import MISSING, fields
 
 import pytest
 from test_workflow import REPO, planned_spec, snakemake, write_config
@@ -11,7 +12,7 @@ from test_workflow import REPO, planned_spec, snakemake, write_config
 from dpruner import config as config_module
 from dpruner import plan, specs
 from dpruner.cli import build_parser
-from dpruner.config import load_config, schema_default
+from dpruner.config import domain_config, load_config, schema_default
 from dpruner.errors import ConfigError, DprunerError
 from dpruner.steps import (
     domain_scores,
@@ -72,6 +73,8 @@ def rule_jobs(config: dict):
             yield "prune", spec, ["--model", "m", "--out", "o"]
 
 
+# The report steps that read a spec, and its builder.
+REPORT_SPECS = {"aggregate": specs.aggregate_spec, "plot": specs.plot_spec}
 STEPS = {
     "prepare-model": prepare_model,
     "prepare-data": prepare_data,
@@ -111,9 +114,9 @@ def test_the_planned_commands_pass_the_specs_the_builders_make(tmp_path):
     planned = {}
     for line in result.stdout.splitlines():
         step = line.split("-m dpruner ", 1)[-1].split(" ")[0]
-        if "-m dpruner " in line and step in STEPS:
+        if "-m dpruner " in line and (step in STEPS or step in REPORT_SPECS):
             planned.setdefault(step, []).append(planned_spec(line)[0].to_json())
-    built = {}
+    built = {step: [build(config).to_json()] for step, build in REPORT_SPECS.items()}
     for step, spec, _ in rule_jobs(config):
         built.setdefault(step, []).append(spec.to_json())
     assert {step: sorted(jsons) for step, jsons in planned.items()} == {
@@ -231,7 +234,91 @@ def test_the_evaluated_parts_are_the_only_ones_a_spec_holds():
     config = load_config(CONFIG)
     variant = plan.pruned_id("dpruner", "medical", "0.5", "unstructured")
     spec = specs.evaluate_spec(config, plan.evaluation_parts(config, variant))
-    assert spec.domains["legal"].section() == {
-        "perplexity": config["domains"]["legal"]["perplexity"]
-    }
+    legal = config["domains"]["legal"]["perplexity"]
+    assert spec.domains["legal"] == specs.Domain(
+        perplexity=specs.PerplexityText.from_config(legal, "legal.perplexity")
+    )
     assert set(spec.domains["medical"].section()) == {"perplexity", "tasks"}
+
+
+def catalogue_config() -> dict:
+    """The default config with every catalogue task in its domain's section (expanded)."""
+    config = load_config(CONFIG)
+    for domain, tasks in config_module.catalogue_domains().items():
+        if domain == "general" or domain in config["domains"]:
+            section = domain_config(config, domain)
+            section["tasks"] = [{"name": name, **task} for name, task in tasks.items()]
+    return config
+
+
+def test_every_config_entry_round_trips_and_reads_by_attribute():
+    config = catalogue_config()
+    for domain in plan.eval_domains(config):
+        typed = specs.domain_parts(config, domain)
+        section = domain_config(config, domain)
+        assert specs.from_dict(specs.Domain, typed.section(), domain) == typed
+        for task, entry in zip(typed.tasks, section["tasks"], strict=True):
+            # Every key the config writes reads back as the attribute of that name.
+            assert {key: getattr(task, key) for key in entry} == entry
+        assert typed.perplexity.template == section["perplexity"]["template"]
+        assert [e.source for e in typed.calibration] == [
+            e["source"] for e in section["calibration"]
+        ]
+    aggregate = specs.aggregate_spec(config)
+    assert specs.AggregateSpec.from_json(aggregate.to_json()) == aggregate
+    plotted = specs.plot_spec(config)
+    assert specs.PlotSpec.from_json(plotted.to_json()) == plotted
+
+
+def test_an_entry_default_is_written_once_in_the_schema():
+    # holdout has no default in the dataclasses: from_config fills the schema's.
+    for cls in (specs.Task, specs.PerplexityText):
+        holdout = next(f for f in fields(cls) if f.name == "holdout")
+        assert holdout.default is MISSING and holdout.metadata["schema"] == "holdout"
+    text = {"source": {"corpus": "pubmed"}, "template": "{abstract}"}
+    assert specs.PerplexityText.from_config(text, "t").holdout is schema_default("holdout")
+    assert specs.Intervals() == specs.Intervals(**schema_default("intervals"))
+    config = load_config(CONFIG)
+    del config["intervals"]
+    assert specs.aggregate_spec(config).intervals == specs.Intervals()
+    config["intervals"] = {"level": 0.9}
+    assert specs.aggregate_spec(config).intervals == specs.Intervals(level=0.9)
+
+
+def test_a_task_perplexity_or_intervals_default_changed_in_the_schema_reaches_the_step(
+    monkeypatch,
+):
+    schema = copy.deepcopy(config_module._schema())
+    schema["$defs"]["holdout"]["default"] = False
+    schema["$defs"]["intervals"]["default"] = {"resamples": 500, "seed": 3, "level": 0.9}
+    monkeypatch.setattr(config_module, "_schema", lambda: schema)
+    config = load_config(CONFIG)
+    del config["intervals"]
+    spec = specs.evaluate_spec(config, plan.evaluation_parts(config, plan.DENSE))
+    others = ["--model", "m", "--domain", "medical", "--out", "o"]
+    step = read_back("evaluate", rule_command(spec, others))
+    assert step == spec
+    medical = step.domains["medical"]
+    assert medical.perplexity.holdout is False
+    written = config["domains"]["medical"]["tasks"]
+    assert [t.holdout for t in medical.tasks] == [t.get("holdout", False) for t in written]
+    aggregate = specs.aggregate_spec(config)
+    assert specs.AggregateSpec.from_json(aggregate.to_json()).intervals == specs.Intervals(
+        resamples=500, seed=3, level=0.9
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"kind": "ranking"}, "task 't': kind must be one of"),
+        ({"label_field": None}, "task 't': missing key 'label_field'"),
+        ({"choices": None}, "task 't': missing key 'choices' or 'choices_field'"),
+        ({"lable_field": "x"}, r"medical.tasks\[0\]: unknown key\(s\) lable_field for Task"),
+    ],
+)
+def test_a_bad_task_is_one_clear_error(changes, message):
+    task = {"name": "t", "kind": "multiple_choice", "source": {"corpus": "pubmed"}}
+    task |= {"template": "{title}", "choices": ["a", "b"], "label_field": "label"}
+    with pytest.raises(ConfigError, match=message):
+        specs.Task.from_config({**task, **changes}, "medical.tasks[0]")

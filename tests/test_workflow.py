@@ -75,6 +75,8 @@ def planned_spec(line: str):
         "domain-scores": specs.DomainScoresSpec,
         "prune": specs.PruneSpec,
         "evaluate": specs.EvaluateSpec,
+        "aggregate": specs.AggregateSpec,
+        "plot": specs.PlotSpec,
     }
     args = build_parser().parse_args(argv)
     return step_specs[argv[0]].from_json(args.spec), args

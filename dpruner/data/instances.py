@@ -1,7 +1,8 @@
 """Rendered texts of a section's `calibration:` entries (docs/methods.md).
 
-Each entry is {source, template, count?}. Only the calibration part of a source is used, so the
-texts are disjoint from every evaluation document of that source.
+Each entry is a dpruner.specs.CalibrationEntry: {source, template, count?}. Only the calibration
+part of a source is used, so the texts are disjoint from every evaluation document of that
+source.
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ from dpruner.data.sources import describe_source, load_records
 from dpruner.data.splits import split_records
 from dpruner.data.templates import render
 from dpruner.errors import DataError
+from dpruner.specs import CalibrationEntry
 
 INSTANCE_SEED = 42
 
 
-def _calibration_part(entry: dict, eval_fraction: float) -> tuple[list[dict], str]:
-    if not isinstance(entry, dict) or "source" not in entry or "template" not in entry:
-        raise DataError(f"calibration entry {entry!r} needs the keys source and template")
-    where = f"calibration source {describe_source(entry['source'])}"
-    return split_records(load_records(entry["source"]), "calibration", eval_fraction, where), where
+def _calibration_part(entry: CalibrationEntry, eval_fraction: float) -> tuple[list[dict], str]:
+    where = f"calibration source {describe_source(entry.source)}"
+    return split_records(load_records(entry.source), "calibration", eval_fraction, where), where
 
 
 def _shuffled(records: list[dict], count, seed: int, where: str) -> list[dict]:
@@ -41,31 +41,33 @@ def counted(records: list[dict], count, where: str, seed: int = INSTANCE_SEED) -
     return records if count is None else _shuffled(records, count, seed, where)[:count]
 
 
-def entry_texts(entry: dict, eval_fraction: float, seed: int = INSTANCE_SEED) -> list[str]:
+def entry_texts(
+    entry: CalibrationEntry, eval_fraction: float, seed: int = INSTANCE_SEED
+) -> list[str]:
     """Rendered calibration-part records of one entry, as `counted` selects them."""
     records, where = _calibration_part(entry, eval_fraction)
-    records = counted(records, entry.get("count"), where, seed)
-    return [render(entry["template"], record, where) for record in records]
+    records = counted(records, entry.count, where, seed)
+    return [render(entry.template, record, where) for record in records]
 
 
 def held_back_texts(
-    entry: dict, eval_fraction: float, template: str, seed: int = INSTANCE_SEED
+    entry: CalibrationEntry, eval_fraction: float, template: str, seed: int = INSTANCE_SEED
 ) -> list[str]:
     """Calibration-part records that `count` left out of the instances, rendered with `template`.
 
     Text for tuning D-Pruner's settings that is neither a fine-tuning instance nor evaluation text.
     """
     records, where = _calibration_part(entry, eval_fraction)
-    if entry.get("count") is None:
+    if entry.count is None:
         raise DataError(f"{where}: without `count` every calibration record is an instance")
-    count = entry["count"]
+    count = entry.count
     return [
         render(template, record, where) for record in _shuffled(records, count, seed, where)[count:]
     ]
 
 
 def domain_instances(
-    entries: list[dict], eval_fraction: float, seed: int = INSTANCE_SEED
+    entries: list[CalibrationEntry], eval_fraction: float, seed: int = INSTANCE_SEED
 ) -> list[str]:
     """D-Pruner's fine-tuning instances: every entry's texts, concatenated, shuffled with `seed`."""
     if not entries:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 
-from dpruner.config import domain_config
 from dpruner.data.instances import INSTANCE_SEED, domain_instances, entry_texts
 from dpruner.data.tokens import calibration_tokens, instance_rows
 from dpruner.io import atomic_output
+from dpruner.plan import GENERAL
+from dpruner.specs import PrepareDataSpec
 
 
 def tokens_sha256(tokens: torch.Tensor) -> str:
@@ -19,46 +20,46 @@ def tokens_sha256(tokens: torch.Tensor) -> str:
     return hashlib.sha256(tokens.numpy().tobytes()).hexdigest()
 
 
-def write_calibration(config: dict, domain: str, tokenizer, out_dir: str | Path) -> dict:
-    """Write calibration.pt, instances.jsonl and calibration.json for `domain`; return the summary.
+def write_calibration(spec: PrepareDataSpec, tokenizer, out_dir: str | Path) -> dict:
+    """Write calibration.pt, instances.jsonl and calibration.json for the spec's domain; return
+    the summary.
 
     calibration.pt holds windows of the entries' texts (without `count`: every calibration-part
     record, in record order, which for `general` reproduces the anchor's sampling); the texts are
-    shuffled with config seed, windows drawn with config seed. instances.jsonl holds the same
-    selection shuffled with seed 42 plus the settings' `draw` (the workflow's calibration draw,
-    0 when absent; its config seed is already the draw's): D-Pruner's fine-tuning instances, a
-    `count` of them drawn with that seed. For a domain whose
-    settings carry `instance_length` (data-matched baselines), calibration.pt holds instead
-    exactly the tokens D-Pruner fine-tunes on (tokens.instance_rows).
+    shuffled with the spec's seed, windows drawn with it. instances.jsonl holds the same
+    selection shuffled with seed 42 plus the spec's `draw` (the workflow's calibration draw; its
+    seed is already the draw's): D-Pruner's fine-tuning instances, a `count` of them drawn with
+    that seed. For a domain whose spec carries `instance_length` (data-matched baselines),
+    calibration.pt holds instead exactly the tokens D-Pruner fine-tunes on
+    (tokens.instance_rows).
     """
     out_dir = Path(out_dir)
-    entries = domain_config(config, domain)["calibration"]
-    settings = config["calibration"]
-    eval_fraction = settings["eval_fraction"]
-    seed = config["seed"]
-    instance_seed = INSTANCE_SEED + settings.get("draw", 0)
+    domain = spec.domain
+    entries = spec.entries.calibration
+    eval_fraction = spec.eval_fraction
+    seed = spec.seed
+    instance_seed = INSTANCE_SEED + spec.draw
 
     per_entry = [entry_texts(entry, eval_fraction, instance_seed) for entry in entries]
     instances = domain_instances(entries, eval_fraction, instance_seed)
     # Set by the workflow for a domain when the baselines are data-matched to D-Pruner.
-    instance_length = settings.get("instance_length") if domain != "general" else None
+    instance_length = spec.instance_length if domain != GENERAL else None
     if instance_length:
         tokens = instance_rows(instances, tokenizer, instance_length)
     else:
         tokens = calibration_tokens(
             [text for texts in per_entry for text in texts],
             tokenizer,
-            nsamples=settings["nsamples"],
-            seqlen=settings["seqlen"],
+            nsamples=spec.nsamples,
+            seqlen=spec.seqlen,
             seed=seed,
             shuffle_seed=seed,
-            bos=settings.get("bos", False),
+            bos=spec.bos,
         )
     summary = {
         "domain": domain,
         "sources": [
-            {"source": e["source"], "template": e["template"], "count": e.get("count")}
-            for e in entries
+            {"source": e.source, "template": e.template, "count": e.count} for e in entries
         ],
         "counts": [len(texts) for texts in per_entry],
         "instances": len(instances),

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from dpruner.data import evaluation_text, load_records, render, split_records, template_fields
 from dpruner.data.templates import joined_fields
 from dpruner.errors import ConfigError, DataError
+from dpruner.specs import PerplexityText, Task
 
-TASK_KINDS = ("multiple_choice", "summarization")
 # Above this share of dropped records a task is an error, not a smaller task (config key
 # evaluation.max_dropped_fraction; the schema documents the same default).
 DEFAULT_MAX_DROPPED_FRACTION = 0.05
@@ -90,12 +90,6 @@ def fit_prompt(
     return prompt, True
 
 
-def _require(task: dict, where: str, *keys: str) -> None:
-    for key in keys:
-        if task.get(key) in (None, "", []):
-            raise ConfigError(f"{where}: missing key '{key}'")
-
-
 def _field(record: dict, name: str, where: str):
     if name not in record:
         raise DataError(
@@ -105,24 +99,24 @@ def _field(record: dict, name: str, where: str):
 
 
 def gold_label(
-    task: dict, record: dict, where: str
+    task: Task, record: dict, where: str
 ) -> tuple[list[str], list[str], str, int | None]:
     """(choices, labels, the record's label, its index among the labels or None when it matches
     none)."""
     choices = _item_choices(task, record, where)
-    labels = [str(v) for v in task.get("labels") or choices]
+    labels = [str(v) for v in task.labels or choices]
     if len(labels) != len(choices):
         raise ConfigError(
             f"{where}: 'labels' has {len(labels)} entries but there are {len(choices)} choices"
         )
-    label = str(_field(record, task["label_field"], where)).strip()
+    label = str(_field(record, task.label_field, where)).strip()
     return choices, labels, label, labels.index(label) if label in labels else None
 
 
-def _item_choices(task: dict, record: dict, where: str) -> list[str]:
-    if task.get("choices"):
-        return [str(c) for c in task["choices"]]
-    choices_field = task["choices_field"]
+def _item_choices(task: Task, record: dict, where: str) -> list[str]:
+    if task.choices:
+        return [str(c) for c in task.choices]
+    choices_field = task.choices_field
     if isinstance(choices_field, list):
         return [str(_field(record, name, where)) for name in choices_field]
     value = _field(record, choices_field, where)
@@ -145,7 +139,7 @@ class Reading:
 
 
 def read_records(
-    task: dict, records: list[dict], where: str, *, seed: int, limit: int | None
+    task: Task, records: list[dict], where: str, *, seed: int, limit: int | None
 ) -> Reading:
     """The records `evaluate` reads for a task: its evaluation records after a seeded shuffle,
     until `limit` are usable. The preflight reads the same ones, so both judge the same
@@ -153,11 +147,11 @@ def read_records(
     records = list(records)
     random.Random(seed).shuffle(records)
     reading = Reading([], [], 0)
-    skip = {str(v) for v in task.get("skip_labels") or []}
+    skip = {str(v) for v in task.skip_labels}
     for record in records:
         if limit is not None and len(reading.usable) >= limit:
             break
-        if task["kind"] == "multiple_choice":
+        if task.kind == "multiple_choice":
             choices, _, label, gold = gold_label(task, record, where)
             if label in skip:
                 reading.skipped += 1
@@ -166,7 +160,7 @@ def read_records(
             else:
                 reading.usable.append((record, {"choices": choices, "gold": gold}))
             continue
-        target = str(_field(record, task["target_field"], where)).strip()
+        target = str(_field(record, task.target_field, where)).strip()
         if target:
             reading.usable.append((record, {"target": target}))
         else:
@@ -175,7 +169,7 @@ def read_records(
 
 
 def task_items(
-    task: dict,
+    task: Task,
     tokenizer,
     *,
     eval_fraction: float,
@@ -187,21 +181,12 @@ def task_items(
     """Items of one configured task: the evaluation records after a seeded shuffle, invalid
     labels dropped (counted; more than `max_dropped` of the records read is an error), then the
     first `limit` (times `scale`). The task's own `max_prompt_tokens` overrides the global one."""
-    name = task.get("name") or "(unnamed task)"
-    where = f"task '{name}'"
-    _require(task, where, "name", "kind", "source", "template")
-    kind = task["kind"]
-    if kind not in TASK_KINDS:
-        raise ConfigError(f"{where}: kind must be one of {TASK_KINDS}, got {kind!r}")
-    if kind == "multiple_choice":
-        _require(task, where, "label_field")
-        if not task.get("choices") and not task.get("choices_field"):
-            raise ConfigError(f"{where}: missing key 'choices' or 'choices_field'")
-    else:
-        _require(task, where, "target_field")
-    records = evaluation_records(task["source"], where, eval_fraction, task.get("holdout", True))
-    read = read_records(task, records, where, seed=seed, limit=scaled(task.get("limit"), scale))
-    max_prompt_tokens = task.get("max_prompt_tokens", max_prompt_tokens)
+    where = f"task '{task.name}'"
+    kind = task.kind
+    records = evaluation_records(task.source, where, eval_fraction, task.holdout)
+    read = read_records(task, records, where, seed=seed, limit=scaled(task.limit, scale))
+    if task.max_prompt_tokens is not None:
+        max_prompt_tokens = task.max_prompt_tokens
     items, counts = [], {"evaluation_records": len(records), "prompts_truncated": 0}
     if kind == "multiple_choice":
         counts["dropped_label_not_in_choices"] = len(read.dropped)
@@ -209,9 +194,7 @@ def task_items(
     else:
         counts["dropped_empty_target"] = len(read.dropped)
     for record, item in read.usable:
-        prompt, truncated = fit_prompt(
-            task["template"], record, tokenizer, max_prompt_tokens, where
-        )
+        prompt, truncated = fit_prompt(task.template, record, tokenizer, max_prompt_tokens, where)
         counts["prompts_truncated"] += truncated
         items.append({"id": str(record["id"]), "prompt": prompt, **item})
     if not items:
@@ -224,25 +207,22 @@ def task_items(
         )
     counts["items"] = len(items)
     counts["dropped"] = dropped
-    fixed = [str(c) for c in task["choices"]] if task.get("choices") else None
-    return TaskItems(name=name, kind=kind, items=items, counts=counts, choices=fixed)
+    fixed = [str(c) for c in task.choices] if task.choices else None
+    return TaskItems(name=task.name, kind=kind, items=items, counts=counts, choices=fixed)
 
 
 def perplexity_documents(
-    section: dict, where: str, tokenizer, *, eval_fraction: float, max_tokens: int | None
+    text: PerplexityText, where: str, tokenizer, *, eval_fraction: float, max_tokens: int | None
 ) -> tuple[list[str], str]:
     """The evaluation documents, in source order, just enough of them to fill `max_tokens`, and
     their joined text (documents joined with a blank line, as `evaluation_text` does)."""
-    _require(section, where, "source", "template")
-    records = evaluation_records(
-        section["source"], where, eval_fraction, section.get("holdout", True)
-    )
+    records = evaluation_records(text.source, where, eval_fraction, text.holdout)
     documents, chosen, total = [], [], 0
     for record in records:
         if max_tokens is not None and total >= max_tokens:
             break
-        text = render(section["template"], record, where)
-        documents.append(text)
+        document = render(text.template, record, where)
+        documents.append(document)
         chosen.append(record)
-        total += n_tokens(tokenizer, text)
-    return documents, evaluation_text(chosen, section["template"], where)
+        total += n_tokens(tokenizer, document)
+    return documents, evaluation_text(chosen, text.template, where)

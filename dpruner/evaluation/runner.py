@@ -23,6 +23,7 @@ from dpruner.evaluation.metrics import ROUGE_TYPES, first_line, majority_rate
 from dpruner.evaluation.perplexity import sliding_window_perplexity
 from dpruner.evaluation.sizing import evaluation_batch_size
 from dpruner.io import write_json
+from dpruner.specs import Domain
 
 # Used where config `evaluation` leaves a key out; `batch_size` depends on the device
 # (evaluation.sizing).
@@ -71,14 +72,14 @@ def _summary_examples(samples: list[dict]) -> list[dict]:
 def evaluate_model(
     model,
     tokenizer,
-    domain_section: dict,
+    domain: Domain,
     eval_config: dict | None,
     *,
     seed: int,
     eval_fraction: float,
     progress: bool = True,
 ) -> dict:
-    """Metrics of an in-memory model on one domain section.
+    """Metrics of an in-memory model on one domain's perplexity text and tasks.
 
     Returns {"perplexity": {"domain": ...}, "tasks": {name: {...}},
     "settings": the evaluation values used}.
@@ -100,7 +101,7 @@ def evaluate_model(
 
     # Build everything first: a bad source or template stops here, before any model work.
     documents, joined = perplexity_documents(
-        domain_section["perplexity"],
+        domain.perplexity,
         "domain perplexity",
         tokenizer,
         eval_fraction=eval_fraction,
@@ -116,7 +117,7 @@ def evaluate_model(
             scale=scale,
             max_dropped=max_dropped_fraction(settings),
         )
-        for task in domain_section.get("tasks") or []
+        for task in domain.tasks or []
     ]
 
     lm_configs = []
@@ -143,7 +144,7 @@ def evaluate_model(
     ids = torch.tensor(tokenizer(joined, add_special_tokens=False)["input_ids"])
     if max_tokens is not None:
         ids = ids[:max_tokens]
-    domain = sliding_window_perplexity(
+    measured = sliding_window_perplexity(
         model,
         ids,
         ppl_cfg["window"],
@@ -153,9 +154,9 @@ def evaluate_model(
         batch_size=settings["batch_size"],
         progress=progress,
     )
-    domain["documents"] = len(documents)
+    measured["documents"] = len(documents)
     if rolling_docs:
-        domain["lm_eval_rolling"] = {
+        measured["lm_eval_rolling"] = {
             **harness["metrics"][ROLLING_TASK],
             "documents": len(rolling_docs),
         }
@@ -176,7 +177,7 @@ def evaluate_model(
         else:
             entry["examples"] = _summary_examples(harness["samples"].get(lm_name, []))
         results[task.name] = entry
-    return {"perplexity": {"domain": domain}, "tasks": results, "settings": settings}
+    return {"perplexity": {"domain": measured}, "tasks": results, "settings": settings}
 
 
 def per_item_scores(kind: str, samples: list[dict]) -> list[dict]:
@@ -216,15 +217,13 @@ def evaluate_domains(model_dir: str, domains: list[str], spec, outs: list[str]) 
     from dpruner.config import schema_default
     from dpruner.errors import ConfigError
     from dpruner.models import load_model, measured_sparsity
-    from dpruner.preflight import check_section
+    from dpruner.preflight import check_evaluation
 
     if len(domains) != len(outs) or not domains:
         raise ConfigError(
             f"evaluate needs one --out per --domain, got {len(domains)} domains, {len(outs)} outs"
         )
-    config = spec.config()
-    for domain in domains:
-        check_section(config, domain, parts=("perplexity", "tasks"))
+    check_evaluation(spec, domains)
     settings = evaluation_settings(spec.evaluation)
     dtype = settings.get("dtype", schema_default("model_dtype"))
     model, tokenizer = load_model(model_dir, dtype, spec.device)
@@ -232,9 +231,13 @@ def evaluate_domains(model_dir: str, domains: list[str], spec, outs: list[str]) 
     results = {}
     for domain, out in zip(domains, outs, strict=True):
         started = time.perf_counter()
-        section = spec.domains[domain].section()
         metrics = evaluate_model(
-            model, tokenizer, section, settings, seed=spec.seed, eval_fraction=spec.eval_fraction
+            model,
+            tokenizer,
+            spec.domains[domain],
+            settings,
+            seed=spec.seed,
+            eval_fraction=spec.eval_fraction,
         )
         used = metrics.pop("settings")
         results[domain] = {
@@ -247,7 +250,7 @@ def evaluate_domains(model_dir: str, domains: list[str], spec, outs: list[str]) 
                 "seed": spec.seed,
                 "eval_fraction": spec.eval_fraction,
                 "evaluation": used,
-                "domain": section,
+                "domain": spec.domains[domain].section(),
             },
             "wall_s": round(time.perf_counter() - started, 1),
         }

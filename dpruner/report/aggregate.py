@@ -24,9 +24,10 @@ from dpruner.report.formatting import (
     write_table,
 )
 from dpruner.report.tables import cross_domain_table, interval_tables, main_table
+from dpruner.specs import AggregateSpec, Intervals
 
 
-def provenance(config: dict | None) -> str:
+def provenance(spec: AggregateSpec | None) -> str:
     """A line saying what machine aggregated the run and which config settings produced it."""
     import platform
 
@@ -36,25 +37,25 @@ def provenance(config: dict | None) -> str:
         f"Aggregated on {platform.machine()} with {os.cpu_count()} CPU threads "
         f"(torch {torch.__version__})"
     )
-    if config:
+    if spec:
         models = ", ".join(
             f"{name} ({'; '.join(f'{k} {v}' for k, v in entry.items())})"
-            for name, entry in config["models"].items()
+            for name, entry in spec.models.items()
         )
-        calibration = config["calibration"]
+        calibration = spec.calibration
         line += (
-            f"; jobs ran on device `{config.get('device', 'cpu')}`. Config: models {models}; "
-            f"sparsities {config['sparsities']}; patterns {config['patterns']}; "
+            f"; jobs ran on device `{spec.device}`. Config: models {models}; "
+            f"sparsities {spec.sparsities}; patterns {spec.patterns}; "
             f"calibration {calibration['nsamples']} x {calibration['seqlen']} tokens; "
-            f"methods {', '.join(config['methods'])}"
+            f"methods {', '.join(spec.methods)}"
         )
     return line + ".\n\n"
 
 
-def interval_note(settings: dict) -> str:
+def interval_note(settings: Intervals) -> str:
     return (
-        f"Brackets: {settings['level']:.0%} percentile bootstrap interval ({settings['resamples']} "
-        f"resamples, seed {settings['seed']}) over perplexity windows, items or summaries. In "
+        f"Brackets: {settings.level:.0%} percentile bootstrap interval ({settings.resamples} "
+        f"resamples, seed {settings.seed}) over perplexity windows, items or summaries. In "
         "parentheses: the paired change against the dense model on the same units (perplexity in "
         "percent, other metrics in points); * marks a change whose interval excludes no change."
         "\n\n"
@@ -71,16 +72,16 @@ def aggregate(
     metrics_files: Iterable[str | Path],
     out_dir: str | Path,
     benchmark_files: Iterable[str | Path] = (),
-    config: dict | None = None,
+    spec: AggregateSpec | None = None,
 ) -> list[Path]:
     """Write the tables of out_dir: metrics_long.csv (every value with its interval and paired
     change against dense), main / main_change / cross_domain / vs_best_baseline / leaderboard
     (and leaderboard_models where the metrics hold several models, vs_unquantized where the
     config quantizes) as CSV, Markdown (and LaTeX), counts, and
-    benchmarks.csv / benchmarks_by_rule.{csv,md}. Returns the paths."""
-    from dpruner.config import baseline_methods, unquantized_twins
+    benchmarks.csv / benchmarks_by_rule.{csv,md}. `spec`: the run's settings; None: no
+    provenance, no baselines, no quantized twins, the default intervals. Returns the paths."""
+    from dpruner.config import unquantized_twins
     from dpruner.intervals import (
-        DEFAULTS,
         best_baseline_table,
         load_units,
         unquantized_table,
@@ -89,15 +90,14 @@ def aggregate(
 
     out_dir = Path(out_dir)
     metrics_files = list(metrics_files)
-    config = config or {}
-    settings = {**DEFAULTS, **(config.get("intervals") or {})}
+    settings = spec.intervals if spec else Intervals()
     every_draw = collect(metrics_files)  # names an unreadable file first
     units = load_units(metrics_files)
     every_draw = with_intervals(every_draw, units, settings)
     draws = draw_count(every_draw)
     spread = draw_spread_table(every_draw)
     long = first_draw(every_draw)
-    header = provenance(config) + interval_note(settings) + draws_note(spread, draws)
+    header = provenance(spec) + interval_note(settings) + draws_note(spread, draws)
     written = []
     with atomic_output(out_dir / "metrics_long.csv") as tmp:
         long.to_csv(tmp, index=False, float_format="%.6g")
@@ -115,7 +115,7 @@ def aggregate(
         interval_tables(long, cross_domain_table),
         header=header,
     )
-    best = best_baseline_table(long, units, settings, baseline_methods(config))
+    best = best_baseline_table(long, units, settings, spec.baselines if spec else [])
     written += _paired_table(
         best,
         out_dir / "vs_best_baseline",
@@ -178,7 +178,7 @@ def aggregate(
             + spread.to_markdown(index=False, floatfmt=".4g")
             + "\n",
         )
-    twins = unquantized_twins(config)
+    twins = unquantized_twins(spec.methods) if spec else {}
     if twins:
         twinned = unquantized_table(long, units, settings, twins)
         written += _paired_table(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 from dpruner.io import check_output_file
 from dpruner.report.aggregate import aggregate
 from dpruner.report.plots import plot
 from dpruner.report.summary import summary
+from dpruner.specs import AggregateSpec, PlotSpec
 
 
 def register(subparsers) -> None:
@@ -15,11 +14,15 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("aggregate", help="tables from metrics JSON files")
     p.add_argument("--metrics", nargs="+", required=True, help="metrics JSON files")
     p.add_argument("--benchmarks", nargs="*", default=[], help="Snakemake benchmark files")
-    p.add_argument("--config-json", help="the run's config settings, for the provenance line")
+    p.add_argument(
+        "--spec",
+        help="the run's settings (dpruner.specs.AggregateSpec as JSON): the provenance line, the "
+        "baselines, the intervals; absent: no provenance, no baselines, the default intervals",
+    )
     p.add_argument("--out", required=True, help="tables folder")
     p.set_defaults(
         func=lambda a: aggregate(
-            a.metrics, a.out, a.benchmarks, json.loads(a.config_json) if a.config_json else None
+            a.metrics, a.out, a.benchmarks, AggregateSpec.from_json(a.spec) if a.spec else None
         )
     )
 
@@ -27,11 +30,14 @@ def register(subparsers) -> None:
     p.add_argument("--tables", required=True)
     p.add_argument("--out", required=True, help="plots folder")
     p.add_argument(
-        "--calibration-series",
-        default="[]",
-        help="JSON list of {domain: calibration instances}, one figure of metric against size each",
+        "--spec",
+        default="{}",
+        help="dpruner.specs.PlotSpec as JSON: its calibration_series, a list of {domain: "
+        "calibration instances}, one figure of metric against size each",
     )
-    p.set_defaults(func=lambda a: plot(a.tables, a.out, json.loads(a.calibration_series)))
+    p.set_defaults(
+        func=lambda a: plot(a.tables, a.out, PlotSpec.from_json(a.spec).calibration_series)
+    )
 
     p = subparsers.add_parser("summary", help="one Markdown page with every table and plot")
     p.add_argument("--tables", required=True)

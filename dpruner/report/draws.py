@@ -16,6 +16,7 @@ import pandas as pd
 from dpruner.intervals import main_columns
 from dpruner.plan import NO_CALIBRATION
 from dpruner.report.leaderboard import SETTING, leaderboard_table
+from dpruner.specs import Intervals
 
 # What identifies a value across draws: a model's variant without its draw.
 SPREAD_KEY = ["model", "method", "calibration", "sparsity", "pattern", "domain", "task", "metric"]
@@ -79,7 +80,7 @@ def draw_spread_table(long: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).reindex(columns=SPREAD_COLUMNS)
 
 
-def leaderboard_with_draws(long: pd.DataFrame, units: dict, settings: dict) -> pd.DataFrame:
+def leaderboard_with_draws(long: pd.DataFrame, units: dict, settings: Intervals) -> pd.DataFrame:
     """`leaderboard_table` of draw 0; with several draws, each row also gets the range of its
     rank and of its value over the leaderboards of every draw (rank_low, rank_high, value_low,
     value_high), so that a reader sees whether a ranking survives another calibration draw."""

@@ -26,6 +26,7 @@ from string import ascii_lowercase
 import pandas as pd
 
 from dpruner.intervals import GENERAL_PERPLEXITY, compare, main_columns, units_for
+from dpruner.specs import Intervals
 
 # What a method is ranked on: perplexity (domain and general), multiple-choice accuracy and
 # macro-F1, and ROUGE-L as the summary metric of a summarization task (as in the cross-domain
@@ -71,7 +72,7 @@ def letter_groups(count: int, different: set[frozenset[int]]) -> list[str]:
     return letters
 
 
-def _ranked(group: pd.DataFrame, units: dict, settings: dict) -> list[dict]:
+def _ranked(group: pd.DataFrame, units: dict, settings: Intervals) -> list[dict]:
     """One setting's models on one (task, metric): ranked, each pair compared on its units."""
     lower_is_better = group["metric"].iloc[0] == "ppl"
     group = group.sort_values("value", ascending=lower_is_better, kind="stable")
@@ -92,7 +93,7 @@ def _ranked(group: pd.DataFrame, units: dict, settings: dict) -> list[dict]:
     ]
 
 
-def leaderboard_table(long: pd.DataFrame, units: dict, settings: dict) -> pd.DataFrame:
+def leaderboard_table(long: pd.DataFrame, units: dict, settings: Intervals) -> pd.DataFrame:
     """Rows: per model, domain, sparsity, pattern, task and metric (of LEADERBOARD_METRICS),
     every pruned model of the domain's main columns with its value, interval, rank and group
     letters, best first. In `general` the general perplexity is the domain's own and is left

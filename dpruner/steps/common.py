@@ -1,5 +1,5 @@
-"""What several steps share: the config a step reads and the local files it names, text and
-calibration sources, the model (whole or streamed) and the scores outputs."""
+"""What several steps share: the config a step reads, text and calibration sources, the model
+(whole or streamed) and the scores outputs."""
 
 from __future__ import annotations
 
@@ -36,14 +36,6 @@ def config_spec(args, cls, build, *names):
     if args.config:
         return build(load_config(args.config), *names)
     raise DprunerError("give the job: --config FILE or --spec JSON")
-
-
-def local_inputs(config: dict) -> list[str]:
-    """The local data files every section of a step's config reads."""
-    from dpruner.preflight import local_paths
-
-    sections = [config.get("general") or {}, *(config.get("domains") or {}).values()]
-    return [path for section in sections for path in local_paths(section)]
 
 
 def source_spec(text: str) -> dict:

@@ -7,7 +7,7 @@ from dataclasses import replace
 from dpruner.errors import DprunerError
 from dpruner.io import check_output_file
 from dpruner.specs import EvaluateSpec, evaluate_spec
-from dpruner.steps.common import config_spec, local_inputs
+from dpruner.steps.common import config_spec
 from dpruner.steps.flags import add_overwrite_arg, add_spec_arg
 
 
@@ -44,13 +44,13 @@ def job_spec(args) -> EvaluateSpec:
 
 def run(args) -> dict:
     from dpruner.evaluation.runner import evaluate_domains
-    from dpruner.preflight import check_device
+    from dpruner.preflight import check_device, local_paths
 
     spec = job_spec(args)
     check_device(spec.device, "--device")
     if missing := [domain for domain in args.domain if domain not in spec.domains]:
         raise DprunerError(f"--domain {', '.join(missing)}: not in the spec's domains")
-    inputs = (args.model, args.config, *local_inputs(spec.config()))
+    inputs = (args.model, args.config, *local_paths(spec.domains.values()))
     for out in args.out:
         check_output_file(out, args.overwrite, inputs)
     results = evaluate_domains(args.model, args.domain, spec, args.out)

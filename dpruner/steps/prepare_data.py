@@ -8,7 +8,7 @@ from pathlib import Path
 from dpruner.io import check_output_file
 from dpruner.plan import calibration_seed
 from dpruner.specs import PrepareDataSpec, prepare_data_spec
-from dpruner.steps.common import config_spec, local_inputs
+from dpruner.steps.common import config_spec
 from dpruner.steps.flags import add_overwrite_arg, add_spec_arg
 
 
@@ -45,13 +45,12 @@ def configured_seed(config: dict, domain: str) -> PrepareDataSpec:
 def run(args) -> dict:
     from dpruner.data import write_calibration
     from dpruner.models import load_tokenizer
-    from dpruner.preflight import check_section
+    from dpruner.preflight import check_calibration, local_paths
 
     spec = job_spec(args)
-    config = spec.config()
     # The data is checked before the tokenizer (and any model file) is read.
-    check_section(config, spec.domain, parts=("calibration",))
-    inputs = (args.model, args.config, *local_inputs(config))
+    check_calibration(spec)
+    inputs = (args.model, args.config, *local_paths([spec.entries]))
     for name in ("calibration.pt", "instances.jsonl", "calibration.json"):
         check_output_file(Path(args.out) / name, args.overwrite, inputs)
-    return write_calibration(config, spec.domain, load_tokenizer(args.model), args.out)
+    return write_calibration(spec, load_tokenizer(args.model), args.out)
