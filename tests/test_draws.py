@@ -48,6 +48,8 @@ def test_the_spread_over_draws_and_the_rank_ranges_are_known_answers(tmp_path):
     assert alpha["draw_range"] == ppl["value"].max() - ppl["value"].min()
     width = ppl.loc[0, "high"] - ppl.loc[0, "low"]
     assert alpha["range_over_interval"] == alpha["draw_range"] / width
+    # Only values with an interval (not a diagnostic such as the majority prediction's share).
+    assert draw_spread_table(long)["low"].notna().all()
     # Magnitude and dense have one model each: no spread.
     assert set(spread.index.get_level_values("method")) == {"alpha", "beta"}
 

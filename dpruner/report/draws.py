@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dpruner.intervals import main_columns
-from dpruner.plan import NO_CALIBRATION
+from dpruner.intervals import GENERAL_PERPLEXITY, main_columns
+from dpruner.plan import GENERAL, NO_CALIBRATION
 from dpruner.report.leaderboard import SETTING, leaderboard_table
 from dpruner.specs import Intervals
 
@@ -52,13 +52,20 @@ def at_draw(long: pd.DataFrame, draw: int) -> pd.DataFrame:
 
 
 def draw_spread_table(long: pd.DataFrame) -> pd.DataFrame:
-    """Per value of the domains' main columns (`intervals.main_columns`) measured at several
-    draws: draw 0's value and bootstrap interval, the lowest and highest value over the draws,
-    their range, and the range as a multiple of the interval's width (above 1: the calibration
-    draw moves the value more than the evaluation sample's uncertainty spans). `long` carries
-    the draw column and the intervals (`intervals.with_intervals`)."""
+    """Per value of the domains' main columns (`intervals.main_columns`) that has an interval
+    and was measured at several draws: draw 0's value and bootstrap interval, the lowest and
+    highest value over the draws, their range, and the range as a multiple of the interval's
+    width (above 1: the calibration draw moves the value more than the evaluation sample's
+    uncertainty spans). General text's general perplexity, its own perplexity again, is left
+    out, as in the leaderboard. `long` carries the draw column and the intervals
+    (`intervals.with_intervals`)."""
+    shown = main_columns(long)
+    shown = shown[
+        shown["low"].notna()
+        & ~((shown["domain"] == GENERAL) & (shown["task"] == GENERAL_PERPLEXITY))
+    ]
     rows = []
-    for key, group in main_columns(long).groupby(SPREAD_KEY, sort=False):
+    for key, group in shown.groupby(SPREAD_KEY, sort=False):
         if group["draw"].nunique() < 2:
             continue
         first = group[group["draw"] == 0].iloc[0]
