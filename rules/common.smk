@@ -192,7 +192,7 @@ def benchmark_files():
     """The benchmark file of every job that computes something, for the per-rule figures."""
     return [
         *expand(rules.prepare_model.benchmark, model=MODELS),
-        *expand(rules.prepare_data.benchmark, model=MODELS, domain=EVAL_DOMAINS),
+        *expand(rules.prepare_data.benchmark, model=MODELS, domain=CALIBRATION_SETS),
         *[
             rules.general_importance.benchmark.format(**job)
             for job in plan.general_importance_jobs(config)

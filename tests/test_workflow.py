@@ -236,6 +236,10 @@ def test_calibration_draws_reseed_the_calibration_and_keep_the_evaluation_sets(t
     assert len(evaluations) == 26
     assert {spec_seed(c) for c in evaluations} == {0}
     assert any("dpruner_legal+2_s0.5_unstructured" in c for c in evaluations)
+    # Every draw's jobs are timed in the run's benchmark tables.
+    aggregate = next(c for c in commands if " aggregate " in c)
+    for job in ("prepare_data/smollm2-135m/legal+2", "general_importance/smollm2-135m/general+1"):
+        assert f"/benchmarks/{job}" in aggregate
 
 
 GPU_CONFIG = REPO / "config" / "gpu.yaml"
