@@ -23,7 +23,7 @@ import argparse
 import shlex
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from dpruner.evaluation import evaluate_model
 from dpruner.machine import machine_description
 from dpruner.models import load_model
 from dpruner.report.formatting import write_benchmark_tables
-from dpruner.specs import Intervals, domain_of, intervals
+from dpruner.specs import Intervals, domain_of, evaluation, intervals
 
 OUT = Path("results/tables/task_sanity")
 TITLE = "Dense models on every catalogue task (config/tasks.yaml)"
@@ -167,8 +167,9 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = load_config(args.config)
-    evaluation = {**config["evaluation"], "scale": 1}
-    evaluation["perplexity"] = {**evaluation.get("perplexity", {}), **NO_PERPLEXITY}
+    used = evaluation(config)
+    used = replace(used, scale=1, perplexity=replace(used.perplexity, **NO_PERPLEXITY))
+    generation = {key: value for key, value in asdict(used.generation).items() if value is not None}
     settings = intervals(config)
     seed = config.get("seed", 0)
     eval_fraction = config["calibration"]["eval_fraction"]
@@ -186,8 +187,8 @@ def main() -> int:
         f"seed {seed}; intervals: {settings.level:.0%} percentile bootstrap over items, "
         f"{settings.resamples} resamples, seed {settings.seed}",
         f"evaluation settings of {args.config}: max_prompt_tokens "
-        f"{evaluation.get('max_prompt_tokens')} (longest field cut), generation "
-        f"{evaluation.get('generation')}, batch size {evaluation.get('batch_size')}",
+        f"{used.max_prompt_tokens} (longest field cut), generation "
+        f"{generation}, batch size {used.batch_size}",
         "score: accuracy (argmax of per-token log-likelihood of each answer text) or ROUGE-L F; "
         "verdict: 'signal' when accuracy exceeds max(uniform, majority) by more than 2 bootstrap "
         "standard errors",
@@ -226,7 +227,7 @@ def main() -> int:
                     domain_of(
                         {"perplexity": config["general"]["perplexity"], "tasks": [task]}, domain
                     ),
-                    evaluation,
+                    used,
                     seed=seed,
                     eval_fraction=eval_fraction,
                     progress=False,

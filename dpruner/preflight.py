@@ -28,17 +28,18 @@ from dpruner.data import (
 )
 from dpruner.data.instances import counted
 from dpruner.errors import ConfigError, DataError, DprunerError
-from dpruner.evaluation.items import max_dropped_fraction, read_records, scaled
-from dpruner.evaluation.runner import evaluation_settings
+from dpruner.evaluation.items import read_records, scaled
 from dpruner.io import results_folder_problem
 from dpruner.plan import GENERAL, fine_tuned_methods, pattern_of_token, sparsity_patterns
 from dpruner.specs import (
     Domain,
     EvaluateSpec,
+    EvaluationSettings,
     PerplexityText,
     PrepareDataSpec,
     Task,
     domain_parts,
+    evaluation,
 )
 
 Loader = Callable[[dict], list[dict]]
@@ -47,12 +48,12 @@ Loader = Callable[[dict], list[dict]]
 @dataclass(frozen=True)
 class Settings:
     """What the checks of a section read beside it: the held-out share of every source, the seed
-    of a task's record order, config `evaluation` as written (its perplexity window, scale and
+    of a task's record order, the evaluation settings (their perplexity window, scale and
     max_dropped_fraction) and, where calibration is checked, nsamples x seqlen."""
 
     eval_fraction: float
     seed: int
-    evaluation: dict | None = None
+    evaluation: EvaluationSettings = EvaluationSettings()
     calibration_tokens: int | None = None
 
 
@@ -61,7 +62,7 @@ def config_settings(config: dict) -> Settings:
     return Settings(
         eval_fraction=calibration["eval_fraction"],
         seed=config["seed"],
-        evaluation=config.get("evaluation"),
+        evaluation=evaluation(config),
         calibration_tokens=calibration["nsamples"] * calibration["seqlen"],
     )
 
@@ -216,17 +217,17 @@ class _Checker:
     def perplexity_window(self, where: str, records: list[dict], text: PerplexityText) -> None:
         """The evaluation text holds one perplexity window. A token covers at least one byte, so
         a text of fewer bytes than the window (or a max_tokens below it) has too few tokens."""
-        settings = evaluation_settings(self.settings.evaluation)
-        options = settings["perplexity"]
+        settings = self.settings.evaluation
+        options = settings.perplexity
         # A BOS token (once, or at the start of every window) takes one place of the window.
-        needed = options["window"] - (options["bos"] != "none")
-        max_tokens = scaled(options["max_tokens"], settings["scale"])
+        needed = options.window - (options.bos != "none")
+        max_tokens = scaled(options.max_tokens, settings.scale)
         text_bytes = len(evaluation_text(records, text.template, where).encode())
         if min(text_bytes, max_tokens) < needed:
             self.problem(
                 where,
-                f"evaluation.perplexity.window = {options['window']} tokens (bos: "
-                f"{options['bos']}), but the evaluation text of {describe_source(text.source)}"
+                f"evaluation.perplexity.window = {options.window} tokens (bos: "
+                f"{options.bos}), but the evaluation text of {describe_source(text.source)}"
                 f" has only {text_bytes} bytes (fewer tokens still) and max_tokens x scale keeps "
                 f"{max_tokens} tokens: lower the window or add text",
             )
@@ -249,15 +250,15 @@ class _Checker:
     def dropped(self, where: str, task: Task, records: list[dict]) -> None:
         """Of the records `evaluate` reads (read_records: the same seeded order and limit),
         at most evaluation.max_dropped_fraction may be dropped, and some must be usable."""
-        settings = evaluation_settings(self.settings.evaluation)
-        limit = scaled(task.limit, settings["scale"])
+        settings = self.settings.evaluation
+        limit = scaled(task.limit, settings.scale)
         try:
             read = read_records(task, records, where, seed=self.settings.seed, limit=limit)
         except (ConfigError, DataError) as error:
             self.problem(where, str(error))
             return
         source = describe_source(task.source)
-        allowed = max_dropped_fraction(settings)
+        allowed = settings.max_dropped_fraction
         read_from = f"{len(read.usable) + len(read.dropped)} evaluation records read from {source}"
         if not read.too_many_dropped(allowed):
             if not read.usable:

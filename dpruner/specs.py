@@ -502,14 +502,67 @@ def prune_spec(
 
 
 @dataclass(frozen=True)
+class PerplexitySettings:
+    """`evaluation.perplexity`: the sliding window (dpruner.evaluation.perplexity), the tokens of
+    the evaluation text it reads (times `scale`), and the tokens of lm-eval's extra rolling
+    perplexity (0: off). The defaults are the schema's `$defs.evaluation`."""
+
+    window: int = schema_default("evaluation")["perplexity"]["window"]
+    stride: int = schema_default("evaluation")["perplexity"]["stride"]
+    max_tokens: int = schema_default("evaluation")["perplexity"]["max_tokens"]
+    bos: str = schema_default("evaluation")["perplexity"]["bos"]
+    rolling_max_tokens: int = schema_default("evaluation")["perplexity"]["rolling_max_tokens"]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """`evaluation.generation`: how a summary is generated (dpruner.evaluation.harness). A
+    sampling key None is lm-eval's default; `seed` None is the run's seed."""
+
+    max_new_tokens: int = schema_default("evaluation")["generation"]["max_new_tokens"]
+    do_sample: bool = schema_default("evaluation")["generation"]["do_sample"]
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """Config `evaluation` (dpruner.evaluation.runner); the defaults are the schema's
+    `$defs.evaluation` and, for `dtype`, `model_dtype`'s."""
+
+    perplexity: PerplexitySettings = PerplexitySettings()
+    max_prompt_tokens: int = schema_default("evaluation")["max_prompt_tokens"]
+    generation: GenerationSettings = GenerationSettings()
+    # Multiplies every size limit (dpruner.evaluation.items.scaled).
+    scale: float = schema_default("evaluation")["scale"]
+    # None: the device's (dpruner.evaluation.sizing), known when the model is loaded.
+    batch_size: int | None = None
+    dtype: str = schema_default("model_dtype")
+    max_dropped_fraction: float = schema_default("evaluation")["max_dropped_fraction"]
+
+
+def evaluation(config: dict) -> EvaluationSettings:
+    """Config `evaluation`, the schema's default for a key it leaves out: `perplexity` and
+    `generation` are merged key by key too."""
+    default = schema_default("evaluation")
+    written = config.get("evaluation") or {}
+    merged = {"dtype": schema_default("model_dtype"), **default, **written}
+    for part in ("perplexity", "generation"):
+        merged[part] = {**default[part], **(written.get(part) or {})}
+    return from_dict(EvaluationSettings, merged, "evaluation")
+
+
+@dataclass(frozen=True)
 class EvaluateSpec(Spec):
     """`evaluate`: the evaluated parts of each domain and the evaluation settings."""
 
     domains: dict[str, Domain]
-    # Config `evaluation` as written; dpruner.evaluation.runner fills what it leaves out.
-    evaluation: dict | None
     eval_fraction: float
     seed: int
+    evaluation: EvaluationSettings = EvaluationSettings()
     device: str = schema_default("device")
 
 
@@ -518,7 +571,7 @@ def evaluate_spec(config: dict, parts: dict[str, tuple[str, ...]]) -> EvaluateSp
     plan.evaluation_parts)."""
     return EvaluateSpec(
         domains={domain: domain_parts(config, domain, read) for domain, read in parts.items()},
-        evaluation=config.get("evaluation"),
+        evaluation=evaluation(config),
         eval_fraction=config["calibration"]["eval_fraction"],
         seed=config["seed"],
         device=config.get("device", schema_default("device")),

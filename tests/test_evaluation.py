@@ -10,11 +10,23 @@ from tiny import tiny_model, tiny_tokenizer
 
 from dpruner.errors import DataError
 from dpruner.evaluation import evaluate_domains, evaluate_model
-from dpruner.evaluation.harness import continuation_tokens, multiple_choice_task, run_tasks
+from dpruner.evaluation.harness import (
+    continuation_tokens,
+    multiple_choice_task,
+    run_tasks,
+    summarization_task,
+)
 from dpruner.evaluation.items import TaskItems, fit_prompt, task_items
 from dpruner.evaluation.perplexity import sliding_window_perplexity
 from dpruner.io import FILES_LEDGER
-from dpruner.specs import Task, domain_of, evaluate_spec
+from dpruner.specs import (
+    EvaluationSettings,
+    GenerationSettings,
+    PerplexitySettings,
+    Task,
+    domain_of,
+    evaluate_spec,
+)
 
 for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(variable, "1")
@@ -300,15 +312,29 @@ def test_a_missing_label_field_names_the_task_and_field(corpus, tokenizer):
         task_items(mc_task(corpus, label_field="animal"), tokenizer, **EVAL)
 
 
-def test_evaluate_model_reports_every_metric_and_count(model, tokenizer, corpus):
-    eval_config = {
-        "perplexity": {"window": 16, "stride": 8, "max_tokens": 100, "rolling_max_tokens": 60},
-        "max_prompt_tokens": 64,
-        "generation": {"max_new_tokens": 4},
-        "batch_size": 2,
+def test_generation_passes_the_keys_set_and_leaves_the_others_to_lm_eval():
+    task = TaskItems(name="t", kind="summarization", items=[])
+    kwargs = summarization_task(task, GenerationSettings(), "t")["generation_kwargs"]
+    assert kwargs == {
+        "until": [],
+        "max_gen_toks": GenerationSettings().max_new_tokens,
+        "do_sample": False,
     }
+    sampled = GenerationSettings(max_new_tokens=8, do_sample=True, top_k=50, seed=3)
+    kwargs = summarization_task(task, sampled, "t")["generation_kwargs"]
+    # `seed` seeds the run (runner.evaluate_model), not a generation kwarg.
+    assert kwargs == {"until": [], "max_gen_toks": 8, "do_sample": True, "top_k": 50}
+
+
+def test_evaluate_model_reports_every_metric_and_count(model, tokenizer, corpus):
+    settings = EvaluationSettings(
+        perplexity=PerplexitySettings(window=16, stride=8, max_tokens=100, rolling_max_tokens=60),
+        max_prompt_tokens=64,
+        generation=GenerationSettings(max_new_tokens=4),
+        batch_size=2,
+    )
     result = evaluate_model(
-        model, tokenizer, domain_of(section(corpus), "toy"), eval_config, seed=0, eval_fraction=0.5
+        model, tokenizer, domain_of(section(corpus), "toy"), settings, seed=0, eval_fraction=0.5
     )
     ppl = result["perplexity"]["domain"]
     assert ppl["tokens_scored"] == 15 + 8 * 10 and ppl["window"] == 16

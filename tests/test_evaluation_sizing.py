@@ -9,7 +9,7 @@ from dpruner.evaluation import evaluate_model, sizing
 from dpruner.evaluation import runner as runner_module
 from dpruner.evaluation.shared_prompt import shared_context_loglikelihoods
 from dpruner.evaluation.sizing import continuation_pass_tokens, evaluation_batch_size
-from dpruner.specs import domain_of
+from dpruner.specs import domain_of, evaluation
 
 
 @pytest.mark.parametrize(
@@ -45,14 +45,15 @@ def test_evaluate_model_sizes_its_passes_by_the_model_device(tmp_path, monkeypat
         return perplexity(*args, **kwargs)
 
     monkeypatch.setattr(runner_module, "sliding_window_perplexity", spy)
-    eval_config = {"perplexity": {"window": 16, "stride": 16, "rolling_max_tokens": 0}}
+    written = {"perplexity": {"window": 16, "stride": 16, "rolling_max_tokens": 0}}
+    eval_config = evaluation({"evaluation": written})
     result = evaluate_model(model, tokenizer, section, eval_config, seed=0, eval_fraction=0.5)
     assert seen == [4] and result["settings"]["batch_size"] == 4
     # The table decides by the model's device type: as if the CPU's entry were a GPU's.
     monkeypatch.setitem(sizing.BATCH_SIZES, "cpu", 32)
     result = evaluate_model(model, tokenizer, section, eval_config, seed=0, eval_fraction=0.5)
     assert seen[-1] == 32 and result["settings"]["batch_size"] == 32
-    configured = {**eval_config, "batch_size": 3}
+    configured = evaluation({"evaluation": {**written, "batch_size": 3}})
     assert (
         evaluate_model(model, tokenizer, section, configured, seed=0, eval_fraction=0.5)[
             "settings"

@@ -3,8 +3,10 @@ parser -> the same spec, for every step and job of a config; schema defaults rea
 the flags a person types build the spec the workflow passes."""
 
 import copy
+import inspect
+import json
 import shlex
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, asdict, fields
 
 import pytest
 from test_workflow import REPO, planned_spec, snakemake, write_config
@@ -14,6 +16,7 @@ from dpruner import plan, specs
 from dpruner.cli import build_parser
 from dpruner.config import domain_config, load_config, schema_default
 from dpruner.errors import ConfigError, DprunerError
+from dpruner.evaluation.items import task_items
 from dpruner.steps import (
     domain_scores,
     evaluate,
@@ -322,3 +325,73 @@ def test_a_bad_task_is_one_clear_error(changes, message):
     task |= {"template": "{title}", "choices": ["a", "b"], "label_field": "label"}
     with pytest.raises(ConfigError, match=message):
         specs.Task.from_config({**task, **changes}, "medical.tasks[0]")
+
+
+COMMITTED = sorted(
+    path
+    for path in [*REPO.glob("config/*.yaml"), *REPO.glob("config/studies/*.yaml")]
+    if path.name != "tasks.yaml"
+)
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda path: path.name)
+def test_the_evaluation_settings_round_trip_and_read_what_the_config_writes(path):
+    config = load_config(path)
+    spec = specs.evaluate_spec(config, plan.evaluation_parts(config, plan.DENSE))
+    assert specs.EvaluateSpec.from_json(spec.to_json()).evaluation == spec.evaluation
+    settings, written = spec.evaluation, config["evaluation"]
+    for key, value in written.items():
+        if isinstance(value, dict):
+            assert {k: getattr(getattr(settings, key), k) for k in value} == value
+        else:
+            assert getattr(settings, key) == value
+    # Every committed config writes both generation keys that have a default, so merging a
+    # `generation` mapping with the default (as now) and replacing it (as before) are the same.
+    generation = {k: v for k, v in asdict(settings.generation).items() if v is not None}
+    assert generation == written["generation"]
+
+
+def test_an_evaluation_default_is_written_once_in_the_schema():
+    default = schema_default("evaluation")
+    assert specs.evaluation({}) == specs.EvaluationSettings()
+    built = asdict(specs.EvaluationSettings())
+    assert {key: built[key] for key in default} | {
+        part: {key: built[part][key] for key in default[part]}
+        for part in ("perplexity", "generation")
+    } == default
+    assert built["dtype"] == schema_default("model_dtype") and built["batch_size"] is None
+    # The schema's descriptions name no default of their own.
+    evaluation = config_module._schema()["$defs"]["evaluation"]
+    described = json.dumps([evaluation["description"], evaluation["properties"]])
+    assert not any(str(value) in described for value in (8192, 384, 2048, 0.05))
+    # What reads a default reads this one.
+    parser = build_parser()
+    by_hand = parser.parse_args(["perplexity", "--model", "m", "--data", "d"])
+    assert (by_hand.window, by_hand.stride, by_hand.bos) == tuple(
+        default["perplexity"][key] for key in ("window", "stride", "bos")
+    )
+    assert (
+        inspect.signature(task_items).parameters["max_dropped"].default
+        == (default["max_dropped_fraction"])
+    )
+
+
+def test_an_evaluation_default_changed_in_the_schema_reaches_the_step(monkeypatch):
+    schema = copy.deepcopy(config_module._schema())
+    default = schema["$defs"]["evaluation"]["default"]
+    default["perplexity"]["window"] = 64
+    default["generation"]["max_new_tokens"] = 8
+    default["max_dropped_fraction"] = 0.2
+    monkeypatch.setattr(config_module, "_schema", lambda: schema)
+    config = load_config(CONFIG)
+    config["evaluation"] = {"perplexity": {"stride": 32}, "generation": {"temperature": 0.5}}
+    spec = specs.evaluate_spec(config, plan.evaluation_parts(config, plan.DENSE))
+    others = ["--model", "m", "--domain", "medical", "--out", "o"]
+    step = read_back("evaluate", rule_command(spec, others))
+    assert step == spec
+    assert (step.evaluation.perplexity.window, step.evaluation.perplexity.stride) == (64, 32)
+    assert step.evaluation.max_dropped_fraction == 0.2
+    # `generation` is merged key by key with the default, not replaced (as `perplexity` is).
+    assert step.evaluation.generation == specs.GenerationSettings(
+        max_new_tokens=8, do_sample=False, temperature=0.5
+    )

@@ -23,6 +23,7 @@ from dpruner.evaluation.metrics import (
     rouge_scores,
 )
 from dpruner.evaluation.shared_prompt import SharedPromptLM
+from dpruner.specs import GenerationSettings
 
 TARGET_DELIMITER = " "
 # generation keys of config `evaluation.generation` and their names in lm-eval / transformers
@@ -109,11 +110,11 @@ def _summary_results(doc: dict, results: list[str]) -> dict:
     return rouge_scores(doc["target"], first_line(results[0]))
 
 
-def summarization_task(task: TaskItems, generation: dict, lm_name: str) -> dict:
+def summarization_task(task: TaskItems, generation: GenerationSettings, lm_name: str) -> dict:
     """Generation is not stopped at a newline: a model that opens with one would yield an empty
-    summary; first_line cuts after stripping leading whitespace."""
-    kwargs = {GENERATION_KEYS[k]: v for k, v in generation.items() if k in GENERATION_KEYS}
-    kwargs.setdefault("do_sample", False)
+    summary; first_line cuts after stripping leading whitespace. A key None is lm-eval's."""
+    given = {key: getattr(generation, key) for key in GENERATION_KEYS}
+    kwargs = {GENERATION_KEYS[key]: value for key, value in given.items() if value is not None}
     return {
         "task": lm_name,
         "custom_dataset": _in_memory(task.items),

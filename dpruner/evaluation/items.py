@@ -16,11 +16,7 @@ from dataclasses import dataclass, field
 from dpruner.data import evaluation_text, load_records, render, split_records, template_fields
 from dpruner.data.templates import joined_fields
 from dpruner.errors import ConfigError, DataError
-from dpruner.specs import PerplexityText, Task
-
-# Above this share of dropped records a task is an error, not a smaller task (config key
-# evaluation.max_dropped_fraction; the schema documents the same default).
-DEFAULT_MAX_DROPPED_FRACTION = 0.05
+from dpruner.specs import EvaluationSettings, PerplexityText, Task
 
 
 @dataclass
@@ -49,11 +45,6 @@ def evaluation_records(
 def scaled(value: int | None, scale: float) -> int | None:
     """A size limit multiplied by `evaluation.scale` (None stays unlimited)."""
     return None if value is None else max(1, math.ceil(value * scale))
-
-
-def max_dropped_fraction(eval_config: dict | None) -> float:
-    """The share of a task's records that may be dropped (label in no choice, empty target)."""
-    return (eval_config or {}).get("max_dropped_fraction", DEFAULT_MAX_DROPPED_FRACTION)
 
 
 def n_tokens(tokenizer, text: str) -> int:
@@ -176,7 +167,7 @@ def task_items(
     max_prompt_tokens: int | None,
     seed: int,
     scale: float = 1.0,
-    max_dropped: float = DEFAULT_MAX_DROPPED_FRACTION,
+    max_dropped: float = EvaluationSettings.max_dropped_fraction,
 ) -> TaskItems:
     """Items of one configured task: the evaluation records after a seeded shuffle, invalid
     labels dropped (counted; more than `max_dropped` of the records read is an error), then the

@@ -10,49 +10,19 @@ rolling perplexities, and the suite's own sliding window gives the paper's perpl
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, replace
 
 import torch
 
-from dpruner.evaluation.items import (
-    max_dropped_fraction,
-    perplexity_documents,
-    scaled,
-    task_items,
-)
+from dpruner.evaluation.items import perplexity_documents, scaled, task_items
 from dpruner.evaluation.metrics import ROUGE_TYPES, first_line, majority_rate
 from dpruner.evaluation.perplexity import sliding_window_perplexity
 from dpruner.evaluation.sizing import evaluation_batch_size
 from dpruner.io import write_json
-from dpruner.specs import Domain
+from dpruner.specs import Domain, EvaluationSettings
 
-# Used where config `evaluation` leaves a key out; `batch_size` depends on the device
-# (evaluation.sizing).
-EVALUATION_DEFAULTS = {
-    "perplexity": {
-        "window": 512,
-        "stride": 512,
-        "max_tokens": 8192,
-        "bos": "none",
-        "rolling_max_tokens": 2048,
-    },
-    "max_prompt_tokens": 384,
-    "generation": {"max_new_tokens": 32, "do_sample": False},
-    "scale": 1,
-}
 SUMMARY_EXAMPLES = 3
 ROLLING_TASK = "dpruner_domain_rolling"
-
-
-def evaluation_settings(eval_config: dict | None) -> dict:
-    """Config `evaluation` with every missing key filled from EVALUATION_DEFAULTS."""
-    eval_config = eval_config or {}
-    settings = {**EVALUATION_DEFAULTS, **eval_config}
-    settings["perplexity"] = {
-        **EVALUATION_DEFAULTS["perplexity"],
-        **(eval_config.get("perplexity") or {}),
-    }
-    settings["generation"] = eval_config.get("generation") or EVALUATION_DEFAULTS["generation"]
-    return settings
 
 
 def _chance(items: list[dict]) -> dict:
@@ -73,7 +43,7 @@ def evaluate_model(
     model,
     tokenizer,
     domain: Domain,
-    eval_config: dict | None,
+    settings: EvaluationSettings,
     *,
     seed: int,
     eval_fraction: float,
@@ -82,10 +52,10 @@ def evaluate_model(
     """Metrics of an in-memory model on one domain's perplexity text and tasks.
 
     Returns {"perplexity": {"domain": ...}, "tasks": {name: {...}},
-    "settings": the evaluation values used}.
+    "settings": the evaluation values used, the batch size the device's where `settings`
+    leaves it out}.
     """
-    # Imported here: lm-eval takes seconds to import, and the preflight (run by every plan)
-    # reads this module's settings only.
+    # Imported here: lm-eval takes seconds to import.
     from dpruner.evaluation.harness import (
         multiple_choice_task,
         rolling_perplexity_task,
@@ -93,11 +63,10 @@ def evaluate_model(
         summarization_task,
     )
 
-    settings = evaluation_settings(eval_config)
     device_type = next(model.parameters()).device.type
-    settings["batch_size"] = evaluation_batch_size(settings.get("batch_size"), device_type)
-    ppl_cfg, scale = settings["perplexity"], settings["scale"]
-    max_tokens = scaled(ppl_cfg["max_tokens"], scale)
+    settings = replace(settings, batch_size=evaluation_batch_size(settings.batch_size, device_type))
+    ppl_cfg, scale = settings.perplexity, settings.scale
+    max_tokens = scaled(ppl_cfg.max_tokens, scale)
 
     # Build everything first: a bad source or template stops here, before any model work.
     documents, joined = perplexity_documents(
@@ -112,33 +81,31 @@ def evaluate_model(
             task,
             tokenizer,
             eval_fraction=eval_fraction,
-            max_prompt_tokens=settings["max_prompt_tokens"],
+            max_prompt_tokens=settings.max_prompt_tokens,
             seed=seed,
             scale=scale,
-            max_dropped=max_dropped_fraction(settings),
+            max_dropped=settings.max_dropped_fraction,
         )
         for task in domain.tasks or []
     ]
 
     lm_configs = []
-    rolling_docs = _rolling_subset(documents, tokenizer, ppl_cfg["rolling_max_tokens"])
+    rolling_docs = _rolling_subset(documents, tokenizer, ppl_cfg.rolling_max_tokens)
     if rolling_docs:
         lm_configs.append(rolling_perplexity_task(rolling_docs, ROLLING_TASK))
     for task in tasks:
         if task.kind == "multiple_choice":
             lm_configs.append(multiple_choice_task(task, tokenizer, f"dpruner_{task.name}"))
         else:
-            lm_configs.append(
-                summarization_task(task, settings["generation"], f"dpruner_{task.name}")
-            )
+            lm_configs.append(summarization_task(task, settings.generation, f"dpruner_{task.name}"))
     # `generation.seed` seeds sampling (the paper's settings); the run's seed otherwise.
-    sampling_seed = settings["generation"].get("seed", seed)
+    sampling_seed = seed if settings.generation.seed is None else settings.generation.seed
     # lm-eval refuses an empty task list: a perplexity-only section (another domain's model,
     # rolling perplexity off) never calls it.
     harness = {"metrics": {}, "samples": {}}
     if lm_configs:
         harness = run_tasks(
-            model, tokenizer, lm_configs, batch_size=settings["batch_size"], seed=sampling_seed
+            model, tokenizer, lm_configs, batch_size=settings.batch_size, seed=sampling_seed
         )
 
     ids = torch.tensor(tokenizer(joined, add_special_tokens=False)["input_ids"])
@@ -147,11 +114,11 @@ def evaluate_model(
     measured = sliding_window_perplexity(
         model,
         ids,
-        ppl_cfg["window"],
-        ppl_cfg["stride"],
+        ppl_cfg.window,
+        ppl_cfg.stride,
         bos_id=tokenizer.bos_token_id,
-        bos=ppl_cfg["bos"],
-        batch_size=settings["batch_size"],
+        bos=ppl_cfg.bos,
+        batch_size=settings.batch_size,
         progress=progress,
     )
     measured["documents"] = len(documents)
@@ -177,7 +144,7 @@ def evaluate_model(
         else:
             entry["examples"] = _summary_examples(harness["samples"].get(lm_name, []))
         results[task.name] = entry
-    return {"perplexity": {"domain": measured}, "tasks": results, "settings": settings}
+    return {"perplexity": {"domain": measured}, "tasks": results, "settings": asdict(settings)}
 
 
 def per_item_scores(kind: str, samples: list[dict]) -> list[dict]:
@@ -214,7 +181,6 @@ def evaluate_domains(model_dir: str, domains: list[str], spec, outs: list[str]) 
     `spec`: dpruner.specs.EvaluateSpec.
 
     Returns {domain: metrics}."""
-    from dpruner.config import schema_default
     from dpruner.errors import ConfigError
     from dpruner.models import load_model, measured_sparsity
     from dpruner.preflight import check_evaluation
@@ -224,9 +190,7 @@ def evaluate_domains(model_dir: str, domains: list[str], spec, outs: list[str]) 
             f"evaluate needs one --out per --domain, got {len(domains)} domains, {len(outs)} outs"
         )
     check_evaluation(spec, domains)
-    settings = evaluation_settings(spec.evaluation)
-    dtype = settings.get("dtype", schema_default("model_dtype"))
-    model, tokenizer = load_model(model_dir, dtype, spec.device)
+    model, tokenizer = load_model(model_dir, spec.evaluation.dtype, spec.device)
     sparsity = measured_sparsity(model)
     results = {}
     for domain, out in zip(domains, outs, strict=True):
@@ -235,7 +199,7 @@ def evaluate_domains(model_dir: str, domains: list[str], spec, outs: list[str]) 
             model,
             tokenizer,
             spec.domains[domain],
-            settings,
+            spec.evaluation,
             seed=spec.seed,
             eval_fraction=spec.eval_fraction,
         )

@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 
 from dpruner.errors import DprunerError
+from dpruner.evaluation.sizing import BATCH_SIZES, evaluation_batch_size
 from dpruner.io import check_output_file, write_json
-from dpruner.specs import Loading
+from dpruner.specs import Loading, PerplexitySettings
 from dpruner.steps.common import load_step_model, source_spec
 from dpruner.steps.flags import (
     add_field_args,
@@ -19,10 +20,8 @@ from dpruner.steps.flags import (
 
 
 def register(subparsers) -> None:
-    from dpruner.evaluation.runner import EVALUATION_DEFAULTS
-
     # The evaluation's defaults: the same perplexity by hand as in the workflow.
-    default = EVALUATION_DEFAULTS["perplexity"]
+    default = PerplexitySettings()
     p = subparsers.add_parser(
         "perplexity", help="sliding-window perplexity of a model on a text source"
     )
@@ -32,12 +31,15 @@ def register(subparsers) -> None:
         "--data", required=True, help="token tensor (.pt), text/json/jsonl or corpus:NAME"
     )
     p.add_argument("--template", default="{text}")
-    p.add_argument("--window", type=int, default=default["window"])
-    p.add_argument("--stride", type=int, default=default["stride"])
+    p.add_argument("--window", type=int, default=default.window)
+    p.add_argument("--stride", type=int, default=default.stride)
     p.add_argument("--max-tokens", type=int)
-    p.add_argument("--bos", default=default["bos"], choices=["none", "once", "window"])
+    p.add_argument("--bos", default=default.bos, choices=["none", "once", "window"])
     p.add_argument(
-        "--batch-size", type=int, help="windows per pass (default: 4 on a CPU, 32 on a GPU)"
+        "--batch-size",
+        type=int,
+        help=f"windows per pass (default: {BATCH_SIZES['cpu']} on a CPU, "
+        f"{BATCH_SIZES['cuda']} on a GPU)",
     )
     p.add_argument(
         "--semi-structured",
@@ -54,7 +56,6 @@ def register(subparsers) -> None:
 def run(args) -> dict:
     from dpruner.data import evaluation_text, load_records, text_tokens
     from dpruner.evaluation.perplexity import sliding_window_perplexity
-    from dpruner.evaluation.sizing import evaluation_batch_size
 
     loading = from_args(args, Loading)
     if args.out:
