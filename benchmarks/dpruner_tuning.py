@@ -50,7 +50,7 @@ from dpruner.methods.dpruner import DPrunerPruner
 from dpruner.models import load_model
 from dpruner.plan import GENERAL
 from dpruner.score_files import load_scores, save_scores
-from dpruner.specs import CalibrationEntry, domain_parts
+from dpruner.specs import CalibrationEntry, domain_parts, evaluation
 
 SETTING_FIELDS = {f.name for f in fields(FineTuneSettings)}
 EXTRA_KEYS = {"instances", "importance", "group", "scores"}
@@ -115,7 +115,7 @@ def validation_tokens(entries, config: dict, domain: str, tokenizer, max_tokens:
 
 
 def perplexities(model, streams: dict, config: dict, bos_id) -> dict:
-    window = config["evaluation"]["perplexity"]["window"]
+    window = evaluation(config).perplexity.window
     return {
         key: sliding_window_perplexity(model, ids, window, window, bos_id, "none", progress=False)[
             "ppl"

@@ -37,7 +37,7 @@ from dpruner.machine import machine_description
 from dpruner.models import load_model
 from dpruner.plan import GENERAL
 from dpruner.report.formatting import write_benchmark_tables
-from dpruner.specs import Task, domain_parts
+from dpruner.specs import Task, domain_parts, evaluation
 
 OUT = Path("results/tables/evaluation_throughput")
 MATMUL_SHAPE = (512, 576, 1536)
@@ -71,7 +71,8 @@ def flops_per_token(model, context: int) -> float:
 
 
 def perplexity_row(model, tokenizer, config: dict, tokens: int, repeats: int) -> dict:
-    settings = config["evaluation"]["perplexity"]
+    eval_settings = evaluation(config)
+    settings = eval_settings.perplexity
     _, joined = perplexity_documents(
         domain_parts(config, GENERAL).perplexity,
         "general perplexity",
@@ -85,22 +86,22 @@ def perplexity_row(model, tokenizer, config: dict, tokens: int, repeats: int) ->
         return sliding_window_perplexity(
             model,
             ids,
-            settings["window"],
-            settings["stride"],
+            settings.window,
+            settings.stride,
             bos_id=tokenizer.bos_token_id,
-            bos=settings["bos"],
-            batch_size=config["evaluation"]["batch_size"],
+            bos=settings.bos,
+            batch_size=eval_settings.batch_size,
             progress=False,
         )
 
     seconds = median_seconds(run, repeats)
     rate = ids.numel() / seconds
     return {
-        "measure": f"perplexity, windows of {settings['window']}",
+        "measure": f"perplexity, windows of {settings.window}",
         "tokens": ids.numel(),
         "seconds": seconds,
         "tokens_per_s": rate,
-        "gflops": rate * flops_per_token(model, settings["window"] / 2) / 1e9,
+        "gflops": rate * flops_per_token(model, settings.window / 2) / 1e9,
     }
 
 
@@ -126,15 +127,16 @@ def model_tokens(lm: HFLM, requests: list[Instance], shared: bool) -> int:
 
 def choice_rows(model, tokenizer, config: dict, task_name: str, limit: int) -> list[dict]:
     task = Task.from_config({**load_catalogue()[task_name], "limit": limit}, task_name)
+    eval_settings = evaluation(config)
     items = task_items(
         task,
         tokenizer,
         eval_fraction=config["calibration"]["eval_fraction"],
-        max_prompt_tokens=config["evaluation"]["max_prompt_tokens"],
+        max_prompt_tokens=eval_settings.max_prompt_tokens,
         seed=config["seed"],
     ).items
     requests = choice_requests(items)
-    batch_size = config["evaluation"]["batch_size"]
+    batch_size = eval_settings.batch_size
     rows, scores = [], {}
     for name, lm_class in (("per choice (HFLM)", HFLM), ("shared prompt", SharedPromptLM)):
         lm = lm_class(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device="cpu")
