@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dpruner.intervals import GENERAL_PERPLEXITY, main_columns
-from dpruner.plan import GENERAL, NO_CALIBRATION
-from dpruner.report.leaderboard import SETTING, leaderboard_table
+from dpruner.plan import NO_CALIBRATION
+from dpruner.report.leaderboard import SETTING, distinct_main_values, leaderboard_table
 from dpruner.specs import Intervals
 
 # What identifies a value across draws: a model's variant without its draw.
@@ -59,11 +58,8 @@ def draw_spread_table(long: pd.DataFrame) -> pd.DataFrame:
     uncertainty spans). General text's general perplexity, its own perplexity again, is left
     out, as in the leaderboard. `long` carries the draw column and the intervals
     (`intervals.with_intervals`)."""
-    shown = main_columns(long)
-    shown = shown[
-        shown["low"].notna()
-        & ~((shown["domain"] == GENERAL) & (shown["task"] == GENERAL_PERPLEXITY))
-    ]
+    shown = distinct_main_values(long)
+    shown = shown[shown["low"].notna()]
     rows = []
     for key, group in shown.groupby(SPREAD_KEY, sort=False):
         if group["draw"].nunique() < 2:

@@ -93,17 +93,20 @@ def _ranked(group: pd.DataFrame, units: dict, settings: Intervals) -> list[dict]
     ]
 
 
+def distinct_main_values(long: pd.DataFrame) -> pd.DataFrame:
+    """The values of the domains' main columns (`intervals.main_columns`) without general
+    text's general perplexity, which is its own perplexity again."""
+    shown = main_columns(long)
+    return shown[~((shown["domain"] == "general") & (shown["task"] == GENERAL_PERPLEXITY))]
+
+
 def leaderboard_table(long: pd.DataFrame, units: dict, settings: Intervals) -> pd.DataFrame:
     """Rows: per model, domain, sparsity, pattern, task and metric (of LEADERBOARD_METRICS),
     every pruned model of the domain's main columns with its value, interval, rank and group
     letters, best first. In `general` the general perplexity is the domain's own and is left
     out."""
-    shown = main_columns(long)
-    shown = shown[
-        shown["metric"].isin(LEADERBOARD_METRICS)
-        & shown["value"].notna()
-        & ~((shown["domain"] == "general") & (shown["task"] == GENERAL_PERPLEXITY))
-    ]
+    shown = distinct_main_values(long)
+    shown = shown[shown["metric"].isin(LEADERBOARD_METRICS) & shown["value"].notna()]
     rows = []
     for _, group in shown.groupby([*SETTING, "task", "metric"], sort=False):
         rows += _ranked(group, units, settings)
