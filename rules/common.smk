@@ -113,7 +113,7 @@ def source_files(*parts):
 
 def dpruner_processes(wildcards):
     """Processes (one per GPU) of a D-Pruner method's fine-tuning."""
-    return METHODS[wildcards.method].get("processes", 1)
+    return METHODS[wildcards.method].get("processes", schema_default("processes"))
 
 
 def dpruner_gpus(wildcards):
