@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# Places outside a clone that documentation once pointed to, and the background documents kept
-# there, whose content now lives in docs/ (a file of one of these names in the repository is fine).
+# Places outside a clone that documentation once pointed to (the developers' work folder and the
+# `shared` notes beside it), and the background documents kept there, whose content now lives in
+# docs/ (a file of one of these names in the repository is fine). Why these: docs/architecture.md,
+# "The repository stands alone".
 OUTSIDE = re.compile(r"/work/|shared/docs|shared/tools")
 FORMER_DOCUMENTS = re.compile(
     r"\b(?:algorithms|offline-assets|reference-anchor|design)\.md\b|\banchor_data\.py\b"
